@@ -1,0 +1,48 @@
+# RadSetu: `make demo` runs a box with a real study; `make test` runs every test.
+# Both set themselves up on a fresh Debian machine (venv, locked packages, Debian tools).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS_TEST := dcmtk
+DEBS_BENCH := dcmtk orthanc
+
+.PHONY: test lint demo bench lock clean debs-test debs-bench
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ./scripts/ensure-debs.sh python3-venv
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		./scripts/ensure-debs.sh python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+debs-test:
+	@./scripts/ensure-debs.sh $(DEBS_TEST)
+
+debs-bench:
+	@./scripts/ensure-debs.sh $(DEBS_BENCH)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(VENV)/.installed debs-test lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(VENV)/.installed debs-test
+	$(PY) scripts/demo.py
+
+bench: $(VENV)/.installed debs-bench
+	$(PY) bench/ingest.py
+
+# Regenerate the lock file from pyproject.toml (needs the registry).
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/pip install --quiet -e '.[test]'
+	.lockvenv/bin/pip freeze --exclude-editable | sort > requirements.lock
+	rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""edge: the clinic box (DICOM intake, durable store, sync, clinic page)."""

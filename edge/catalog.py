@@ -1,0 +1,62 @@
+"""Read-side queries over the box's index: what the API and the clinic's page show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+
+_STUDY_SELECT = """
+    SELECT s.study_uid, p.name AS patient_name, p.patient_id, s.study_date, s.study_time,
+           s.description, s.accession_number, s.state, s.priority,
+           s.first_received, s.last_received, s.ready_at,
+           (SELECT group_concat(DISTINCT modality) FROM series WHERE study_uid=s.study_uid)
+               AS modalities,
+           (SELECT count(*) FROM instances WHERE study_uid=s.study_uid) AS instances,
+           (SELECT coalesce(sum(size), 0) FROM instances WHERE study_uid=s.study_uid) AS bytes,
+           (SELECT count(*) FROM instances WHERE study_uid=s.study_uid AND flagged IS NOT NULL)
+               AS flagged
+    FROM studies s JOIN patients p ON p.key = s.patient_key
+"""
+
+
+def _study(row: dict[str, Any]) -> dict[str, Any]:
+    mods = row.pop("modalities") or ""
+    row["modalities"] = sorted(m for m in mods.split(",") if m)
+    row["modality"] = "/".join(row["modalities"])
+    row["received"] = row["last_received"]
+    row["instance_count"] = row["instances"]
+    return row
+
+
+def list_studies(db: sqlite_utils.Database, limit: int = 500) -> list[dict[str, Any]]:
+    """Studies newest first, with patient, modality, counts, bytes and state."""
+    cur = db.execute(_STUDY_SELECT + " ORDER BY s.last_received DESC LIMIT ?", [limit])
+    cols = [c[0] for c in cur.description]
+    return [_study(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
+
+
+def get_study(db: sqlite_utils.Database, study_uid: str) -> dict[str, Any] | None:
+    """One study with each instance's identity, hash, size and transfer syntax."""
+    cur = db.execute(_STUDY_SELECT + " WHERE s.study_uid = ?", [study_uid])
+    cols = [c[0] for c in cur.description]
+    row = cur.fetchone()
+    if row is None:
+        return None
+    study = _study(dict(zip(cols, row, strict=True)))
+    study["instances_list"] = [
+        dict(r)
+        for r in db.query(
+            """SELECT i.sop_instance_uid, i.version, i.flagged, i.series_uid,
+                      se.modality, i.sop_class_uid, i.transfer_syntax, i.instance_number,
+                      i.sha256, i.size, i.source, i.received_at
+               FROM instances i JOIN series se ON se.series_uid = i.series_uid
+               WHERE i.study_uid = ? ORDER BY i.series_uid, i.instance_number, i.id""",
+            [study_uid],
+        )
+    ]
+    return study
+
+
+def repairs(db: sqlite_utils.Database, limit: int = 100) -> list[dict[str, Any]]:
+    return list(db.query("SELECT * FROM repairs ORDER BY id DESC LIMIT ?", [limit]))

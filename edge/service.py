@@ -1,0 +1,89 @@
+"""``radsetu edge serve``: the box's services in one process.
+
+The DICOM receiver and the readiness clock run in background threads; the web API runs
+under waitress in the main thread. SIGTERM and SIGINT stop all of them cleanly; a
+SIGKILL or power cut is what the store's start-up check is for.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from waitress import create_server
+
+from edge import scp
+from edge.config import Config
+from edge.intake import index_existing
+from edge.store import Store
+from edge.web import create_app
+
+log = logging.getLogger("radsetu.edge")
+
+
+def open_store(config: Config) -> Store:
+    s = config["store"]
+    return Store(
+        config.data_dir, reserve_bytes=s["reserve_bytes"], quiet_seconds=s["quiet_seconds"]
+    )
+
+
+def check_store(store: Store) -> None:
+    report = store.check(index_existing)
+    if report.clean:
+        log.info("store check: clean (%d temp files removed)", report.temp_files_removed)
+    else:
+        log.warning(
+            "store check repaired: %d files indexed, %d rows without files removed, "
+            "%d files quarantined (see the repairs table)",
+            len(report.files_indexed),
+            len(report.rows_removed),
+            len(report.quarantined),
+        )
+
+
+def _readiness_loop(store: Store, stop: threading.Event) -> None:
+    interval = max(0.2, min(5.0, store.quiet_seconds / 4))
+    while not stop.wait(interval):
+        try:
+            store.mark_ready()
+        except Exception:  # keep the clock running; the next tick tries again
+            log.exception("readiness check failed")
+
+
+def serve(config: Config) -> int:
+    log.info(
+        "box %s starting (config: %s, data: %s)", config.box_id, config.source, config.data_dir
+    )
+    store = open_store(config)
+    check_store(store)
+    stop = threading.Event()
+    dicom = scp.start(config, store)
+    ticker = threading.Thread(
+        target=_readiness_loop, args=(store, stop), daemon=True, name="readiness"
+    )
+    ticker.start()
+    w = config["web"]
+    web = create_server(create_app(config), host=w["host"], port=w["port"], threads=4)
+    log.info("web API on http://%s:%s/api/studies", w["host"], w["port"])
+
+    def shutdown(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        web.close()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    try:
+        web.run()
+    except OSError:
+        if not stop.is_set():
+            raise
+    finally:
+        stop.set()
+        dicom.shutdown()
+        store.close()
+    log.info("box %s stopped", config.box_id)
+    return 0

@@ -1,0 +1,70 @@
+"""The box's web service (Flask, served by waitress): the read API for now."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Flask, abort, current_app, g, jsonify
+
+from edge import catalog
+from edge import config as edge_config
+from edge.store import reader
+
+api = Blueprint("api", __name__, url_prefix="/api")
+_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def _db():  # type: ignore[no-untyped-def]
+    if "db" not in g:
+        g._db_cm = reader(current_app.config["RADSETU"].data_dir)
+        g.db = g._db_cm.__enter__()
+    return g.db
+
+
+def _close_db(_exc: BaseException | None) -> None:
+    cm = g.pop("_db_cm", None)
+    g.pop("db", None)
+    if cm is not None:
+        cm.__exit__(None, None, None)
+
+
+@api.get("/studies")
+def studies() -> Any:
+    return jsonify({"studies": catalog.list_studies(_db())})
+
+
+@api.get("/studies/<study_uid>")
+def study(study_uid: str) -> Any:
+    if not _UID.match(study_uid):
+        abort(404)
+    found = catalog.get_study(_db(), study_uid)
+    if found is None:
+        abort(404)
+    # the list replaces the count here; the count stays as instance_count
+    found["instances"] = found.pop("instances_list")
+    return jsonify(found)
+
+
+@api.get("/health")
+def health() -> Any:
+    cfg = current_app.config["RADSETU"]
+    return jsonify({"box_id": cfg.box_id, "ok": True})
+
+
+def create_app(cfg: edge_config.Config | None = None) -> Flask:
+    """Build the box's web app; ``cfg`` defaults to the file in $RADSETU_CONFIG."""
+    if cfg is None:
+        import os
+
+        cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
+    app = Flask(__name__)
+    app.config["RADSETU"] = cfg
+    app.register_blueprint(api)
+    app.teardown_appcontext(_close_db)
+
+    @app.errorhandler(404)
+    def not_found(_e: Any) -> Any:
+        return jsonify({"error": "not found"}), 404
+
+    return app

@@ -1,0 +1,1 @@
+"""hub: the central service (ingest, reading room, dashboard)."""

@@ -1,0 +1,82 @@
+"""Shared fixtures: real boxes in temporary folders, real dcmtk tools."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devkit.box import Box
+
+ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:  # make test installs dcmtk; running pytest by hand needs it too
+        pytest.fail(f"{tool} is not installed (run `make test`, which installs dcmtk)")
+    return path
+
+
+def storescu(
+    port: int,
+    files: list[Path],
+    flags: list[str] | None = None,
+    aet: str = "STORESCU",
+    check: bool = True,
+    **kw,
+) -> subprocess.CompletedProcess:
+    """Send with dcmtk's storescu -v; stderr holds its per-instance log."""
+    cmd = [
+        need("storescu"),
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        "RADSETU",
+        *(flags or []),
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"storescu failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r
+
+
+def acked_files(stderr: str) -> list[str]:
+    """Files storescu saw acknowledged with Success, in order."""
+    acked, current = [], None
+    for line in stderr.splitlines():
+        if "Sending file: " in line:
+            current = line.split("Sending file: ", 1)[1].strip()
+        elif "Received Store Response (Success)" in line and current:
+            acked.append(current)
+            current = None
+    return acked
+
+
+@pytest.fixture
+def box(tmp_path: Path):
+    b = Box(tmp_path / "box", quiet_seconds=1)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def make_box(tmp_path: Path):
+    boxes: list[Box] = []
+
+    def make(name: str = "box", **store) -> Box:
+        b = Box(tmp_path / name, **store)
+        boxes.append(b)
+        return b
+
+    yield make
+    for b in boxes:
+        b.stop()

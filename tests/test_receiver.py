@@ -1,0 +1,242 @@
+"""The DICOM receiver end to end: dcmtk's storescu/echoscu against a running box."""
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import need, storescu
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+
+from devkit.box import free_port, wait_port
+from devkit.corpus import SAMPLES, dataset_bytes, pydicom_file, sample_path
+from edge.dicomfile import read_meta
+
+
+def stored_files(box, by_syntax: bool = False) -> dict:
+    """SOP Instance UID (and transfer syntax) -> stored file, read through the API."""
+    out = {}
+    for s in box.api("/api/studies")["studies"]:
+        for i in box.api(f"/api/studies/{s['study_uid']}")["instances"]:
+            key = (
+                (i["sop_instance_uid"], i["transfer_syntax"])
+                if by_syntax
+                else (i["sop_instance_uid"])
+            )
+            out[key] = box.data_dir / "objects" / i["sha256"][:2] / (i["sha256"] + ".dcm")
+    return out
+
+
+def test_echo(box):
+    r = subprocess.run(
+        [need("echoscu"), "-aec", "RADSETU", "127.0.0.1", str(box.dicom_port)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def wire_copy(tmp_path):
+    """dcmtk's bit-preserving receiver: what storescu really put on the wire (it
+    re-encodes some files as it sends them, see NOTES.md)."""
+    out = tmp_path / "wire"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [need("storescp"), "+B", "+xa", "-aet", "RADSETU", "-od", str(out), str(port)],
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc=proc)
+
+    def received(uid: str, ts: str) -> bytes:
+        for p in out.iterdir():
+            data = p.read_bytes()
+            meta = read_meta(data[:65536])
+            if (meta.sop_instance_uid, meta.transfer_syntax) == (uid, ts):
+                return data[meta.end :]
+        raise AssertionError(f"storescp did not receive {uid} in {ts}")
+
+    received.port = port  # type: ignore[attr-defined]
+    yield received
+    proc.terminate()
+    proc.wait()
+
+
+def test_real_samples_are_kept_as_sent(box, wire_copy):
+    sent = {}
+    for origin, name, flags in SAMPLES:
+        path = sample_path(origin, name)
+        storescu(box.dicom_port, [path], flags)
+        storescu(wire_copy.port, [path], flags)
+        meta = read_meta(path.read_bytes()[:65536])
+        sent[(meta.sop_instance_uid, meta.transfer_syntax)] = path
+    stored = stored_files(box, by_syntax=True)
+    assert set(stored) == set(sent)
+    same_as_file = 0
+    for (uid, ts), path in sent.items():
+        data = stored[(uid, ts)].read_bytes()
+        ours = dataset_bytes(stored[(uid, ts)])
+        # byte for byte what was on the wire...
+        assert ours == wire_copy(uid, ts), path.name
+        # ... which is the file itself wherever storescu did not re-encode it
+        same_as_file += ours == dataset_bytes(path)
+        # and the API's SHA-256 is the stored file's
+        assert hashlib.sha256(data).hexdigest() == stored[(uid, ts)].stem
+    # storescu re-encodes most files as it reads them (11 of these 14 here), which is
+    # why the wire copy is the reference; the rest match the file on disk exactly
+    assert same_as_file >= 1
+    studies = box.api("/api/studies")["studies"]
+    modalities = {m for s in studies for m in s["modalities"]}
+    assert {"CT", "MR", "CR", "US", "NM"} <= modalities
+    detail = box.api(f"/api/studies/{studies[0]['study_uid']}")
+    inst = detail["instances"][0]
+    assert set(inst) >= {"sop_instance_uid", "sha256", "size", "transfer_syntax"}
+    assert detail["instance_count"] == len(detail["instances"])
+
+
+def test_resend_is_a_no_op(box):
+    path = sample_path("data", "693_UNCI.dcm")
+    storescu(box.dicom_port, [path])
+    first = box.api("/api/studies")["studies"]
+    storescu(box.dicom_port, [path])
+    again = box.api("/api/studies")["studies"]
+    assert [s["instances"] for s in again] == [1]
+    assert again[0]["bytes"] == first[0]["bytes"]
+    assert again[0]["flagged"] == 0
+
+
+def _scu_send_raw(port: int, file_with_meta: Path) -> int:
+    """Send a file's dataset bytes as they are (no re-encoding) with pynetdicom as the
+    peer, the way a broken modality would; return the C-STORE status."""
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title="BROKEN")
+        ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+        assoc = ae.associate("127.0.0.1", port, ae_title="RADSETU")
+        assert assoc.is_established
+        status = assoc.send_c_store(file_with_meta)
+        assoc.release()
+        return int(status.Status)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+
+
+def _with_dataset(tmp: Path, name: str, dataset: bytes) -> Path:
+    from edge.dicomfile import build_meta
+
+    p = tmp / name
+    p.write_bytes(
+        build_meta(CTImageStorage, "1.2.826.0.1.3680043.8.498.1", "1.2.840.10008.1.2.1") + dataset
+    )
+    return p
+
+
+def test_hostile_network_input_is_refused_and_harms_nothing(box, tmp_path):
+    good = sample_path("data", "693_UNCI.dcm")
+    storescu(box.dicom_port, [good])
+    before = stored_files(box)
+    before_bytes = {u: p.read_bytes() for u, p in before.items()}
+
+    ct = pydicom_file("CT_small.dcm")
+    ds_bytes = dataset_bytes(ct)
+    truncated = _with_dataset(tmp_path, "trunc.dcm", ds_bytes[: len(ds_bytes) // 2])
+    garbage = _with_dataset(tmp_path, "garbage.dcm", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+    for bad in (truncated, garbage):
+        status = _scu_send_raw(box.dicom_port, bad)
+        assert 0xC000 <= status <= 0xCFFF, hex(status)
+
+    # a SOP class the box does not know: refused at association, nothing sent
+    odd = pydicom.dcmread(ct)
+    odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = "1.2.3.4.5.6.7.8"
+    odd_path = tmp_path / "odd.dcm"
+    odd.save_as(odd_path)
+    r = storescu(box.dicom_port, [odd_path], check=False)
+    assert "Received Store Response (Success)" not in r.stderr
+
+    after = stored_files(box)
+    assert after.keys() == before.keys()
+    assert {u: p.read_bytes() for u, p in after.items()} == before_bytes
+    assert list((box.data_dir / "tmp").iterdir()) == []
+    log = box.log_text()
+    assert "dataset is truncated" in log
+    assert "refused" in log
+    # the box still serves
+    storescu(box.dicom_port, [sample_path("data", "MR2_UNCR.dcm")])
+
+
+def test_allowed_callers(make_box):
+    b = make_box("strict")
+    b.config.write_text(
+        b.config.read_text().replace("[dicom]\n", '[dicom]\nallowed_callers = ["CT_ROOM1"]\n')
+    )
+    b.start()
+    path = sample_path("data", "693_UNCI.dcm")
+    r = storescu(b.dicom_port, [path], aet="INTRUDER", check=False)
+    assert r.returncode != 0
+    assert b.api("/api/studies")["studies"] == []
+    storescu(b.dicom_port, [path], aet="CT_ROOM1")
+    assert len(b.api("/api/studies")["studies"]) == 1
+    assert "INTRUDER" in b.log_text() and "allowed_callers" in b.log_text()
+
+
+def test_stat_by_priority_high(box):
+    # dcmtk's storescu cannot set the priority; pynetdicom as the peer can
+    ae = AE(ae_title="ER_CT")
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", box.dicom_port, ae_title="RADSETU")
+    status = assoc.send_c_store(pydicom.dcmread(pydicom_file("CT_small.dcm")), priority=1)
+    assoc.release()
+    assert status.Status == 0
+    storescu(box.dicom_port, [sample_path("data", "693_UNCI.dcm")])
+    prio = {s["study_uid"]: s["priority"] for s in box.api("/api/studies")["studies"]}
+    assert sorted(prio.values()) == ["routine", "stat"]
+
+
+@pytest.mark.slow
+def test_disk_full_gives_out_of_resources(make_box, tmp_path):
+    """A real small filesystem (tmpfs): the sender gets 0xA700 once the reserve would
+    be crossed; the box keeps serving and nothing stored before is harmed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:  # CI runs as root; a person without root is told plainly
+        pytest.fail(f"cannot mount a small tmpfs (needs root): {r.stderr}")
+    try:
+        b = make_box("full", reserve_bytes=4_000_000)
+        b.data_dir = mnt / "data"
+        b.config.write_text(
+            b.config.read_text().replace(
+                f'data_dir = "{tmp_path / "full" / "data"}"', f'data_dir = "{b.data_dir}"'
+            )
+        )
+        b.start()
+        mr = sample_path("data", "MR2_UNCR.dcm")  # 2.1 MB each
+        from devkit.corpus import replicate
+
+        files = replicate(mr, tmp_path / "many", 12)
+        r = storescu(b.dicom_port, files, check=False)
+        assert "Refused: OutOfResources" in r.stderr, r.stderr[-800:]
+        acked = r.stderr.count("Received Store Response (Success)")
+        assert 0 < acked < 12
+        kept = stored_files(b)
+        assert len(kept) == acked
+        for p in kept.values():
+            assert hashlib.sha256(p.read_bytes()).hexdigest() == p.stem
+        assert "Disk almost full" in b.log_text()
+        # still serving: an echo works and a small instance fits within what is left
+        r = subprocess.run(
+            [need("echoscu"), "-aec", "RADSETU", "127.0.0.1", str(b.dicom_port)],
+            capture_output=True,
+        )
+        assert r.returncode == 0
+        b.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -1,0 +1,130 @@
+"""The durable store on a real filesystem and a real SQLite index."""
+
+import hashlib
+import io
+import os
+
+import pydicom
+import pytest
+
+from devkit.corpus import data_file, pydicom_file
+from edge.dicomfile import InvalidInstance
+from edge.intake import accept_file, index_existing
+from edge.store import Outcome, Store, StoreFull
+
+BIG = 1 << 40
+
+
+def keep(store, path, source="test"):
+    with open(path, "rb") as f:
+        return accept_file(store, f, os.path.getsize(path), source, BIG)
+
+
+def rows(store, sql, args=()):
+    return store.db.execute(sql, list(args)).fetchall()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "data", reserve_bytes=0, quiet_seconds=60)
+    yield s
+    s.close()
+
+
+def test_kept_byte_for_byte_under_its_sha256(store):
+    src = data_file("693_UNCI.dcm")
+    got = keep(store, src)
+    assert got.outcome is Outcome.STORED
+    stored = store.object_path(got.sha256)
+    assert stored.read_bytes() == src.read_bytes()
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == got.sha256
+    ((sha, size, ts),) = rows(store, "SELECT sha256, size, transfer_syntax FROM instances")
+    assert (sha, size, ts) == (got.sha256, src.stat().st_size, "1.2.840.10008.1.2.1")
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_same_instance_twice_changes_nothing(store):
+    src = pydicom_file("CT_small.dcm")
+    keep(store, src)
+    before = rows(store, "SELECT * FROM instances")
+    assert keep(store, src).outcome is Outcome.DUPLICATE
+    assert rows(store, "SELECT * FROM instances") == before
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_same_uid_other_bytes_is_a_flagged_new_version(store, tmp_path):
+    src = pydicom_file("CT_small.dcm")
+    keep(store, src)
+    ds = pydicom.dcmread(src)
+    ds.PatientName = "Changed^Name"
+    other = tmp_path / "other.dcm"
+    ds.save_as(other)
+    assert keep(store, other).outcome is Outcome.NEW_VERSION
+    versions = rows(store, "SELECT version, flagged FROM instances ORDER BY version")
+    assert [v for v, _ in versions] == [1, 2]
+    assert versions[0][1] is None and "different bytes" in versions[1][1]
+
+
+def test_refused_instance_leaves_nothing(store):
+    with pytest.raises(InvalidInstance):
+        accept_file(store, io.BytesIO(b"not dicom" * 100), 900, "test", BIG)
+    assert rows(store, "SELECT count(*) FROM instances") == [(0,)]
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_reserve_refuses_before_writing(tmp_path):
+    s = Store(tmp_path / "d", reserve_bytes=1 << 60)
+    with pytest.raises(StoreFull, match="Disk almost full"):
+        keep(s, pydicom_file("CT_small.dcm"))
+    assert list(s.tmp.iterdir()) == []
+    s.close()
+
+
+def test_self_check_repairs_what_a_crash_leaves(store):
+    a = keep(store, pydicom_file("CT_small.dcm"))
+    b = keep(store, data_file("693_UNCI.dcm"))
+    # a temp file from an interrupted write
+    (store.tmp / "deadbeef.part").write_bytes(b"half an instance")
+    # a whole file renamed into place whose row never committed
+    src = pydicom_file("MR_small.dcm").read_bytes()
+    orphan_sha = hashlib.sha256(src).hexdigest()
+    store.object_path(orphan_sha).write_bytes(src)
+    # a damaged file that is nobody's
+    store.object_path("ab" + "0" * 62).write_bytes(b"garbage")
+    # a row whose file went missing
+    store.object_path(b.sha256).unlink()
+
+    report = store.check(index_existing)
+    assert report.temp_files_removed == 1
+    assert len(report.files_indexed) == 1
+    assert len(report.rows_removed) == 1
+    assert report.quarantined == ["ab" + "0" * 62 + ".dcm"]
+    shas = {r[0] for r in rows(store, "SELECT sha256 FROM instances")}
+    assert shas == {a.sha256, orphan_sha}
+    kinds = sorted(r[0] for r in rows(store, "SELECT kind FROM repairs"))
+    assert kinds == ["file-without-row", "quarantined", "row-without-file"]
+    # a second check finds nothing more to do
+    assert store.check(index_existing).clean
+
+
+def test_quiet_study_becomes_ready(store):
+    got = keep(store, pydicom_file("CT_small.dcm"))
+    study = got.info.study_uid
+    ((last,),) = rows(store, "SELECT last_received_ts FROM studies")
+    assert store.mark_ready(now_ts=last + 59) == []
+    assert store.mark_ready(now_ts=last + 60) == [study]
+    assert rows(store, "SELECT state FROM studies") == [("ready",)]
+    # a late instance of the same study puts it back to receiving
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    late = io.BytesIO()
+    ds.save_as(late)
+    accept_file(store, io.BytesIO(late.getvalue()), len(late.getvalue()), "t", BIG)
+    assert rows(store, "SELECT state FROM studies") == [("receiving",)]
+
+
+def test_migrations_rerun_safely(tmp_path):
+    Store(tmp_path / "d").close()
+    s = Store(tmp_path / "d")
+    assert rows(s, "SELECT count(*) FROM _sqlite_migrations") == [(1,)]
+    s.close()
