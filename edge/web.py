@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, g, jsonify
+from flask.json.provider import DefaultJSONProvider
 
 from edge import catalog
 from edge import config as edge_config
@@ -52,6 +53,15 @@ def health() -> Any:
     return jsonify({"box_id": cfg.box_id, "ok": True})
 
 
+class SafeJSONProvider(DefaultJSONProvider):
+    """JSON with ``<``, ``>`` and ``&`` escaped: patient names and descriptions come from
+    modalities and may hold HTML; no browser may ever read them as markup."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = super().dumps(obj, **kwargs)
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def create_app(cfg: edge_config.Config | None = None) -> Flask:
     """Build the box's web app; ``cfg`` defaults to the file in $RADSETU_CONFIG."""
     if cfg is None:
@@ -59,9 +69,15 @@ def create_app(cfg: edge_config.Config | None = None) -> Flask:
 
         cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
     app = Flask(__name__)
+    app.json = SafeJSONProvider(app)
     app.config["RADSETU"] = cfg
     app.register_blueprint(api)
     app.teardown_appcontext(_close_db)
+
+    @app.after_request
+    def no_sniffing(response: Any) -> Any:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     @app.errorhandler(404)
     def not_found(_e: Any) -> Any:

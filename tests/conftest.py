@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit.box import Box
+from devkit.box import Box, free_port, wait_port
+from edge.dicomfile import read_meta
 
 ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
 
@@ -80,3 +81,30 @@ def make_box(tmp_path: Path):
     yield make
     for b in boxes:
         b.stop()
+
+
+@pytest.fixture
+def wire_copy(tmp_path):
+    """dcmtk's bit-preserving receiver: what storescu really put on the wire (it
+    re-encodes some files as it sends them, see NOTES.md)."""
+    out = tmp_path / "wire"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [need("storescp"), "+B", "+xa", "-aet", "RADSETU", "-od", str(out), str(port)],
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc=proc)
+
+    def received(uid: str, ts: str) -> bytes:
+        for p in out.iterdir():
+            data = p.read_bytes()
+            meta = read_meta(data[:65536])
+            if (meta.sop_instance_uid, meta.transfer_syntax) == (uid, ts):
+                return data[meta.end :]
+        raise AssertionError(f"storescp did not receive {uid} in {ts}")
+
+    received.port = port  # type: ignore[attr-defined]
+    yield received
+    proc.terminate()
+    proc.wait()

@@ -10,7 +10,6 @@ from conftest import need, storescu
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
-from devkit.box import free_port, wait_port
 from devkit.corpus import SAMPLES, dataset_bytes, pydicom_file, sample_path
 from edge.dicomfile import read_meta
 
@@ -36,33 +35,6 @@ def test_echo(box):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-
-
-@pytest.fixture
-def wire_copy(tmp_path):
-    """dcmtk's bit-preserving receiver: what storescu really put on the wire (it
-    re-encodes some files as it sends them, see NOTES.md)."""
-    out = tmp_path / "wire"
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [need("storescp"), "+B", "+xa", "-aet", "RADSETU", "-od", str(out), str(port)],
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(port, proc=proc)
-
-    def received(uid: str, ts: str) -> bytes:
-        for p in out.iterdir():
-            data = p.read_bytes()
-            meta = read_meta(data[:65536])
-            if (meta.sop_instance_uid, meta.transfer_syntax) == (uid, ts):
-                return data[meta.end :]
-        raise AssertionError(f"storescp did not receive {uid} in {ts}")
-
-    received.port = port  # type: ignore[attr-defined]
-    yield received
-    proc.terminate()
-    proc.wait()
 
 
 def test_real_samples_are_kept_as_sent(box, wire_copy):
