@@ -78,6 +78,62 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_PACK = "example: radsetu pack /media/usb/STUDY1 -o study1.radsetu"
+EPILOG_UNPACK = "example: radsetu unpack study1.radsetu -o /tmp/study1"
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from edge.sneakernet import PackError, pack, sources_from_folder, sources_from_store
+    from wire.manifest import Priority
+
+    target = Path(args.study)
+    if target.exists():
+        sources, skipped = sources_from_folder(target)
+        for name, reason in skipped:
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        box_id = args.box_id or "sneakernet"
+    else:
+        config = _load_config(args.config)
+        sources = sources_from_store(config.data_dir, args.study)
+        box_id = args.box_id or config.box_id
+    try:
+        m = pack(
+            sources,
+            Path(args.output),
+            box_id,
+            args.chunk_size * 1024,
+            args.level,
+            Priority.STAT if args.stat else Priority.ROUTINE,
+        )
+    except PackError as exc:
+        print(f"radsetu pack: {exc}", file=sys.stderr)
+        return 1
+    ratio = m.payload_bytes / max(m.stream_size, 1)
+    print(
+        f"packed study {m.study_uid}: {len(m.instances)} instances, "
+        f"{m.payload_bytes / 1e6:.1f} MB -> {m.stream_size / 1e6:.1f} MB "
+        f"({ratio:.2f}:1, codec {m.codec}), {m.chunk_count} chunks of "
+        f"{m.chunk_size // 1024} KiB, transfer {m.transfer_id} -> {args.output}"
+    )
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from edge.sneakernet import unpack
+    from wire.errors import RemoteProtocolError
+
+    try:
+        m, written = unpack(Path(args.file), Path(args.output))
+    except (RemoteProtocolError, OSError) as exc:
+        print(f"radsetu unpack: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"unpacked study {m.study_uid}: {len(written)} instances, every SHA-256 verified, "
+        f"into {args.output}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radsetu", description="RadSetu: scans from clinic to hub.")
     top = p.add_subparsers(dest="area", required=True)
@@ -103,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", help="TOML config file")
     s.set_defaults(func=cmd_edge_check)
+
+    s = top.add_parser(
+        "pack", help="pack a study into one file (for a USB stick)", epilog=EPILOG_PACK
+    )
+    s.add_argument(
+        "study", help="a folder or file of DICOM instances, or a study UID in the box's store"
+    )
+    s.add_argument("-o", "--output", required=True, help="the pack file to write")
+    s.add_argument("--config", help="the box's config (to find a study UID in its store)")
+    s.add_argument("--box-id", help="box id to put in the manifest")
+    s.add_argument("--chunk-size", type=int, default=256, help="chunk size in KiB (256)")
+    s.add_argument("--level", type=int, default=3, help="zstd level (3)")
+    s.add_argument("--stat", action="store_true", help="mark the transfer STAT")
+    s.set_defaults(func=cmd_pack)
+
+    s = top.add_parser(
+        "unpack", help="verify and unpack a pack file into a folder", epilog=EPILOG_UNPACK
+    )
+    s.add_argument("file", help="the pack file")
+    s.add_argument("-o", "--output", required=True, help="folder to write the instances to")
+    s.set_defaults(func=cmd_unpack)
     return p
 
 

@@ -1,0 +1,209 @@
+"""wire: packing, manifests and both ends of a transfer, in memory (no broker, no disk)."""
+
+import json
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devkit.corpus import data_file, pydicom_file
+from wire.codec import InstanceBytes, InstanceVerified, Packer, Unpacker, pack_bytes
+from wire.errors import RemoteProtocolError
+from wire.manifest import Manifest, Priority
+from wire.ranges import RangeSet
+from wire.transfer import ChunkRejected, Reception, State, TransferVerified, Uplink
+
+META = dict(box_id="box-1", study_uid="1.2.3", priority=Priority.ROUTINE)
+
+
+def unpack_all(manifest, chunks) -> dict[str, bytes]:
+    u = Unpacker(manifest)
+    out: dict[str, bytearray] = {}
+    verified = set()
+    for i, c in enumerate(chunks):
+        for ev in u.feed_chunk(i, c):
+            if isinstance(ev, InstanceBytes):
+                out.setdefault(ev.sop_instance_uid, bytearray()).extend(ev.data)
+            elif isinstance(ev, InstanceVerified):
+                verified.add(ev.entry.sop_instance_uid)
+                out.setdefault(ev.entry.sop_instance_uid, bytearray())
+    assert u.done and verified == {e.sop_instance_uid for e in manifest.instances}
+    return {k: bytes(v) for k, v in out.items()}
+
+
+def test_real_instances_round_trip_byte_identical():
+    files = [data_file("693_UNCI.dcm"), data_file("MR2_UNCR.dcm"), pydicom_file("CT_small.dcm")]
+    inst = [(f"1.2.{i}", f.read_bytes()) for i, f in enumerate(files)]
+    m, chunks = pack_bytes(inst, chunk_size=64 * 1024, transfer_id="t1", **META)
+    m2 = Manifest.from_json(m.to_json())
+    assert m2 == m
+    assert sum(len(c) for c in chunks) == m.stream_size < m.payload_bytes
+    assert unpack_all(m2, chunks) == dict(inst)
+
+
+def test_manifest_is_validated():
+    m, _ = pack_bytes([("1.2.3.4", b"x" * 1000)], transfer_id="t1", **META)
+    good = json.loads(m.to_json())
+    for key, bad in [
+        ("schema", 99),
+        ("study_uid", "../../etc"),
+        ("priority", "urgent"),
+        ("chunk_sha256", ["00" * 31]),
+        ("chunk_size", 0),
+        ("box_id", "a/b"),
+        ("stream_size", 10**9),
+    ]:
+        d = dict(good, **{key: bad})
+        with pytest.raises(RemoteProtocolError):
+            Manifest.from_json(json.dumps(d))
+    for raw in (b"\xff\xfe", b"[]", b"{}", b"null"):
+        with pytest.raises(RemoteProtocolError):
+            Manifest.from_json(raw)
+
+
+def test_a_forged_stream_is_refused_even_with_matching_chunk_hashes():
+    """A box that lies consistently (chunk hashes match, instance hash does not)."""
+    m, chunks = pack_bytes([("1.2.3.4", b"real bytes" * 100)], transfer_id="t1", **META)
+    forged, fchunks = pack_bytes([("1.2.3.4", b"forged!!!!" * 100)], transfer_id="t1", **META)
+    lie = Manifest(
+        **{
+            **m.__dict__,
+            "chunk_sha256": forged.chunk_sha256,
+            "stream_size": forged.stream_size,
+            "instances": (
+                m.instances[0].__class__(
+                    **{**m.instances[0].__dict__, "encoded_size": forged.instances[0].encoded_size}
+                ),
+            ),
+        }
+    )
+    with pytest.raises(RemoteProtocolError, match="sha256 mismatch"):
+        unpack_all(lie, fchunks)
+
+
+def test_packing_streams_in_bounded_memory():
+    """Chunks come out as data goes in: the packer never holds the study."""
+    p = Packer(chunk_size=32 * 1024, transfer_id="t1", **META)
+    block = data_file("693_UNCI.dcm").read_bytes()
+    biggest = 0
+    for i in range(50):
+        p.begin_instance(f"1.2.{i}")
+        p.feed(block)
+        p.end_instance()
+        biggest = max(biggest, len(p._buf))
+        p.chunks()
+    assert biggest < 32 * 1024
+
+
+def test_stat_preempts_routine_at_chunk_granularity():
+    up = Uplink(window=2)
+    routine, _ = pack_bytes(
+        [("1.2.1", random.randbytes(50_000))], chunk_size=4096, transfer_id="routine", **META
+    )
+    up.queue(routine, seq=1)
+    first = up.next_chunks(now=0)
+    assert [t for t, _ in first] == ["routine", "routine"]
+    stat, _ = pack_bytes(
+        [("1.2.2", random.randbytes(20_000))],
+        chunk_size=4096,
+        transfer_id="stat",
+        **{**META, "priority": Priority.STAT},
+    )
+    up.queue(stat, seq=2)
+    up.receive_ack({"transfer_id": "routine", "held": [[0, 1]]})
+    assert up.next_chunks(now=1) == [("stat", 0)]
+    # raising a routine transfer's priority takes effect at the next chunk
+    older, _ = pack_bytes(
+        [("1.2.3", random.randbytes(9000))], chunk_size=4096, transfer_id="older", **META
+    )
+    up.queue(older, seq=0)
+    up.set_priority("older", Priority.STAT)
+    up.receive_ack({"transfer_id": "routine", "held": [[0, 2]]})
+    up.receive_ack({"transfer_id": "stat", "held": [[0, 1]]})
+    assert up.next_chunks(now=2) == [("older", 0), ("older", 1)]
+
+
+def test_ranges():
+    r = RangeSet()
+    for i in (5, 1, 2, 3, 9, 4):
+        r.add(i)
+    assert r.to_json() == [[1, 6], [9, 10]]
+    assert list(r.missing(11)) == [0, 6, 7, 8, 10]
+    r.discard(3)
+    assert r.to_json() == [[1, 3], [4, 6], [9, 10]]
+    for bad in ([[0, 99]], [[2, 1]], "x", [[0, "1"]], [[True, 2]]):
+        with pytest.raises(RemoteProtocolError):
+            RangeSet.from_json(bad, limit=10)
+
+
+instances_st = st.lists(
+    st.tuples(st.integers(1, 10**6), st.binary(min_size=0, max_size=6000)),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda t: t[0],
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    instances=instances_st,
+    chunk_size=st.integers(64, 5000),
+    seed=st.integers(0, 2**32),
+    window=st.integers(1, 8),
+)
+def test_any_delivery_gives_identical_instances_and_never_resends_acked(
+    instances, chunk_size, seed, window
+):
+    """Loss, duplication, reordering, corruption and restarts of either side."""
+    rng = random.Random(seed)
+    inst = [(f"1.2.{uid}", data) for uid, data in instances]
+    m, chunks = pack_bytes(inst, chunk_size=chunk_size, transfer_id="t1", **META)
+    up = Uplink(window=window, ack_timeout=5)
+    up.queue(m, seq=1)
+    rx = Reception(Manifest.from_json(m.to_json()))
+    acked_ever: set[int] = set()
+    store: dict[int, bytes] = {}
+    now = 0.0
+    for _step in range(10_000):
+        if rx.state is State.VERIFIED and up.transfers["t1"].verified:
+            break
+        now += 1
+        batch = up.next_chunks(now)
+        for _, i in batch:
+            assert i not in acked_ever, f"chunk {i} was acked and sent again"
+        wire = []
+        for _, i in batch:
+            roll = rng.random()
+            if roll < 0.15:
+                continue  # lost
+            data = chunks[i]
+            if roll < 0.25:
+                data = bytes([data[0] ^ 1]) + data[1:] if data else b"x"  # corrupted
+            wire.append((i, data))
+            if roll > 0.9:
+                wire.append((i, chunks[i]))  # duplicated
+        rng.shuffle(wire)
+        for i, data in wire:
+            for ev in rx.receive(i, data):
+                if isinstance(ev, ChunkRejected):
+                    assert data != chunks[i]
+                else:
+                    assert data == chunks[i], "a corrupted chunk was accepted"
+                    store[i] = data
+        if rx.state is State.COMPLETE:
+            assert unpack_all(rx.manifest, [store[i] for i in range(m.chunk_count)]) == dict(inst)
+            rx.verified()
+        if rng.random() < 0.8:  # the ack itself may be lost
+            ack = json.loads(json.dumps(rx.ack()))
+            acked_ever |= set(RangeSet.from_json(ack["held"], m.chunk_count))
+            for ev in up.receive_ack(ack):
+                if isinstance(ev, TransferVerified):
+                    assert rx.state is State.VERIFIED
+        if rng.random() < 0.05:  # the box restarts
+            up = Uplink.from_json(up.to_json())
+        if rng.random() < 0.05:  # the hub restarts
+            rx = Reception.from_json(rx.to_json())
+        if rng.random() < 0.05:
+            up.disconnected()
+    assert up.transfers["t1"].verified and rx.state is State.VERIFIED

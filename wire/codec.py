@@ -1,0 +1,251 @@
+"""Packing a study into one encoded stream cut into chunks, and back; streaming, no I/O.
+
+Each instance becomes one record in the stream, coded on its own (so the hub can
+verify and keep instances as they complete). Codecs, named per instance in the
+manifest so that an older box's transfers stay readable:
+
+- ``zstd``: zstandard at the transfer's ``codec.level``;
+- ``raw``: the bytes as they are (already-compressed pixel data gains nothing).
+
+The caller owns all I/O: it feeds bytes in and writes the chunks that come out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from wire.errors import LocalProtocolError, RemoteProtocolError
+from wire.manifest import InstanceEntry, Manifest, Priority
+
+CODECS = ("zstd", "raw")
+DEFAULT_LEVEL = 3
+
+
+class _Record:
+    def __init__(self, sop_instance_uid: str, codec: str, level: int, offset: int):
+        if codec not in CODECS:
+            raise LocalProtocolError(f"unknown codec {codec!r}")
+        self.sop_instance_uid = sop_instance_uid
+        self.codec = codec
+        self.offset = offset
+        self.size = 0
+        self.encoded = 0
+        self.sha = hashlib.sha256()
+        self._z = zstandard.ZstdCompressor(level=level).compressobj() if codec == "zstd" else None
+
+    def feed(self, data: bytes) -> bytes:
+        self.size += len(data)
+        self.sha.update(data)
+        out = self._z.compress(data) if self._z else bytes(data)
+        self.encoded += len(out)
+        return out
+
+    def end(self) -> bytes:
+        out = self._z.flush() if self._z else b""
+        self.encoded += len(out)
+        return out
+
+
+class Packer:
+    """Instances in, chunks out. Memory stays at about one chunk plus zstd's window."""
+
+    def __init__(
+        self,
+        *,
+        box_id: str,
+        study_uid: str,
+        transfer_id: str,
+        priority: Priority,
+        chunk_size: int,
+        level: int = DEFAULT_LEVEL,
+        follow_up_of: str | None = None,
+    ):
+        self.meta = dict(
+            box_id=box_id,
+            study_uid=study_uid,
+            transfer_id=transfer_id,
+            priority=priority,
+            follow_up_of=follow_up_of,
+        )
+        self.chunk_size = chunk_size
+        self.level = level
+        self._buf = bytearray()
+        self._ready: list[bytes] = []
+        self._hashes: list[str] = []
+        self._entries: list[InstanceEntry] = []
+        self._codecs: dict[str, str] = {}
+        self._rec: _Record | None = None
+        self._stream = 0
+        self._finished = False
+
+    def begin_instance(self, sop_instance_uid: str, codec: str = "zstd") -> None:
+        if self._rec is not None or self._finished:
+            raise LocalProtocolError("begin_instance while an instance is open or after finish")
+        self._rec = _Record(sop_instance_uid, codec, self.level, self._stream)
+
+    def feed(self, data: bytes) -> None:
+        if self._rec is None:
+            raise LocalProtocolError("feed without begin_instance")
+        self._out(self._rec.feed(data))
+
+    def end_instance(self) -> InstanceEntry:
+        rec = self._rec
+        if rec is None:
+            raise LocalProtocolError("end_instance without begin_instance")
+        self._out(rec.end())
+        entry = InstanceEntry(
+            sop_instance_uid=rec.sop_instance_uid,
+            size=rec.size,
+            sha256=rec.sha.hexdigest(),
+            offset=rec.offset,
+            encoded_size=rec.encoded,
+            codec=rec.codec,
+        )
+        self._entries.append(entry)
+        self._rec = None
+        return entry
+
+    def _out(self, data: bytes) -> None:
+        self._stream += len(data)
+        self._buf += data
+        while len(self._buf) >= self.chunk_size:
+            self._emit(bytes(self._buf[: self.chunk_size]))
+            del self._buf[: self.chunk_size]
+
+    def _emit(self, chunk: bytes) -> None:
+        self._hashes.append(hashlib.sha256(chunk).hexdigest())
+        self._ready.append(chunk)
+
+    def chunks(self) -> list[bytes]:
+        """Chunks completed since the last call, in order; write them out."""
+        out, self._ready = self._ready, []
+        return out
+
+    def finish(self) -> tuple[Manifest, list[bytes]]:
+        """The manifest and the last chunks. No instance may be open."""
+        if self._rec is not None:
+            raise LocalProtocolError("finish with an instance still open")
+        if not self._entries:
+            raise LocalProtocolError("a transfer needs at least one instance")
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+        self._finished = True
+        manifest = Manifest(
+            codec={"name": "records-v1", "level": self.level},
+            chunk_size=self.chunk_size,
+            stream_size=self._stream,
+            instances=tuple(self._entries),
+            chunk_sha256=tuple(self._hashes),
+            **self.meta,
+        )  # type: ignore[arg-type]
+        return manifest, self.chunks()
+
+
+@dataclass(frozen=True)
+class InstanceBytes:
+    """A piece of a decoded instance, in order."""
+
+    sop_instance_uid: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class InstanceVerified:
+    """Every byte of the instance arrived and its SHA-256 matches the manifest."""
+
+    entry: InstanceEntry
+
+
+class Unpacker:
+    """Chunks in (in order, already checked against their hashes), instances out.
+
+    Raises RemoteProtocolError when an instance does not decode or its SHA-256 does
+    not match: its bytes must then be thrown away by the caller.
+    """
+
+    def __init__(self, manifest: Manifest):
+        self.m = manifest
+        self._next_chunk = 0
+        self._i = 0  # current instance
+        self._left = 0
+        self._start_instance()
+
+    def _start_instance(self) -> None:
+        if self._i >= len(self.m.instances):
+            return
+        e = self.m.instances[self._i]
+        if e.codec not in CODECS:
+            raise RemoteProtocolError(
+                f"{self.m.transfer_id}: unknown codec {e.codec!r} for {e.sop_instance_uid}"
+            )
+        self._left = e.encoded_size
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._z = zstandard.ZstdDecompressor().decompressobj() if e.codec == "zstd" else None
+
+    def feed_chunk(self, index: int, data: bytes) -> Iterator[InstanceBytes | InstanceVerified]:
+        if index != self._next_chunk:
+            raise LocalProtocolError(f"chunk {index} fed, expected {self._next_chunk}")
+        self._next_chunk += 1
+        view = memoryview(data)
+        while True:
+            if self._i >= len(self.m.instances):
+                if len(view):
+                    raise RemoteProtocolError(f"{self.m.transfer_id}: bytes past the last instance")
+                return
+            e = self.m.instances[self._i]
+            take = min(self._left, len(view))
+            part, view = view[:take], view[take:]
+            self._left -= take
+            if take:
+                try:
+                    out = self._z.decompress(part) if self._z else bytes(part)
+                except zstandard.ZstdError as exc:
+                    raise RemoteProtocolError(
+                        f"{self.m.transfer_id} {e.sop_instance_uid}: does not decode: {exc}"
+                    ) from exc
+                self._size += len(out)
+                if self._size > e.size:
+                    raise RemoteProtocolError(
+                        f"{self.m.transfer_id} {e.sop_instance_uid}: decodes to more than "
+                        f"its {e.size} bytes"
+                    )
+                self._sha.update(out)
+                if out:
+                    yield InstanceBytes(e.sop_instance_uid, out)
+            if self._left:
+                return  # the rest of this instance is in the next chunk
+            got = self._sha.hexdigest()
+            if self._size != e.size or got != e.sha256:
+                raise RemoteProtocolError(
+                    f"{self.m.transfer_id} {e.sop_instance_uid}: sha256 mismatch (expected "
+                    f"{e.sha256[:12]}, got {got[:12]}, {self._size}/{e.size} bytes)"
+                )
+            yield InstanceVerified(e)
+            self._i += 1
+            self._start_instance()
+
+    @property
+    def done(self) -> bool:
+        return self._i >= len(self.m.instances)
+
+
+def pack_bytes(
+    instances: list[tuple[str, bytes]], chunk_size: int = 256 * 1024, **kw: Any
+) -> tuple[Manifest, list[bytes]]:
+    """Convenience for tests and small transfers: everything in memory."""
+    p = Packer(chunk_size=chunk_size, **kw)
+    chunks: list[bytes] = []
+    for uid, data in instances:
+        p.begin_instance(uid)
+        p.feed(data)
+        p.end_instance()
+        chunks += p.chunks()
+    manifest, last = p.finish()
+    return manifest, chunks + last

@@ -1,0 +1,291 @@
+"""The two ends of a transfer as state machines: what the box sends next, what the hub
+holds and acks. Pure: the caller passes chunks, acks and clock readings in, and gets
+decisions and events out. Both states serialize to JSON so either side resumes after
+a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from wire.errors import LocalProtocolError, RemoteProtocolError
+from wire.manifest import Manifest, Priority
+from wire.ranges import RangeSet
+
+# -- events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkAccepted:
+    transfer_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ChunkDuplicated:
+    transfer_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ChunkRejected:
+    transfer_id: str
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransferComplete:
+    """Every chunk is held (not yet verified instance by instance)."""
+
+    transfer_id: str
+
+
+@dataclass(frozen=True)
+class ChunksAcked:
+    transfer_id: str
+    newly_acked: int
+
+
+@dataclass(frozen=True)
+class TransferVerified:
+    transfer_id: str
+
+
+class State(Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"  # all chunks held, instances being verified
+    VERIFIED = "verified"
+    FAILED = "failed"  # an instance did not verify: its chunks are asked for again
+
+
+# -- the hub's end ------------------------------------------------------------------
+
+
+class Reception:
+    """One transfer as the hub receives it."""
+
+    def __init__(
+        self, manifest: Manifest, held: RangeSet | None = None, state: State = State.RECEIVING
+    ):
+        self.manifest = manifest
+        self.held = held or RangeSet()
+        self.state = state
+        self.rejected: list[int] = []  # chunks to ask for again in the next ack
+
+    def receive(self, index: int, data: bytes) -> list[Any]:
+        """Take one chunk. A duplicate changes nothing; a chunk whose hash does not match
+        the manifest is never accepted."""
+        m = self.manifest
+        if not 0 <= index < m.chunk_count:
+            raise RemoteProtocolError(
+                f"{m.transfer_id}: chunk {index} outside 0..{m.chunk_count - 1}"
+            )
+        if index in self.held:
+            return [ChunkDuplicated(m.transfer_id, index)]
+        got = hashlib.sha256(data).hexdigest()
+        expected = m.chunk_sha256[index]
+        if len(data) != m.chunk_length(index) or got != expected:
+            reason = (
+                f"{m.study_uid} chunk {index}: sha256 mismatch (expected "
+                f"{expected[:12]}, got {got[:12]}, {len(data)} bytes)"
+            )
+            self.rejected.append(index)
+            return [ChunkRejected(m.transfer_id, index, reason)]
+        self.held.add(index)
+        if index in self.rejected:
+            self.rejected.remove(index)
+        events: list[Any] = [ChunkAccepted(m.transfer_id, index)]
+        if len(self.held) == m.chunk_count and self.state is State.RECEIVING:
+            self.state = State.COMPLETE
+            events.append(TransferComplete(m.transfer_id))
+        return events
+
+    def verified(self) -> None:
+        self._move({State.COMPLETE}, State.VERIFIED)
+
+    def failed(self, chunk_indexes: list[int]) -> None:
+        """An instance failed to verify after all chunks were held (its chunks matched
+        their hashes, so the box packed it wrong): drop those chunks and ask again."""
+        self._move({State.COMPLETE}, State.RECEIVING)
+        for i in chunk_indexes:
+            self.held.discard(i)
+            self.rejected.append(i)
+
+    def _move(self, allowed: set[State], to: State) -> None:
+        if self.state not in allowed:
+            raise LocalProtocolError(
+                f"{self.manifest.transfer_id}: cannot go to {to.value} in state {self.state.value}"
+            )
+        self.state = to
+
+    def ack(self) -> dict[str, Any]:
+        """What to tell the box: which chunks are held, which to send again, and
+        whether the transfer is verified."""
+        out = {
+            "transfer_id": self.manifest.transfer_id,
+            "held": self.held.to_json(),
+            "verified": self.state is State.VERIFIED,
+        }
+        if self.rejected:
+            out["resend"] = sorted(set(self.rejected))
+            self.rejected = []
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "manifest": json.loads(self.manifest.to_json()),
+                "held": self.held.to_json(),
+                "state": self.state.value,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> Reception:
+        d = json.loads(raw)
+        m = Manifest.from_json(json.dumps(d["manifest"]))
+        return cls(m, RangeSet.from_json(d["held"], m.chunk_count), State(d["state"]))
+
+
+# -- the box's end ------------------------------------------------------------------
+
+
+@dataclass
+class _Outgoing:
+    transfer_id: str
+    priority: Priority
+    seq: int  # queue order given by the caller; lower is older
+    chunk_count: int
+    acked: RangeSet
+    verified: bool = False
+
+
+class Uplink:
+    """Which chunk the box sends next, given the hub's acks and an in-flight window.
+
+    STAT transfers go before routine ones at chunk granularity; within a priority, the
+    oldest queued first. A chunk the hub acknowledged is never handed out again.
+    In-flight chunks are those handed out and not yet acked; after a disconnect, or
+    when one stays unacked longer than ``ack_timeout`` seconds, it may go again.
+    """
+
+    def __init__(self, window: int = 16, ack_timeout: float = 120.0):
+        if window < 1:
+            raise LocalProtocolError("window must be at least 1")
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.transfers: dict[str, _Outgoing] = {}
+        self.in_flight: dict[tuple[str, int], float] = {}  # -> when handed out
+
+    def queue(self, manifest: Manifest, seq: int) -> None:
+        if manifest.transfer_id in self.transfers:
+            return  # idempotent: queueing again changes nothing
+        self.transfers[manifest.transfer_id] = _Outgoing(
+            manifest.transfer_id, manifest.priority, seq, manifest.chunk_count, RangeSet()
+        )
+
+    def set_priority(self, transfer_id: str, priority: Priority) -> None:
+        """Takes effect at the next chunk handed out."""
+        self.transfers[transfer_id].priority = priority
+
+    def next_chunks(self, now: float, limit: int | None = None) -> list[tuple[str, int]]:
+        """Chunks to send now, best first, filling the window; marks them in flight."""
+        self._expire(now)
+        room = self.window - len(self.in_flight)
+        if limit is not None:
+            room = min(room, limit)
+        out: list[tuple[str, int]] = []
+        if room <= 0:
+            return out
+        order = sorted(
+            (t for t in self.transfers.values() if not t.verified),
+            key=lambda t: (t.priority.rank, t.seq),
+        )
+        for t in order:
+            for i in t.acked.missing(t.chunk_count):
+                if (t.transfer_id, i) in self.in_flight:
+                    continue
+                out.append((t.transfer_id, i))
+                self.in_flight[(t.transfer_id, i)] = now
+                if len(out) >= room:
+                    return out
+        return out
+
+    def _expire(self, now: float) -> None:
+        for key, sent in list(self.in_flight.items()):
+            if now - sent >= self.ack_timeout:
+                del self.in_flight[key]
+
+    def disconnected(self) -> None:
+        """The link dropped: whatever was in flight may be lost, so it may go again."""
+        self.in_flight.clear()
+
+    def receive_ack(self, ack: dict[str, Any]) -> list[Any]:
+        """Apply the hub's ack (the JSON that ``Reception.ack`` made)."""
+        if not isinstance(ack, dict) or not isinstance(ack.get("transfer_id"), str):
+            raise RemoteProtocolError(f"ack without a transfer id: {str(ack)[:100]}")
+        t = self.transfers.get(ack["transfer_id"])
+        if t is None:
+            return []  # an ack for a transfer we finished or never had: nothing to do
+        held = RangeSet.from_json(ack.get("held", []), t.chunk_count)
+        before = len(t.acked)
+        for s, e in held.to_json():
+            t.acked.add_range(s, e)
+        for i in held:
+            self.in_flight.pop((t.transfer_id, i), None)
+        resend = ack.get("resend", [])
+        if not isinstance(resend, list):
+            raise RemoteProtocolError(f"{t.transfer_id}: resend must be a list")
+        for i in resend:
+            if isinstance(i, int) and i not in t.acked:
+                self.in_flight.pop((t.transfer_id, i), None)
+        events: list[Any] = []
+        if len(t.acked) > before:
+            events.append(ChunksAcked(t.transfer_id, len(t.acked) - before))
+        if ack.get("verified") is True and len(t.acked) == t.chunk_count and not t.verified:
+            t.verified = True
+            events.append(TransferVerified(t.transfer_id))
+        return events
+
+    def chunks_left(self) -> int:
+        return sum(t.chunk_count - len(t.acked) for t in self.transfers.values() if not t.verified)
+
+    def to_json(self) -> str:
+        # in-flight is not kept: after a restart everything unacked may go again
+        return json.dumps(
+            {
+                "window": self.window,
+                "ack_timeout": self.ack_timeout,
+                "transfers": [
+                    {
+                        "transfer_id": t.transfer_id,
+                        "priority": t.priority.value,
+                        "seq": t.seq,
+                        "chunk_count": t.chunk_count,
+                        "acked": t.acked.to_json(),
+                        "verified": t.verified,
+                    }
+                    for t in self.transfers.values()
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> Uplink:
+        d = json.loads(raw)
+        u = cls(d["window"], d["ack_timeout"])
+        for t in d["transfers"]:
+            u.transfers[t["transfer_id"]] = _Outgoing(
+                t["transfer_id"],
+                Priority(t["priority"]),
+                t["seq"],
+                t["chunk_count"],
+                RangeSet.from_json(t["acked"], t["chunk_count"]),
+                t["verified"],
+            )
+        return u
