@@ -104,6 +104,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             args.chunk_size * 1024,
             args.level,
             Priority.STAT if args.stat else Priority.ROUTINE,
+            pixel_effort=args.effort or None,
         )
     except PackError as exc:
         print(f"radsetu pack: {exc}", file=sys.stderr)
@@ -171,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--box-id", help="box id to put in the manifest")
     s.add_argument("--chunk-size", type=int, default=256, help="chunk size in KiB (256)")
     s.add_argument("--level", type=int, default=3, help="zstd level (3)")
+    s.add_argument(
+        "--effort",
+        type=int,
+        default=3,
+        help="JPEG XL effort for pixel data: 3 fast (default), 7-8 for a thin "
+        "link, 0 for plain zstd",
+    )
     s.add_argument("--stat", action="store_true", help="mark the transfer STAT")
     s.set_defaults(func=cmd_pack)
 

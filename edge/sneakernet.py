@@ -69,6 +69,7 @@ def pack(
     chunk_size: int,
     level: int,
     priority: Priority = Priority.ROUTINE,
+    pixel_effort: int | None = 3,
 ) -> Manifest:
     """Write one pack file; the chunks go to a temp file first, since the manifest
     (with every chunk's hash) is known only at the end."""
@@ -88,12 +89,13 @@ def pack(
         priority=priority,
         chunk_size=chunk_size,
         level=level,
+        pixel_effort=pixel_effort,
     )
     body = out.with_name(out.name + ".chunks.part")
     try:
         with open(body, "wb") as chunks_out:
             for s in sources:
-                packer.begin_instance(s.sop_instance_uid)
+                packer.begin_instance(s.sop_instance_uid, size=s.path.stat().st_size)
                 with open(s.path, "rb") as f:
                     while block := f.read(BLOCK):
                         packer.feed(block)

@@ -5,7 +5,10 @@ verify and keep instances as they complete). Codecs, named per instance in the
 manifest so that an older box's transfers stay readable:
 
 - ``zstd``: zstandard at the transfer's ``codec.level``;
-- ``raw``: the bytes as they are (already-compressed pixel data gains nothing).
+- ``raw``: the bytes as they are (already-compressed pixel data gains nothing);
+- ``dicom-jxl``: pixel data as a lossless JPEG XL image, the rest zstd'd
+  (``wire.pixels``); chosen per instance when the packer has a ``pixel_effort`` and
+  the instance suits it, otherwise the instance goes as ``zstd``.
 
 The caller owns all I/O: it feeds bytes in and writes the chunks that come out.
 """
@@ -19,34 +22,56 @@ from typing import Any
 
 import zstandard
 
+from wire import pixels
 from wire.errors import LocalProtocolError, RemoteProtocolError
 from wire.manifest import InstanceEntry, Manifest, Priority
 
-CODECS = ("zstd", "raw")
+CODECS = ("zstd", "raw", "dicom-jxl")
 DEFAULT_LEVEL = 3
 
 
 class _Record:
-    def __init__(self, sop_instance_uid: str, codec: str, level: int, offset: int):
+    def __init__(
+        self,
+        sop_instance_uid: str,
+        codec: str,
+        level: int,
+        offset: int,
+        pixel_effort: int | None = None,
+    ):
         if codec not in CODECS:
             raise LocalProtocolError(f"unknown codec {codec!r}")
         self.sop_instance_uid = sop_instance_uid
         self.codec = codec
+        self.level = level
+        self.pixel_effort = pixel_effort
         self.offset = offset
         self.size = 0
         self.encoded = 0
         self.sha = hashlib.sha256()
         self._z = zstandard.ZstdCompressor(level=level).compressobj() if codec == "zstd" else None
+        self._whole = bytearray() if codec == "dicom-jxl" else None
 
     def feed(self, data: bytes) -> bytes:
         self.size += len(data)
         self.sha.update(data)
+        if self._whole is not None:  # an image coder needs the whole instance
+            self._whole += data
+            return b""
         out = self._z.compress(data) if self._z else bytes(data)
         self.encoded += len(out)
         return out
 
     def end(self) -> bytes:
-        out = self._z.flush() if self._z else b""
+        if self._whole is not None:
+            whole = bytes(self._whole)
+            self._whole = None
+            out = pixels.encode(whole, self.pixel_effort or 3, self.level)
+            if out is None:  # not an image it can code: plain zstd
+                self.codec = "zstd"
+                out = zstandard.ZstdCompressor(level=self.level).compress(whole)
+        else:
+            out = self._z.flush() if self._z else b""
         self.encoded += len(out)
         return out
 
@@ -64,6 +89,7 @@ class Packer:
         chunk_size: int,
         level: int = DEFAULT_LEVEL,
         follow_up_of: str | None = None,
+        pixel_effort: int | None = None,
     ):
         self.meta = dict(
             box_id=box_id,
@@ -74,6 +100,7 @@ class Packer:
         )
         self.chunk_size = chunk_size
         self.level = level
+        self.pixel_effort = pixel_effort
         self._buf = bytearray()
         self._ready: list[bytes] = []
         self._hashes: list[str] = []
@@ -83,10 +110,18 @@ class Packer:
         self._stream = 0
         self._finished = False
 
-    def begin_instance(self, sop_instance_uid: str, codec: str = "zstd") -> None:
+    def begin_instance(
+        self, sop_instance_uid: str, codec: str | None = None, size: int | None = None
+    ) -> None:
+        """Start an instance. Without ``codec``: ``dicom-jxl`` when the packer has a
+        ``pixel_effort`` and the instance (``size`` bytes, if known) is small enough to
+        hold whole, else ``zstd``."""
         if self._rec is not None or self._finished:
             raise LocalProtocolError("begin_instance while an instance is open or after finish")
-        self._rec = _Record(sop_instance_uid, codec, self.level, self._stream)
+        if codec is None:
+            fits = size is None or size <= pixels.MAX_PIXEL_BYTES
+            codec = "dicom-jxl" if self.pixel_effort is not None and fits else "zstd"
+        self._rec = _Record(sop_instance_uid, codec, self.level, self._stream, self.pixel_effort)
 
     def feed(self, data: bytes) -> None:
         if self._rec is None:
@@ -188,6 +223,7 @@ class Unpacker:
         self._sha = hashlib.sha256()
         self._size = 0
         self._z = zstandard.ZstdDecompressor().decompressobj() if e.codec == "zstd" else None
+        self._whole = bytearray() if e.codec == "dicom-jxl" else None
 
     def feed_chunk(self, index: int, data: bytes) -> Iterator[InstanceBytes | InstanceVerified]:
         if index != self._next_chunk:
@@ -203,7 +239,13 @@ class Unpacker:
             take = min(self._left, len(view))
             part, view = view[:take], view[take:]
             self._left -= take
-            if take:
+            if self._whole is not None:
+                self._whole += part
+                part = memoryview(b"")
+                if not self._left:
+                    part = memoryview(pixels.decode(bytes(self._whole), e.size))
+                    self._whole = None
+            if len(part):
                 try:
                     out = self._z.decompress(part) if self._z else bytes(part)
                 except zstandard.ZstdError as exc:

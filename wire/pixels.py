@@ -1,0 +1,126 @@
+"""The DICOM-aware record codec ``dicom-jxl``: pixel data coded as an image, the rest of
+the file zstd'd, the original file rebuilt bit for bit at the far end.
+
+General-purpose compressors do poorly on 16-bit images; an image coder predicts each
+pixel from its neighbours. JPEG XL's lossless mode (libjxl, through imagecodecs) is
+used at an effort the caller picks: effort 3 is the fast setting, 7-8 the slow-link
+one (figures: ``bench/compress.py``, ``docs/wire.md``).
+
+Only uncompressed little-endian grayscale pixel data of 8 or 16 bits with a defined
+length is coded this way; anything else (compressed transfer syntaxes, colour, odd
+lengths) returns None and goes as zstd. Every encode is decoded again and compared
+before it is used: a codec bug falls back to zstd, it never changes a byte.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import imagecodecs
+import numpy as np
+import zstandard
+
+from wire.dicom import (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    MAX_META_BYTES,
+    InvalidInstance,
+    check_structure,
+    read_meta,
+)
+from wire.errors import RemoteProtocolError
+
+MAGIC = b"DJX1"
+MAX_PIXEL_BYTES = 256 * 1024 * 1024
+_HEADER = struct.Struct("<4sBBiIIIQQI")  # magic dtype bits offset rows cols frames start len zlen
+_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 3: np.dtype("<i2")}
+
+PIXEL_DATA = 0x7FE00010
+ROWS, COLUMNS = 0x00280010, 0x00280011
+SAMPLES, BITS_ALLOCATED, PIXEL_REPRESENTATION = 0x00280002, 0x00280100, 0x00280103
+NUMBER_OF_FRAMES = 0x00280008
+_WANTED = frozenset(
+    {PIXEL_DATA, ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, PIXEL_REPRESENTATION, NUMBER_OF_FRAMES}
+)
+
+
+def _us(value: bytes | None) -> int | None:
+    return struct.unpack("<H", value[:2])[0] if value and len(value) >= 2 else None
+
+
+def encode(data: bytes, effort: int, zstd_level: int = 3, check: bool = True) -> bytes | None:
+    """The ``dicom-jxl`` record of a Part 10 file, or None when it does not apply.
+
+    With ``check`` (the default, and what the box uses) the record is decoded again and
+    compared with ``data`` before it is returned."""
+    try:
+        meta = read_meta(data[:MAX_META_BYTES])
+        if meta.transfer_syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+            return None
+        walked = check_structure(
+            memoryview(data)[meta.end :], meta.transfer_syntax, len(data), _WANTED
+        )
+    except InvalidInstance:
+        return None
+    if PIXEL_DATA not in walked.elements:
+        return None
+    rows, cols = _us(walked.value(ROWS)), _us(walked.value(COLUMNS))
+    bits, samples = _us(walked.value(BITS_ALLOCATED)), _us(walked.value(SAMPLES)) or 1
+    signed = _us(walked.value(PIXEL_REPRESENTATION)) == 1
+    frames_raw = walked.value(NUMBER_OF_FRAMES)
+    try:
+        frames = int(frames_raw.strip(b" \x00")) if frames_raw else 1
+    except ValueError:
+        return None
+    _vr, offset, length = walked.elements[PIXEL_DATA]
+    start = meta.end + offset
+    if not rows or not cols or samples != 1 or bits not in (8, 16) or frames < 1:
+        return None
+    if length != rows * cols * frames * bits // 8 or length > MAX_PIXEL_BYTES:
+        return None
+    code = 1 if bits == 8 else (3 if signed else 2)
+    pixels = np.frombuffer(data, dtype=_DTYPES[code], count=length * 8 // bits, offset=start)
+    wide = pixels.astype(np.int32)
+    low = int(wide.min())
+    span = int(wide.max()) - low
+    image = (wide - low).astype(np.uint8 if bits == 8 else np.uint16)
+    image = image.reshape(frames * rows, cols)
+    depth = max(span.bit_length(), 1)
+    coded = imagecodecs.jpegxl_encode(
+        image, lossless=True, effort=effort, bitspersample=depth, numthreads=1
+    )
+    rest = zstandard.ZstdCompressor(level=zstd_level).compress(
+        data[:start] + data[start + length :]
+    )
+    record = (
+        _HEADER.pack(MAGIC, code, depth, low, rows, cols, frames, start, length, len(rest))
+        + rest
+        + coded
+    )
+    if check and decode(record, len(data)) != data:  # never trust a codec with a patient's image
+        return None
+    return record
+
+
+def decode(record: bytes, max_size: int = 1 << 62) -> bytes:
+    """Rebuild the original file (at most ``max_size`` bytes) from a ``dicom-jxl`` record."""
+    if len(record) < _HEADER.size:
+        raise RemoteProtocolError("dicom-jxl record is shorter than its header")
+    magic, code, _depth, low, rows, cols, frames, start, length, zlen = _HEADER.unpack_from(record)
+    if magic != MAGIC or code not in _DTYPES:
+        raise RemoteProtocolError("not a dicom-jxl record")
+    if length > max_size or rows * cols * frames * _DTYPES[code].itemsize != length:
+        raise RemoteProtocolError("dicom-jxl record's header does not add up")
+    try:
+        rest = zstandard.ZstdDecompressor().decompress(
+            record[_HEADER.size : _HEADER.size + zlen], max_output_size=max_size
+        )
+        image = imagecodecs.jpegxl_decode(record[_HEADER.size + zlen :], numthreads=1)
+    except (zstandard.ZstdError, imagecodecs.JpegxlError, ValueError) as exc:
+        raise RemoteProtocolError(f"dicom-jxl record does not decode: {exc}") from exc
+    if image.shape != (frames * rows, cols) or start > len(rest):
+        raise RemoteProtocolError("dicom-jxl record's image does not match its header")
+    pixels = (image.astype(np.int32) + low).astype(_DTYPES[code]).tobytes()
+    if len(pixels) != length:
+        raise RemoteProtocolError("dicom-jxl record's pixel length does not match")
+    return rest[:start] + pixels + rest[start:]
