@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 EPILOG_SERVE = "example: radsetu edge serve --config /etc/radsetu/edge.toml"
@@ -110,11 +111,17 @@ def cmd_pack(args: argparse.Namespace) -> int:
         print(f"radsetu pack: {exc}", file=sys.stderr)
         return 1
     ratio = m.payload_bytes / max(m.stream_size, 1)
+    codecs = Counter(e.codec for e in m.instances)
+    effort = m.codec.get("pixel_effort")
+    how = ", ".join(
+        f"{n} as {c}" + (f" (effort {effort})" if c == "dicom-jxl" else "")
+        for c, n in codecs.most_common()
+    )
     print(
-        f"packed study {m.study_uid}: {len(m.instances)} instances, "
-        f"{m.payload_bytes / 1e6:.1f} MB -> {m.stream_size / 1e6:.1f} MB "
-        f"({ratio:.2f}:1, codec {m.codec}), {m.chunk_count} chunks of "
-        f"{m.chunk_size // 1024} KiB, transfer {m.transfer_id} -> {args.output}"
+        f"packed study {m.study_uid}: {len(m.instances)} instances ({how}), "
+        f"{m.payload_bytes / 1e6:.1f} MB -> {m.stream_size / 1e6:.1f} MB ({ratio:.2f}:1), "
+        f"{m.chunk_count} chunks of {m.chunk_size // 1024} KiB, transfer {m.transfer_id} "
+        f"-> {args.output}"
     )
     return 0
 

@@ -232,6 +232,7 @@ def test_dicom_aware_codec_is_byte_exact_on_every_sample():
     inst = [(f"1.2.{i}", f.read_bytes()) for i, f in enumerate(files)]
     m, chunks = pack_bytes(inst, chunk_size=100_000, transfer_id="t1", pixel_effort=1, **META)
     assert unpack_all(Manifest.from_json(m.to_json()), chunks) == dict(inst)
+    assert m.codec == {"name": "records-v1", "level": 3, "pixel_effort": 1}
     codecs = {e.sop_instance_uid: e.codec for e in m.instances}
     assert codecs["1.2.0"] == "dicom-jxl"  # CT 512x512 16-bit
     assert list(codecs.values()).count("dicom-jxl") >= 6

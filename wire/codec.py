@@ -171,8 +171,11 @@ class Packer:
             self._emit(bytes(self._buf))
             self._buf.clear()
         self._finished = True
+        params: dict[str, Any] = {"name": "records-v1", "level": self.level}
+        if self.pixel_effort is not None:
+            params["pixel_effort"] = self.pixel_effort
         manifest = Manifest(
-            codec={"name": "records-v1", "level": self.level},
+            codec=params,
             chunk_size=self.chunk_size,
             stream_size=self._stream,
             instances=tuple(self._entries),
