@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,7 @@ class RadSetuBox:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=400)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown")
     args = ap.parse_args()
     if not shutil.which("Orthanc"):
         print("Orthanc is not installed: run `make bench` (it installs it)", file=sys.stderr)
@@ -131,6 +133,7 @@ def main() -> int:
             f"study: {args.count} instances, {mb:.1f} MB, made from pydicom-data "
             "693_UNCI.dcm (real CT slice) with new UIDs"
         )
+        print(f"median of {args.repeat} runs per cell, each into a fresh receiver")
         print(f"{'receiver':<26} {'sender':<16} {'MB/s':>8} {'inst/s':>8}")
         results: dict[tuple[str, bool], float] = {}
         for kind in (Storescp, Orthanc, RadSetuBox):
@@ -140,11 +143,14 @@ def main() -> int:
                 env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
                 if nodelay:
                     env["TCP_NODELAY"] = "1"
-                rx = kind(work / f"{kind.__name__}-{int(nodelay)}", env)
-                try:
-                    dt = send(files, rx.port, nodelay)
-                finally:
-                    rx.stop()
+                times = []
+                for run in range(args.repeat):
+                    rx = kind(work / f"{kind.__name__}-{int(nodelay)}-{run}", env)
+                    try:
+                        times.append(send(files, rx.port, nodelay))
+                    finally:
+                        rx.stop()
+                dt = statistics.median(times)
                 results[(kind.name, nodelay)] = mb / dt
                 sender = "TCP_NODELAY=1" if nodelay else "dcmtk default"
                 print(

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -122,6 +123,10 @@ def open_db(path: Path) -> sqlite_utils.Database:
     return db
 
 
+# fsync releases the GIL: the disk flush runs while the caller hashes the same file
+_FSYNC_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
+
+
 class TempFile:
     """A file being written in the store's ``tmp/``: hashes as it goes, fsyncs on close.
 
@@ -144,9 +149,11 @@ class TempFile:
         DICOM receiver): hash it and fsync it, without copying it."""
         temp = cls(path, dataset_offset, create=False)
         with open(path, "rb") as f:
+            # the disk flush and the hashing overlap: both release the GIL
+            flushed = _FSYNC_POOL.submit(os.fsync, f.fileno())
             while block := f.read(1 << 20):
                 temp._update(memoryview(block))
-            os.fsync(f.fileno())
+            flushed.result()
         return temp
 
     def write(self, data: bytes | memoryview) -> None:
