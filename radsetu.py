@@ -97,6 +97,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
         config = _load_config(args.config)
         sources = sources_from_store(config.data_dir, args.study)
         box_id = args.box_id or config.box_id
+    effort = args.effort or None
+    if args.link_kbps:
+        from edge.sneakernet import pick_for_link
+
+        if sources:
+            best, why = pick_for_link(sources, args.link_kbps * 1000 / 8)
+            effort = best.pixel_effort
+            print(why)
     try:
         m = pack(
             sources,
@@ -105,7 +113,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             args.chunk_size * 1024,
             args.level,
             Priority.STAT if args.stat else Priority.ROUTINE,
-            pixel_effort=args.effort or None,
+            pixel_effort=effort,
         )
     except PackError as exc:
         print(f"radsetu pack: {exc}", file=sys.stderr)
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="JPEG XL effort for pixel data: 3 fast (default), 7-8 for a thin "
         "link, 0 for plain zstd",
+    )
+    s.add_argument(
+        "--link-kbps",
+        type=int,
+        help="pick the coder that delivers soonest over a link of this many kbit/s "
+        "(a trial on the study's largest instance); overrides --effort",
     )
     s.add_argument("--stat", action="store_true", help="mark the transfer STAT")
     s.set_defaults(func=cmd_pack)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
 from edge.intake import verify
+from wire.adaptive import Profile, choose, delivery_seconds
 from wire.codec import InstanceBytes, InstanceVerified, Packer, Unpacker
 from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest, Priority
@@ -162,3 +163,52 @@ def unpack(pack_file: Path, out_dir: Path) -> tuple[Manifest, list[Path]]:
         if f.read(1):
             raise RemoteProtocolError(f"{pack_file}: bytes after the last chunk")
     return manifest, written
+
+
+def measure_profiles(sample: bytes, efforts: tuple[int, ...] = (3, 8)) -> list[Profile]:
+    """Ratio and encode speed of each candidate coder on one real instance, on this
+    machine now: what ``wire.adaptive.choose`` needs."""
+    import time
+
+    import zstandard
+
+    from wire import pixels
+
+    profiles = []
+    t = time.perf_counter()
+    z = zstandard.ZstdCompressor(level=3).compress(sample)
+    dt = max(time.perf_counter() - t, 1e-6)
+    profiles.append(Profile("zstd-3", len(sample) / len(z), len(sample) / dt))
+    for effort in efforts:
+        t = time.perf_counter()
+        rec = pixels.encode(sample, effort)
+        dt = max(time.perf_counter() - t, 1e-6)
+        if rec is not None:
+            profiles.append(
+                Profile(
+                    f"dicom-jxl effort {effort}",
+                    len(sample) / len(rec),
+                    len(sample) / dt,
+                    pixel_effort=effort,
+                )
+            )
+    return profiles
+
+
+def pick_for_link(sources: list[Source], link_bytes_per_s: float) -> tuple[Profile, str]:
+    """Choose the coder for this link from a trial on the study's largest instance;
+    returns the pick and a sentence that says why."""
+    sample_src = max(sources, key=lambda s: s.path.stat().st_size)
+    sample = sample_src.path.read_bytes()
+    payload = sum(s.path.stat().st_size for s in sources)
+    profiles = measure_profiles(sample)
+    best = choose(profiles, payload, link_bytes_per_s, len(sample))
+    times = ", ".join(
+        f"{p.name} {delivery_seconds(p, payload, link_bytes_per_s, len(sample)):.0f} s "
+        f"({p.ratio:.2f}:1 at {p.encode_bytes_per_s / 1e6:.0f} MB/s)"
+        for p in profiles
+    )
+    return best, (
+        f"link {link_bytes_per_s * 8 / 1000:.0f} kbit/s: picked {best.name} "
+        f"(modelled delivery: {times})"
+    )

@@ -100,3 +100,13 @@ def test_wire_does_no_io():
             for n in names:
                 assert n.split(".")[0] not in forbidden, f"{p.name} imports {n}"
         assert "open(" not in p.read_text(), f"{p.name} opens files"
+
+
+def test_pack_picks_the_coder_for_the_link(tmp_path):
+    replicate(data_file("693_UNCI.dcm"), tmp_path / "ct", 4)
+    slow = run("pack", tmp_path / "ct", "-o", tmp_path / "a", "--link-kbps", "256")
+    assert slow.returncode == 0, slow.stderr
+    assert "picked dicom-jxl effort 8" in slow.stdout and "zstd-3" in slow.stdout
+    fast = run("pack", tmp_path / "ct", "-o", tmp_path / "b", "--link-kbps", "1000000")
+    assert "picked dicom-jxl effort 8" not in fast.stdout
+    assert (tmp_path / "a").stat().st_size < (tmp_path / "b").stat().st_size

@@ -235,6 +235,9 @@ def test_dicom_aware_codec_is_byte_exact_on_every_sample():
     assert m.codec == {"name": "records-v1", "level": 3, "pixel_effort": 1}
     codecs = {e.sop_instance_uid: e.codec for e in m.instances}
     assert codecs["1.2.0"] == "dicom-jxl"  # CT 512x512 16-bit
+    names = [f.name for f in files]
+    assert codecs[f"1.2.{names.index('693_J2KR.dcm')}"] == "raw"  # JPEG 2000: not again
+    assert codecs[f"1.2.{names.index('OBXXXX1A_expb.dcm')}"] == "zstd"  # big endian
     assert list(codecs.values()).count("dicom-jxl") >= 6
     jxl = sum(e.encoded_size for e in m.instances if e.codec == "dicom-jxl")
     raw = sum(e.size for e in m.instances if e.codec == "dicom-jxl")

@@ -67,7 +67,9 @@ class _Record:
             whole = bytes(self._whole)
             self._whole = None
             out = pixels.encode(whole, self.pixel_effort or 3, self.level)
-            if out is None:  # not an image it can code: plain zstd
+            if out is None and pixels.already_compressed(whole):
+                self.codec, out = "raw", whole  # JPEG & co. gain nothing from zstd
+            elif out is None:  # not an image it can code: plain zstd
                 self.codec = "zstd"
                 out = zstandard.ZstdCompressor(level=self.level).compress(whole)
         else:

@@ -21,6 +21,8 @@ import numpy as np
 import zstandard
 
 from wire.dicom import (
+    DEFLATED_LE,
+    EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     MAX_META_BYTES,
@@ -42,6 +44,18 @@ NUMBER_OF_FRAMES = 0x00280008
 _WANTED = frozenset(
     {PIXEL_DATA, ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, PIXEL_REPRESENTATION, NUMBER_OF_FRAMES}
 )
+
+
+UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_LE})
+
+
+def already_compressed(data: bytes) -> bool:
+    """True for a Part 10 file whose pixel data is in a compressed transfer syntax
+    (JPEG, JPEG-LS, JPEG 2000, RLE, video...): coding it again gains nothing."""
+    try:
+        return read_meta(data[:MAX_META_BYTES]).transfer_syntax not in UNCOMPRESSED
+    except InvalidInstance:
+        return False
 
 
 def _us(value: bytes | None) -> int | None:
