@@ -27,6 +27,7 @@ debs-bench:
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict --ignore-missing-imports wire/
 
 test: $(VENV)/.installed debs-test lint
 	$(PY) -m pytest -q -p no:cacheprovider

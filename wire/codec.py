@@ -93,13 +93,8 @@ class Packer:
         follow_up_of: str | None = None,
         pixel_effort: int | None = None,
     ):
-        self.meta = dict(
-            box_id=box_id,
-            study_uid=study_uid,
-            transfer_id=transfer_id,
-            priority=priority,
-            follow_up_of=follow_up_of,
-        )
+        self.box_id, self.study_uid, self.transfer_id = box_id, study_uid, transfer_id
+        self.priority, self.follow_up_of = priority, follow_up_of
         self.chunk_size = chunk_size
         self.level = level
         self.pixel_effort = pixel_effort
@@ -182,8 +177,12 @@ class Packer:
             stream_size=self._stream,
             instances=tuple(self._entries),
             chunk_sha256=tuple(self._hashes),
-            **self.meta,
-        )  # type: ignore[arg-type]
+            box_id=self.box_id,
+            study_uid=self.study_uid,
+            transfer_id=self.transfer_id,
+            priority=self.priority,
+            follow_up_of=self.follow_up_of,
+        )
         return manifest, self.chunks()
 
 

@@ -173,5 +173,5 @@ class Manifest:
             instances=tuple(entries),
             chunk_sha256=tuple(hashes),
             follow_up_of=follow,
-            extra=d.get("extra") if isinstance(d.get("extra"), dict) else {},
+            extra=extra if isinstance(extra := d.get("extra"), dict) else {},
         )

@@ -25,7 +25,7 @@ def header_length(prefix: bytes) -> int:
     """Given the first ``len(MAGIC) + 4`` bytes, how many header bytes there are."""
     if len(prefix) < len(MAGIC) + 4 or prefix[: len(MAGIC)] != MAGIC:
         raise RemoteProtocolError("not a RadSetu pack file (no RADSETU-PACK header)")
-    (n,) = struct.unpack(">I", prefix[len(MAGIC) : len(MAGIC) + 4])
+    n: int = struct.unpack(">I", prefix[len(MAGIC) : len(MAGIC) + 4])[0]
     if n > MAX_MANIFEST:
         raise RemoteProtocolError(f"pack file manifest of {n} bytes is implausibly large")
     return len(MAGIC) + 4 + n

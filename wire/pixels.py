@@ -15,6 +15,7 @@ before it is used: a codec bug falls back to zstd, it never changes a byte.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -35,7 +36,7 @@ from wire.errors import RemoteProtocolError
 MAGIC = b"DJX1"
 MAX_PIXEL_BYTES = 256 * 1024 * 1024
 _HEADER = struct.Struct("<4sBBiIIIQQI")  # magic dtype bits offset rows cols frames start len zlen
-_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 3: np.dtype("<i2")}
+_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 3: np.dtype("<i2")}
 
 PIXEL_DATA = 0x7FE00010
 ROWS, COLUMNS = 0x00280010, 0x00280011
@@ -134,7 +135,7 @@ def decode(record: bytes, max_size: int = 1 << 62) -> bytes:
         raise RemoteProtocolError(f"dicom-jxl record does not decode: {exc}") from exc
     if image.shape != (frames * rows, cols) or start > len(rest):
         raise RemoteProtocolError("dicom-jxl record's image does not match its header")
-    pixels = (image.astype(np.int32) + low).astype(_DTYPES[code]).tobytes()
+    pixels: bytes = (image.astype(np.int32) + low).astype(_DTYPES[code]).tobytes()
     if len(pixels) != length:
         raise RemoteProtocolError("dicom-jxl record's pixel length does not match")
-    return rest[:start] + pixels + rest[start:]
+    return bytes(rest[:start]) + pixels + bytes(rest[start:])
