@@ -109,7 +109,7 @@ def main() -> int:
             checked[(name, effort)] = mb / (e + dd)
         rows.append((modality, name, len(data), results))
     print()
-    ok = True
+    ok = ok_checked = True
     for modality, name, _, r in rows:
         jls = r["JPEG-LS (ref)"][0]
         fast, slow = r[f"dicom-jxl e{FAST}"], r[f"dicom-jxl e{SLOW}"]
@@ -121,9 +121,14 @@ def main() -> int:
         )
         print(line)
         ok &= fast[0] >= jls and fast[1] >= 20
+        ok_checked &= checked[(name, FAST)] >= 20
         if modality in ("CT", "MR"):
             ok &= slow[0] >= 1.1 * jls
-    print("targets:", "met" if ok else "NOT all met")
+    print("targets (coder alone, one core):", "met" if ok else "NOT all met")
+    print(
+        "fast setting >= 20 MB/s including the box's decode-and-compare check:",
+        "met" if ok_checked else "NOT met",
+    )
     print()
     # delivery time of a 100-slice study like each file, per link rate (modelled from
     # the figures above: packing runs while sending)
