@@ -76,7 +76,6 @@ def main() -> int:
     print(f"{'file':<16} {'coder':<18} {'ratio':>6} {'enc MB/s':>9} {'dec MB/s':>9}")
     for modality, name in FILES:
         data = data_file(name).read_bytes()
-        mb = len(data) / 1e6
         results = {}
 
         label = f"{modality} {name}"
@@ -106,7 +105,9 @@ def main() -> int:
             d, dd = timed(pixels.decode, c)
             assert d == data, "dicom-jxl round trip differs"
             add(f"dicom-jxl e{effort}", len(c), e, dd)
-            checked[(name, effort)] = mb / (e + dd)
+            if effort == FAST:  # what the box runs: encode plus its pixel check
+                _, ec = timed(pixels.encode, data, effort, 3, True)
+                checked[(name, effort)] = len(data) / 1e6 / ec
         rows.append((modality, name, len(data), results))
     print()
     ok = ok_checked = True
