@@ -33,11 +33,15 @@ def _load_config(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_edge_serve(args: argparse.Namespace) -> int:
-    from edge.service import serve
+    from edge.service import BoxRunning, serve
 
     config = _load_config(args.config)
     _setup_logging(config["log_level"])
-    return serve(config)
+    try:
+        return serve(config)
+    except BoxRunning as exc:
+        print(f"radsetu: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_edge_import(args: argparse.Namespace) -> int:
@@ -67,10 +71,15 @@ def cmd_edge_import(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
-    from edge.service import check_store, open_store
+    from edge.service import BoxRunning, check_store, lock_data_dir, open_store
 
     config = _load_config(args.config)
     _setup_logging(config["log_level"])
+    try:
+        lock_data_dir(config)
+    except BoxRunning as exc:
+        print(f"radsetu: {exc}", file=sys.stderr)
+        return 2
     store = open_store(config)
     try:
         check_store(store)

@@ -7,7 +7,9 @@ SIGKILL or power cut is what the store's start-up check is for.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -21,6 +23,26 @@ from edge.store import Store
 from edge.web import create_app
 
 log = logging.getLogger("radsetu.edge")
+
+
+class BoxRunning(Exception):
+    """Another process serves this data folder."""
+
+
+def lock_data_dir(config: Config) -> int:
+    """Take the data folder's lock, held for as long as the process lives. The store's
+    check removes temp files, so it must never run beside a box that is writing them."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.data_dir / "box.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise BoxRunning(
+            f"a box is already running on {config.data_dir}: stop it first "
+            "(or give this one another data_dir)"
+        ) from exc
+    return fd
 
 
 def open_store(config: Config) -> Store:
@@ -57,6 +79,7 @@ def serve(config: Config) -> int:
     log.info(
         "box %s starting (config: %s, data: %s)", config.box_id, config.source, config.data_dir
     )
+    lock_data_dir(config)
     store = open_store(config)
     check_store(store)
     stop = threading.Event()

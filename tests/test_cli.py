@@ -53,3 +53,25 @@ def test_sigterm_stops_the_box(tmp_path):
     box.proc.send_signal(signal.SIGTERM)
     assert box.proc.wait(timeout=20) == 0
     assert "stopped" in box.log_text()
+
+
+def test_check_and_second_serve_refuse_while_a_box_runs(tmp_path):
+    box = Box(tmp_path / "b").start()
+    try:
+        for cmd in ("check", "serve"):
+            r = subprocess.run(
+                [sys.executable, "-m", "radsetu", "edge", cmd, "--config", str(box.config)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert r.returncode == 2 and "already running" in r.stderr, r.stderr
+    finally:
+        box.stop()
+    r = subprocess.run(
+        [sys.executable, "-m", "radsetu", "edge", "check", "--config", str(box.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
