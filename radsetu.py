@@ -159,6 +159,34 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_HUB_IMPORT = "example: radsetu hub import study1.radsetu --data-dir /var/lib/radsetu-hub"
+
+
+def cmd_hub_import(args: argparse.Namespace) -> int:
+    from hub.ingest import import_pack
+    from hub.store import FileHubStore
+    from wire.errors import RemoteProtocolError
+
+    _setup_logging("INFO" if args.verbose else "WARNING")
+    store = FileHubStore(Path(args.data_dir))
+    try:
+        ack = import_pack(store, args.file)
+    except (RemoteProtocolError, OSError) as exc:
+        print(f"radsetu hub import: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if ack.get("verified"):
+        print(f"transfer {ack['transfer_id']}: every instance verified and stored")
+        return 0
+    print(
+        f"transfer {ack['transfer_id']}: NOT verified (held {ack['held']}, asked again "
+        f"for {ack.get('resend', [])}); see the log",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radsetu", description="RadSetu: scans from clinic to hub.")
     top = p.add_subparsers(dest="area", required=True)
@@ -218,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="the pack file")
     s.add_argument("-o", "--output", required=True, help="folder to write the instances to")
     s.set_defaults(func=cmd_unpack)
+
+    hub = top.add_parser("hub", help="the central hub")
+    hsub = hub.add_subparsers(dest="command", required=True)
+    s = hsub.add_parser(
+        "import", help="ingest a pack file as if it came over MQTT", epilog=EPILOG_HUB_IMPORT
+    )
+    s.add_argument("file", help="a file made by radsetu pack")
+    s.add_argument("--data-dir", default="radsetu-hub-data", help="the hub's data folder")
+    s.add_argument("-v", "--verbose", action="store_true")
+    s.set_defaults(func=cmd_hub_import)
     return p
 
 

@@ -278,6 +278,11 @@ class Unpacker:
             self._start_instance()
 
     @property
+    def current_entry(self) -> InstanceEntry | None:
+        """The instance being decoded (the one to blame when decoding fails)."""
+        return self.m.instances[self._i] if self._i < len(self.m.instances) else None
+
+    @property
     def done(self) -> bool:
         return self._i >= len(self.m.instances)
 

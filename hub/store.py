@@ -1,0 +1,181 @@
+"""The hub's storage, behind a small interface so that PostgreSQL and an S3-compatible
+object store can replace the defaults (SQLite + a folder tree) without touching ingest.
+
+Every piece of reassembly state lives here, never in a worker's memory: with shared
+subscriptions any worker may receive any chunk of any transfer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from edge.store import fsync_dir, utcnow
+
+migrations = Migrations("radsetu.hub.store")
+
+
+@migrations()
+def m001_hub(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE transfers (
+            transfer_id TEXT PRIMARY KEY, box_id TEXT NOT NULL, study_uid TEXT NOT NULL,
+            priority TEXT NOT NULL, state TEXT NOT NULL, reception TEXT NOT NULL,
+            chunk_count INTEGER NOT NULL, chunks_held INTEGER NOT NULL,
+            payload_bytes INTEGER NOT NULL, source TEXT NOT NULL,
+            first_seen TEXT NOT NULL, updated TEXT NOT NULL, verified_at TEXT
+        )""")
+    db.execute("""
+        CREATE TABLE instances (
+            sop_instance_uid TEXT NOT NULL, sha256 TEXT NOT NULL,
+            study_uid TEXT NOT NULL, box_id TEXT NOT NULL, transfer_id TEXT NOT NULL,
+            size INTEGER NOT NULL, path TEXT NOT NULL, stored_at TEXT NOT NULL,
+            PRIMARY KEY (sop_instance_uid, sha256)
+        )""")
+    db.execute("CREATE INDEX hub_instances_study ON instances(study_uid)")
+
+
+class HubStore(Protocol):
+    """What ingest needs from storage. Every write is durable when the call returns."""
+
+    def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None: ...
+    def get_chunk(self, transfer_id: str, index: int) -> bytes: ...
+    def drop_chunks(self, transfer_id: str) -> None: ...
+    def load_reception(self, transfer_id: str) -> str | None: ...
+    def save_reception(
+        self, transfer_id: str, reception_json: str, row: dict[str, Any]
+    ) -> None: ...
+    def put_instance(self, row: dict[str, Any], data: bytes) -> None: ...
+    def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
+
+
+class FileHubStore:
+    """The default: chunks and instances as files under ``root``, the index in SQLite."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.chunks = self.root / "chunks"
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        for d in (self.root, self.chunks, self.objects, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.root / "hub.db", timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def _write(self, final: Path, data: bytes) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+
+    def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
+        self._write(self.chunks / transfer_id / f"{index:08d}", data)
+
+    def get_chunk(self, transfer_id: str, index: int) -> bytes:
+        return (self.chunks / transfer_id / f"{index:08d}").read_bytes()
+
+    def drop_chunks(self, transfer_id: str) -> None:
+        folder = self.chunks / transfer_id
+        if folder.exists():
+            for p in folder.iterdir():
+                p.unlink()
+            folder.rmdir()
+
+    def load_reception(self, transfer_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT reception FROM transfers WHERE transfer_id=?", [transfer_id]
+        ).fetchone()
+        return row[0] if row else None
+
+    def save_reception(self, transfer_id: str, reception_json: str, row: dict[str, Any]) -> None:
+        now = utcnow()
+        self.db.execute(
+            """INSERT INTO transfers(transfer_id, box_id, study_uid, priority, state,
+                   reception, chunk_count, chunks_held, payload_bytes, source, first_seen,
+                   updated, verified_at)
+               VALUES (:transfer_id, :box_id, :study_uid, :priority, :state, :reception,
+                   :chunk_count, :chunks_held, :payload_bytes, :source, :now, :now,
+                   CASE WHEN :state = 'verified' THEN :now END)
+               ON CONFLICT(transfer_id) DO UPDATE SET state=excluded.state,
+                   reception=excluded.reception, chunks_held=excluded.chunks_held,
+                   updated=excluded.updated,
+                   verified_at=coalesce(transfers.verified_at, excluded.verified_at)""",
+            {**row, "transfer_id": transfer_id, "reception": reception_json, "now": now},
+        )
+
+    def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
+                [sop_instance_uid, sha256],
+            ).fetchone()
+            is not None
+        )
+
+    def put_instance(self, row: dict[str, Any], data: bytes) -> None:
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            raise ValueError(f"{row['sop_instance_uid']}: bytes do not match their SHA-256")
+        if self.has_instance(row["sop_instance_uid"], row["sha256"]):
+            return  # idempotent: the same instance again changes nothing
+        final = self.objects / row["sha256"][:2] / f"{row['sha256']}.dcm"
+        self._write(final, data)
+        self.db.execute(
+            """INSERT INTO instances(sop_instance_uid, sha256, study_uid, box_id, transfer_id,
+                   size, path, stored_at) VALUES (?,?,?,?,?,?,?,?)
+               ON CONFLICT DO NOTHING""",
+            [
+                row["sop_instance_uid"],
+                row["sha256"],
+                row["study_uid"],
+                row["box_id"],
+                row["transfer_id"],
+                len(data),
+                str(final.relative_to(self.root)),
+                utcnow(),
+            ],
+        )
+
+    def studies(self) -> Iterator[dict[str, Any]]:
+        yield from self.db.query(
+            """SELECT study_uid, box_id, count(*) AS instances, sum(size) AS bytes,
+                      max(stored_at) AS last_stored
+               FROM instances GROUP BY study_uid, box_id ORDER BY last_stored DESC"""
+        )
+
+    def study(self, study_uid: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT sop_instance_uid, sha256, size, box_id, transfer_id, stored_at "
+                "FROM instances WHERE study_uid=? ORDER BY sop_instance_uid",
+                [study_uid],
+            )
+        )
+
+    def transfers(self) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT transfer_id, box_id, study_uid, priority, state, chunk_count, "
+                "chunks_held, payload_bytes, source, first_seen, updated, verified_at "
+                "FROM transfers ORDER BY updated DESC"
+            )
+        )

@@ -1,0 +1,109 @@
+"""Hub ingest on a real store: chunks in any order, duplicates, forgeries, restarts."""
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from devkit.corpus import data_file, pydicom_file, replicate
+from hub.ingest import take_chunk, take_manifest
+from hub.store import FileHubStore
+from wire.codec import pack_bytes
+from wire.manifest import Priority
+
+META = dict(box_id="box-1", study_uid="1.2.3", priority=Priority.ROUTINE)
+
+
+@pytest.fixture
+def study():
+    files = [data_file("693_UNCI.dcm"), pydicom_file("CT_small.dcm"), data_file("MR2_UNCR.dcm")]
+    inst = [(f"1.2.3.{i}", f.read_bytes()) for i, f in enumerate(files)]
+    m, chunks = pack_bytes(inst, chunk_size=32 * 1024, transfer_id="t1", pixel_effort=3, **META)
+    return dict(inst), m, chunks
+
+
+def stored(store):
+    return {
+        r["sop_instance_uid"]: (
+            store.root / "objects" / r["sha256"][:2] / f"{r['sha256']}.dcm"
+        ).read_bytes()
+        for s in store.studies()
+        for r in store.study(s["study_uid"])
+    }
+
+
+def test_chunks_in_any_order_with_duplicates_forgeries_and_restarts(tmp_path, study):
+    inst, m, chunks = study
+    root = tmp_path / "hub"
+    store = FileHubStore(root)
+    # a chunk before its manifest is not kept: the box is told to send the manifest
+    assert take_chunk(store, "t1", 0, chunks[0], "test")["unknown"] is True
+    take_manifest(store, m.to_json(), "test")
+    order = list(range(len(chunks))) * 2
+    random.Random(1).shuffle(order)
+    for n, i in enumerate(order):
+        forged = bytes([chunks[i][0] ^ 0xFF]) + chunks[i][1:]
+        ack = take_chunk(store, "t1", i, forged, "test")
+        assert i in ack.get("resend", []) or i in {x for a, b in ack["held"] for x in range(a, b)}
+        ack = take_chunk(store, "t1", i, chunks[i], "test")
+        if n % 7 == 0:  # the hub restarts: everything comes back from the store
+            store.close()
+            store = FileHubStore(root)
+    assert ack["verified"] is True
+    assert stored(store) == inst
+    for sop, data in stored(store).items():
+        assert hashlib.sha256(data).hexdigest() == hashlib.sha256(inst[sop]).hexdigest()
+    (t,) = store.transfers()
+    assert t["state"] == "verified" and t["chunks_held"] == len(chunks)
+    assert not (root / "chunks" / "t1").exists()
+    # the same manifest again, or a late duplicate chunk, changes nothing
+    assert take_manifest(store, m.to_json(), "test")["verified"] is True
+    assert take_chunk(store, "t1", 0, chunks[0], "test")["verified"] is True
+    assert stored(store) == inst
+    store.close()
+
+
+def test_a_lying_box_never_gets_a_study_verified(tmp_path):
+    real, _ = pack_bytes([("1.2.3.1", b"real" * 500)], transfer_id="t2", **META)
+    fake, fchunks = pack_bytes([("1.2.3.1", b"fake" * 500)], transfer_id="t2", **META)
+    lie = json.loads(fake.to_json())
+    lie["instances"][0]["sha256"] = real.instances[0].sha256
+    store = FileHubStore(tmp_path / "hub")
+    take_manifest(store, json.dumps(lie).encode(), "test")
+    for i, c in enumerate(fchunks):
+        ack = take_chunk(store, "t2", i, c, "test")
+    assert ack["verified"] is False and ack["resend"]
+    assert list(store.studies()) == []
+    store.close()
+
+
+def test_hub_import_of_a_pack_file(tmp_path):
+    files = replicate(data_file("693_UNCI.dcm"), tmp_path / "s", 5)
+    py = [sys.executable, "-m", "radsetu"]
+    assert (
+        subprocess.run(
+            [*py, "pack", tmp_path / "s", "-o", tmp_path / "s.pack"], capture_output=True
+        ).returncode
+        == 0
+    )
+    r = subprocess.run(
+        [*py, "hub", "import", tmp_path / "s.pack", "--data-dir", tmp_path / "hub"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "verified" in r.stdout, r.stderr
+    store = FileHubStore(tmp_path / "hub")
+    assert set(stored(store).values()) == {f.read_bytes() for f in files}
+    store.close()
+    data = bytearray((tmp_path / "s.pack").read_bytes())
+    data[-10] ^= 1
+    (tmp_path / "bad.pack").write_bytes(bytes(data))
+    r = subprocess.run(
+        [*py, "hub", "import", tmp_path / "bad.pack", "--data-dir", tmp_path / "hub2"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "NOT verified" in r.stderr
