@@ -7,7 +7,7 @@ environment, and with dcmtk's default (Nagle on). The box runs with fsync on (al
 
     .venv/bin/python bench/ingest.py [--count 400]
 
-Anchors (NOTES.md, a machine like this one): storescp 336 MB/s and Orthanc 95 MB/s with
+Anchors (seen before on a machine like this one): storescp 336 MB/s and Orthanc 95 MB/s with
 TCP_NODELAY=1; both about 10 MB/s with dcmtk's default. Target: the box >= 1.0x
 Orthanc's MB/s in the same run, with either sender setting.
 """

@@ -33,7 +33,7 @@ def data_file(name: str) -> Path:
 
 
 # Several modalities and transfer syntaxes, with the dcmtk storescu flag that proposes
-# each one's transfer syntax (see NOTES.md).
+# each one's transfer syntax.
 SAMPLES: list[tuple[str, str, list[str]]] = [
     ("data", "693_UNCI.dcm", []),  # CT 512x512, explicit VR LE
     ("data", "MR2_UNCR.dcm", []),  # MR 1024x1024

@@ -1,6 +1,6 @@
 """The box's durable store: content files named by their SHA-256, and an SQLite index.
 
-Write order for every instance (DESIGN.md, data flow step 1): the bytes go to a temp
+Write order for every instance (docs/architecture.md): the bytes go to a temp
 file in ``tmp/``, which is fsynced, renamed into ``objects/``, the folder fsynced, and
 only then is the index row committed. The caller acknowledges the sender after
 ``keep`` returns. A crash at any point leaves either a temp file (removed at the next

@@ -86,7 +86,7 @@ def make_box(tmp_path: Path):
 @pytest.fixture
 def wire_copy(tmp_path):
     """dcmtk's bit-preserving receiver: what storescu really put on the wire (it
-    re-encodes some files as it sends them, see NOTES.md)."""
+    re-encodes some files as it sends them)."""
     out = tmp_path / "wire"
     out.mkdir()
     port = free_port()
