@@ -187,6 +187,23 @@ def cmd_hub_import(args: argparse.Namespace) -> int:
     return 1
 
 
+EPILOG_HUB_SERVE = "example: radsetu hub serve --config /etc/radsetu/hub.toml"
+
+
+def cmd_hub_serve(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError
+    from hub import config as hub_config
+    from hub.service import serve
+
+    try:
+        config = hub_config.load(args.config)
+    except ConfigError as exc:
+        print(f"radsetu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config["log_level"])
+    return serve(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radsetu", description="RadSetu: scans from clinic to hub.")
     top = p.add_subparsers(dest="area", required=True)
@@ -256,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default="radsetu-hub-data", help="the hub's data folder")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_hub_import)
+
+    s = hsub.add_parser("serve", help="start the hub's web API (gunicorn)", epilog=EPILOG_HUB_SERVE)
+    s.add_argument("--config", help="the hub's TOML config file")
+    s.set_defaults(func=cmd_hub_serve)
     return p
 
 

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,15 +124,17 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], prefix: str) -> dict
     return out
 
 
-def _apply_env(values: dict[str, Any], env: dict[str, str]) -> None:
-    for key, default in DEFAULTS.items():
+def _apply_env(
+    values: dict[str, Any], env: dict[str, str], defaults: dict[str, Any], prefix: str
+) -> None:
+    for key, default in defaults.items():
         if isinstance(default, dict):
             for sub, subdefault in default.items():
-                var = f"RADSETU_{key}_{sub}".upper()
+                var = f"{prefix}_{key}_{sub}".upper()
                 if var in env:
                     values[key][sub] = _coerce(var, subdefault, env[var], from_env=True)
         else:
-            var = f"RADSETU_{key}".upper()
+            var = f"{prefix}_{key}".upper()
             if var in env:
                 values[key] = _coerce(var, default, env[var], from_env=True)
 
@@ -164,11 +167,22 @@ def _validate(v: dict[str, Any]) -> None:
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read the config file (if any), apply environment overrides, validate.
+    """Read the box's config file (if any), apply environment overrides, validate.
 
     Raises ConfigError with the offending key when anything is wrong; never
     starts a box on a half-understood configuration.
     """
+    return read_config(path, env, DEFAULTS, "RADSETU", _validate)
+
+
+def read_config(
+    path: str | os.PathLike[str] | None,
+    env: dict[str, str] | None,
+    defaults: dict[str, Any],
+    prefix: str,
+    validate: Callable[[dict[str, Any]], None],
+) -> Config:
+    """The TOML + environment + validation steps, for any service's ``defaults``."""
     env = dict(os.environ) if env is None else env
     given: dict[str, Any] = {}
     source = "defaults"
@@ -181,16 +195,16 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         source = str(p)
-    values = _merge(DEFAULTS, given, "")
-    _apply_env(values, env)
-    _validate(values)
+    values = _merge(defaults, given, "")
+    _apply_env(values, env, defaults, prefix)
+    validate(values)
     return Config(values=values, source=source)
 
 
-def all_keys() -> list[str]:
+def all_keys(defaults: dict[str, Any] = DEFAULTS) -> list[str]:
     """Every documented key as ``section.key`` (top-level keys bare)."""
     keys = []
-    for key, default in DEFAULTS.items():
+    for key, default in defaults.items():
         if isinstance(default, dict):
             keys.extend(f"{key}.{sub}" for sub in default)
         else:

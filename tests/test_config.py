@@ -70,3 +70,16 @@ def test_every_key_is_documented_with_its_default():
         assert repr(default).replace("'", '"') in text or str(default) in text, (
             f"the default of {key} ({default!r}) is not in docs/config.md"
         )
+
+
+def test_every_hub_key_is_documented_and_overridable(tmp_path):
+    from hub import config as hub_config
+
+    text = DOCS.read_text().split("## The hub", 1)[1]
+    for key in all_keys(hub_config.DEFAULTS):
+        env = "RADSETU_HUB_" + key.replace(".", "_").upper()
+        assert f"`{key}`" in text and env in text, key
+    cfg = hub_config.load(None, env={"RADSETU_HUB_WEB_PORT": "9000", "RADSETU_WEB_PORT": "1"})
+    assert cfg["web"]["port"] == 9000
+    with pytest.raises(ConfigError, match="web.workers"):
+        hub_config.load(None, env={"RADSETU_HUB_WEB_WORKERS": "0"})

@@ -107,3 +107,56 @@ def test_hub_import_of_a_pack_file(tmp_path):
         text=True,
     )
     assert r.returncode == 1 and "NOT verified" in r.stderr
+
+
+def test_hub_serve_answers_the_read_api(tmp_path, study):
+    import time
+    import urllib.error
+    import urllib.request
+
+    from devkit.box import free_port, wait_port
+
+    inst, m, chunks = study
+    store = FileHubStore(tmp_path / "hub")
+    take_manifest(store, m.to_json(), "test")
+    for i, c in enumerate(chunks):
+        take_chunk(store, "t1", i, c, "test")
+    store.close()
+    port = free_port()
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[web]\nport = {port}\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radsetu", "hub", "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_port(port, proc=proc)
+
+        def get(path):
+            for _ in range(50):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+                        return json.load(r)
+                except urllib.error.HTTPError:
+                    raise
+                except OSError:
+                    time.sleep(0.1)
+            raise AssertionError("hub did not answer")
+
+        (s,) = get("/api/studies")["studies"]
+        assert s["study_uid"] == "1.2.3" and s["instances"] == 3
+        detail = get("/api/studies/1.2.3")
+        assert {i["sop_instance_uid"]: i["sha256"] for i in detail["instances"]} == {
+            k: hashlib.sha256(v).hexdigest() for k, v in inst.items()
+        }
+        (t,) = get("/api/transfers")["transfers"]
+        assert t["state"] == "verified"
+        try:
+            get("/api/studies/9.9.9")
+            raise AssertionError("unknown study answered")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -1,0 +1,34 @@
+"""The hub's configuration: one TOML file, defaults that serve, environment overrides
+named ``RADSETU_HUB_<SECTION>_<KEY>`` (so a box and a hub on one machine never read
+each other's variables). Every key is documented in ``docs/config.md``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from edge.config import Config, ConfigError, read_config
+
+DEFAULTS: dict[str, Any] = {
+    "data_dir": "radsetu-hub-data",
+    "log_level": "INFO",
+    "web": {
+        "host": "127.0.0.1",
+        "port": 8090,
+        "workers": 2,
+    },
+}
+
+
+def _validate(v: dict[str, Any]) -> None:
+    if not 0 <= v["web"]["port"] <= 65535:
+        raise ConfigError(f"web.port: {v['web']['port']} is not a TCP port")
+    if not 1 <= v["web"]["workers"] <= 64:
+        raise ConfigError("web.workers: between 1 and 64")
+    if v["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("log_level: one of DEBUG, INFO, WARNING, ERROR")
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the hub's config; ConfigError names the offending key."""
+    return read_config(path, env, DEFAULTS, "RADSETU_HUB", _validate)
