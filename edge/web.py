@@ -47,6 +47,12 @@ def study(study_uid: str) -> Any:
     return jsonify(found)
 
 
+@api.get("/repairs")
+def repairs() -> Any:
+    """What the store's self-check repaired after a crash, newest first."""
+    return jsonify({"repairs": catalog.repairs(_db())})
+
+
 @api.get("/health")
 def health() -> Any:
     cfg = current_app.config["RADSETU"]
@@ -62,17 +68,14 @@ class SafeJSONProvider(DefaultJSONProvider):
         return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def create_app(cfg: edge_config.Config | None = None) -> Flask:
-    """Build the box's web app; ``cfg`` defaults to the file in $RADSETU_CONFIG."""
-    if cfg is None:
-        import os
-
-        cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
+def json_app(cfg: edge_config.Config, *blueprints: Blueprint) -> Flask:
+    """A Flask app that speaks safe JSON, answers 404 in JSON and forbids sniffing;
+    shared by the box's and the hub's web services."""
     app = Flask(__name__)
     app.json = SafeJSONProvider(app)
     app.config["RADSETU"] = cfg
-    app.register_blueprint(api)
-    app.teardown_appcontext(_close_db)
+    for bp in blueprints:
+        app.register_blueprint(bp)
 
     @app.after_request
     def no_sniffing(response: Any) -> Any:
@@ -83,4 +86,15 @@ def create_app(cfg: edge_config.Config | None = None) -> Flask:
     def not_found(_e: Any) -> Any:
         return jsonify({"error": "not found"}), 404
 
+    return app
+
+
+def create_app(cfg: edge_config.Config | None = None) -> Flask:
+    """Build the box's web app; ``cfg`` defaults to the file in $RADSETU_CONFIG."""
+    if cfg is None:
+        import os
+
+        cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
+    app = json_app(cfg, api)
+    app.teardown_appcontext(_close_db)
     return app

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Flask, abort, current_app, g, jsonify
 
 from edge.config import Config
-from edge.web import SafeJSONProvider
+from edge.web import json_app
 from hub import config as hub_config
 from hub.store import FileHubStore
 
@@ -55,14 +55,6 @@ def create_app(cfg: Config | None = None) -> Flask:
     """Build the hub's app; ``cfg`` defaults to the file in $RADSETU_HUB_CONFIG."""
     if cfg is None:
         cfg = hub_config.load(os.environ.get("RADSETU_HUB_CONFIG"))
-    app = Flask(__name__)
-    app.json = SafeJSONProvider(app)
-    app.config["RADSETU"] = cfg
-    app.register_blueprint(api)
+    app = json_app(cfg, api)
     app.teardown_appcontext(_close)
-
-    @app.errorhandler(404)
-    def not_found(_e: Any) -> Any:
-        return jsonify({"error": "not found"}), 404
-
     return app

@@ -82,3 +82,15 @@ def test_html_in_a_patient_name_is_data(client):
 def test_unknown_is_404_json(client, path):
     r = client.get(path)
     assert r.status_code == 404 and r.is_json
+
+
+def test_repairs_are_shown(tmp_path):
+    from edge.intake import index_existing
+
+    cfg = load(None, env={"RADSETU_DATA_DIR": str(tmp_path / "d"), "RADSETU_BOX_ID": "b1"})
+    store = Store(cfg.data_dir)
+    store.object_path("cd" + "1" * 62).write_bytes(b"damaged")
+    store.check(index_existing)
+    store.close()
+    (r,) = create_app(cfg).test_client().get("/api/repairs").get_json()["repairs"]
+    assert r["kind"] == "quarantined" and "damaged file" in r["detail"]

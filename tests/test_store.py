@@ -128,3 +128,38 @@ def test_migrations_rerun_safely(tmp_path):
     s = Store(tmp_path / "d")
     assert rows(s, "SELECT count(*) FROM _sqlite_migrations") == [(1,)]
     s.close()
+
+
+def test_dataset_from_the_network_gets_our_header_and_keeps_its_bytes(store):
+    """The receiver's fallback path: the dataset copied behind a header of ours."""
+    from devkit.corpus import dataset_bytes
+    from edge.dicomfile import build_meta
+    from edge.intake import accept_dataset
+
+    src = data_file("693_UNCI.dcm")
+    ds = dataset_bytes(src)
+    meta = pydicom.dcmread(src, stop_before_pixels=True)
+    got = accept_dataset(
+        store,
+        io.BytesIO(ds),
+        len(ds),
+        meta.SOPClassUID,
+        meta.SOPInstanceUID,
+        "1.2.840.10008.1.2.1",
+        "dicom:TEST",
+        BIG,
+    )
+    kept = store.object_path(got.sha256).read_bytes()
+    assert kept == build_meta(meta.SOPClassUID, meta.SOPInstanceUID, "1.2.840.10008.1.2.1") + ds
+    with pytest.raises(InvalidInstance, match="the request names"):
+        accept_dataset(
+            store,
+            io.BytesIO(ds),
+            len(ds),
+            meta.SOPClassUID,
+            "1.2.3.4",
+            "1.2.840.10008.1.2.1",
+            "dicom:TEST",
+            BIG,
+        )
+    assert list(store.tmp.iterdir()) == []

@@ -252,9 +252,6 @@ class Uplink:
             events.append(TransferVerified(t.transfer_id))
         return events
 
-    def chunks_left(self) -> int:
-        return sum(t.chunk_count - len(t.acked) for t in self.transfers.values() if not t.verified)
-
     def to_json(self) -> str:
         # in-flight is not kept: after a restart everything unacked may go again
         return json.dumps(
