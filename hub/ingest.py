@@ -22,11 +22,31 @@ log = logging.getLogger("radsetu.hub.ingest")
 _lock = threading.Lock()  # one writer per process; across processes SQLite serializes
 
 
+# a manifest never changes: parse and validate each one once per process (keyed by its
+# text, so two stores that reuse a transfer id can never be confused)
+_manifests: dict[str, Manifest] = {}
+_MANIFEST_CACHE = 256
+
+
+def _load(store: HubStore, transfer_id: str) -> Reception | None:
+    found = store.load_transfer(transfer_id)
+    if found is None:
+        return None
+    manifest_json, state_json = found
+    manifest = _manifests.get(manifest_json)
+    if manifest is None:
+        if len(_manifests) >= _MANIFEST_CACHE:
+            _manifests.clear()
+        manifest = _manifests[manifest_json] = Manifest.from_json(manifest_json)
+    return Reception.from_state(manifest, state_json)
+
+
 def _save(store: HubStore, r: Reception, source: str) -> None:
     m = r.manifest
-    store.save_reception(
+    store.save_transfer(
         m.transfer_id,
-        r.to_json(),
+        m.to_json().decode(),
+        r.state_json(),
         {
             "box_id": m.box_id,
             "study_uid": m.study_uid,
@@ -44,9 +64,9 @@ def take_manifest(store: HubStore, raw: bytes, source: str) -> dict[str, Any]:
     """Register a transfer (again: no change) and return the ack to send."""
     manifest = Manifest.from_json(raw)
     with _lock:
-        known = store.load_reception(manifest.transfer_id)
+        known = _load(store, manifest.transfer_id)
         if known is not None:
-            return Reception.from_json(known).ack()
+            return known.ack()
         r = Reception(manifest)
         _save(store, r, source)
     log.info(
@@ -66,10 +86,9 @@ def take_chunk(
     """Keep one chunk if it matches its manifest; finish the transfer when it is the
     last one. Returns the ack to send (``unknown`` when the manifest has not come)."""
     with _lock:
-        known = store.load_reception(transfer_id)
-        if known is None:
+        r = _load(store, transfer_id)
+        if r is None:
             return {"transfer_id": transfer_id, "held": [], "verified": False, "unknown": True}
-        r = Reception.from_json(known)
         if r.state is State.VERIFIED:
             return r.ack()
         events = r.receive(index, data)  # checks length and hash; raises out of range

@@ -8,6 +8,7 @@ subscriptions any worker may receive any chunk of any transfer.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import uuid
@@ -43,15 +44,29 @@ def m001_hub(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX hub_instances_study ON instances(study_uid)")
 
 
+@migrations()
+def m002_manifest_apart(db: sqlite_utils.Database) -> None:
+    """The manifest never changes: keep it apart from the state that changes with every
+    chunk, so a chunk's update does not rewrite (nor re-read) every chunk hash."""
+    db.execute("ALTER TABLE transfers ADD COLUMN manifest TEXT")
+    for tid, raw in db.execute("SELECT transfer_id, reception FROM transfers").fetchall():
+        d = json.loads(raw)
+        manifest = d.pop("manifest", None)
+        db.execute(
+            "UPDATE transfers SET manifest=?, reception=? WHERE transfer_id=?",
+            [json.dumps(manifest), json.dumps(d), tid],
+        )
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 
     def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None: ...
     def get_chunk(self, transfer_id: str, index: int) -> bytes: ...
     def drop_chunks(self, transfer_id: str) -> None: ...
-    def load_reception(self, transfer_id: str) -> str | None: ...
-    def save_reception(
-        self, transfer_id: str, reception_json: str, row: dict[str, Any]
+    def load_transfer(self, transfer_id: str) -> tuple[str, str] | None: ...
+    def save_transfer(
+        self, transfer_id: str, manifest_json: str, state_json: str, row: dict[str, Any]
     ) -> None: ...
     def put_instance(self, row: dict[str, Any], data: bytes) -> None: ...
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
@@ -101,26 +116,35 @@ class FileHubStore:
                 p.unlink()
             folder.rmdir()
 
-    def load_reception(self, transfer_id: str) -> str | None:
+    def load_transfer(self, transfer_id: str) -> tuple[str, str] | None:
+        """(manifest JSON, reception state JSON) of a known transfer, else None."""
         row = self.db.execute(
-            "SELECT reception FROM transfers WHERE transfer_id=?", [transfer_id]
+            "SELECT manifest, reception FROM transfers WHERE transfer_id=?", [transfer_id]
         ).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
-    def save_reception(self, transfer_id: str, reception_json: str, row: dict[str, Any]) -> None:
+    def save_transfer(
+        self, transfer_id: str, manifest_json: str, state_json: str, row: dict[str, Any]
+    ) -> None:
         now = utcnow()
         self.db.execute(
             """INSERT INTO transfers(transfer_id, box_id, study_uid, priority, state,
-                   reception, chunk_count, chunks_held, payload_bytes, source, first_seen,
-                   updated, verified_at)
-               VALUES (:transfer_id, :box_id, :study_uid, :priority, :state, :reception,
-                   :chunk_count, :chunks_held, :payload_bytes, :source, :now, :now,
-                   CASE WHEN :state = 'verified' THEN :now END)
+                   manifest, reception, chunk_count, chunks_held, payload_bytes, source,
+                   first_seen, updated, verified_at)
+               VALUES (:transfer_id, :box_id, :study_uid, :priority, :state, :manifest,
+                   :reception, :chunk_count, :chunks_held, :payload_bytes, :source, :now,
+                   :now, CASE WHEN :state = 'verified' THEN :now END)
                ON CONFLICT(transfer_id) DO UPDATE SET state=excluded.state,
                    reception=excluded.reception, chunks_held=excluded.chunks_held,
                    updated=excluded.updated,
                    verified_at=coalesce(transfers.verified_at, excluded.verified_at)""",
-            {**row, "transfer_id": transfer_id, "reception": reception_json, "now": now},
+            {
+                **row,
+                "transfer_id": transfer_id,
+                "manifest": manifest_json,
+                "reception": state_json,
+                "now": now,
+            },
         )
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:

@@ -136,20 +136,24 @@ class Reception:
             self.rejected = []
         return out
 
+    def state_json(self) -> str:
+        """What changes as chunks arrive (the manifest never does): held and state."""
+        return json.dumps({"held": self.held.to_json(), "state": self.state.value})
+
+    @classmethod
+    def from_state(cls, manifest: Manifest, raw: str) -> Reception:
+        d = json.loads(raw)
+        return cls(manifest, RangeSet.from_json(d["held"], manifest.chunk_count), State(d["state"]))
+
     def to_json(self) -> str:
         return json.dumps(
-            {
-                "manifest": json.loads(self.manifest.to_json()),
-                "held": self.held.to_json(),
-                "state": self.state.value,
-            }
+            {"manifest": json.loads(self.manifest.to_json()), **json.loads(self.state_json())}
         )
 
     @classmethod
     def from_json(cls, raw: str) -> Reception:
         d = json.loads(raw)
-        m = Manifest.from_json(json.dumps(d["manifest"]))
-        return cls(m, RangeSet.from_json(d["held"], m.chunk_count), State(d["state"]))
+        return cls.from_state(Manifest.from_json(json.dumps(d.pop("manifest"))), json.dumps(d))
 
 
 # -- the box's end ------------------------------------------------------------------
