@@ -204,6 +204,23 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+EPILOG_HUB_INGEST = "example: radsetu hub ingest --config /etc/radsetu/hub.toml"
+
+
+def cmd_hub_ingest(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError
+    from hub import config as hub_config
+    from hub.mqtt import run
+
+    try:
+        config = hub_config.load(args.config)
+    except ConfigError as exc:
+        print(f"radsetu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config["log_level"])
+    return run(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radsetu", description="RadSetu: scans from clinic to hub.")
     top = p.add_subparsers(dest="area", required=True)
@@ -277,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = hsub.add_parser("serve", help="start the hub's web API (gunicorn)", epilog=EPILOG_HUB_SERVE)
     s.add_argument("--config", help="the hub's TOML config file")
     s.set_defaults(func=cmd_hub_serve)
+
+    s = hsub.add_parser(
+        "ingest",
+        help="receive every box's uploads over MQTT (hub serve starts one)",
+        epilog=EPILOG_HUB_INGEST,
+    )
+    s.add_argument("--config", help="the hub's TOML config file")
+    s.set_defaults(func=cmd_hub_ingest)
     return p
 
 

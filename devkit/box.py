@@ -35,8 +35,18 @@ def wait_port(port: int, timeout: float = 20, proc: subprocess.Popen | None = No
 class Box:
     """A box with its own data folder and free ports; ``start``/``kill``/``stop``."""
 
-    def __init__(self, workdir: Path, **store: object):
+    def __init__(
+        self,
+        workdir: Path,
+        mqtt: dict[str, object] | None = None,
+        sync: dict[str, object] | None = None,
+        stat: dict[str, object] | None = None,
+        box_id: str = "test-box",
+        **store: object,
+    ):
+        """Without ``mqtt`` the box does not sync; with it, it syncs to that broker."""
         self.workdir = Path(workdir)
+        self.box_id = box_id
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
         self.dicom_port = free_port()
@@ -44,8 +54,9 @@ class Box:
         self.ae_title = "RADSETU"
         self.config = self.workdir / "edge.toml"
         store_cfg = {"reserve_bytes": 0, "quiet_seconds": 60, **store}
+        sync_cfg = {"enabled": mqtt is not None, **(sync or {})}
         lines = [
-            'box_id = "test-box"',
+            f'box_id = "{box_id}"',
             f'data_dir = "{self.data_dir}"',
             "[dicom]",
             f"port = {self.dicom_port}",
@@ -53,6 +64,12 @@ class Box:
             f"port = {self.web_port}",
             "[store]",
             *(f"{k} = {json.dumps(v)}" for k, v in store_cfg.items()),
+            "[sync]",
+            *(f"{k} = {json.dumps(v)}" for k, v in sync_cfg.items()),
+            "[mqtt]",
+            *(f"{k} = {json.dumps(v)}" for k, v in (mqtt or {}).items()),
+            "[stat]",
+            *(f"{k} = {json.dumps(v)}" for k, v in (stat or {}).items()),
         ]
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
@@ -87,8 +104,14 @@ class Box:
                 self.proc.wait()
         return self.proc.returncode if self.proc else 0
 
-    def api(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=10) as r:
+    def api(self, path: str, body: dict | None = None) -> dict:
+        """GET (or POST ``body`` as JSON) on the box's web API."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
     def log_text(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlite_utils
@@ -9,7 +10,7 @@ import sqlite_utils
 _STUDY_SELECT = """
     SELECT s.study_uid, p.name AS patient_name, p.patient_id, s.study_date, s.study_time,
            s.description, s.accession_number, s.state, s.priority,
-           s.first_received, s.last_received, s.ready_at,
+           s.first_received, s.last_received, s.ready_at, s.delivered_at, s.priority_reason,
            (SELECT group_concat(DISTINCT modality) FROM series WHERE study_uid=s.study_uid)
                AS modalities,
            (SELECT count(*) FROM instances WHERE study_uid=s.study_uid) AS instances,
@@ -56,6 +57,39 @@ def get_study(db: sqlite_utils.Database, study_uid: str) -> dict[str, Any] | Non
         )
     ]
     return study
+
+
+def transfers(
+    db: sqlite_utils.Database, study_uid: str | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Transfers newest first: what each carries, how far the hub has acknowledged it."""
+    where, args = ("WHERE study_uid = ?", [study_uid]) if study_uid else ("", [])
+    rows = []
+    for r in db.query(
+        f"""SELECT transfer_id, study_uid, follow_up_of, state, chunk_count, chunk_size,
+                   stream_bytes, payload_bytes, instance_count, acked, chunks_sent,
+                   chunks_resent, created_at, first_sent_at, verified_at
+            FROM transfers {where} ORDER BY seq DESC LIMIT ?""",
+        [*args, limit],
+    ):
+        r = dict(r)
+        ranges = json.loads(r.pop("acked"))
+        r["chunks_acked"] = sum(e - s for s, e in ranges)
+        rows.append(r)
+    return rows
+
+
+def purges(db: sqlite_utils.Database, limit: int = 200) -> list[dict[str, Any]]:
+    """Studies deleted from the box after the hub verified them, and why."""
+    return list(db.query("SELECT * FROM purges ORDER BY id DESC LIMIT ?", [limit]))
+
+
+def set_priority(db: sqlite_utils.Database, study_uid: str, priority: str, reason: str) -> bool:
+    cur = db.execute(
+        "UPDATE studies SET priority=?, priority_reason=? WHERE study_uid=?",
+        [priority, reason, study_uid],
+    )
+    return bool(cur.rowcount)
 
 
 def repairs(db: sqlite_utils.Database, limit: int = 100) -> list[dict[str, Any]]:

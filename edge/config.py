@@ -37,6 +37,38 @@ DEFAULTS: dict[str, Any] = {
         "reserve_bytes": 2_000_000_000,
         "quiet_seconds": 60,
         "max_instance_bytes": 4_000_000_000,
+        "retention_days": 30,
+    },
+    "mqtt": {
+        "host": "localhost",
+        "port": 1883,
+        "tls": False,
+        "ca_file": "",
+        "cert_file": "",
+        "key_file": "",
+        "username": "",
+        "password": "",
+        "keepalive": 30,
+        "session_expiry_seconds": 604800,
+    },
+    "sync": {
+        "enabled": True,
+        "chunk_bytes": 131072,
+        "window": 8,
+        "ack_timeout_seconds": 120,
+        "max_bytes_per_second": 0,
+        "windows": [],
+        "stat_ignores_windows": True,
+        "pixel_effort": 3,
+        "level": 3,
+        "status_seconds": 30,
+        "reconnect_min_seconds": 1,
+        "reconnect_max_seconds": 120,
+    },
+    "stat": {
+        "calling_ae_titles": [],
+        "modalities": [],
+        "description_words": [],
     },
     "import": {
         "max_total_bytes": 64_000_000_000,
@@ -164,6 +196,63 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("dicom.max_pdu: must be 0 (unlimited) or at least 4096")
     if v["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level: one of DEBUG, INFO, WARNING, ERROR")
+    if v["store"]["retention_days"] < 0:
+        raise ConfigError("store.retention_days: must be 0 (keep forever) or more")
+    validate_mqtt(v["mqtt"], "mqtt")
+    s = v["sync"]
+    if not 1024 <= s["chunk_bytes"] <= 8 * 1024 * 1024:
+        raise ConfigError("sync.chunk_bytes: between 1024 and 8388608")
+    if not 1 <= s["window"] <= 20:
+        raise ConfigError("sync.window: between 1 and 20 (Mosquitto lets 20 messages be in flight)")
+    for key in ("ack_timeout_seconds", "status_seconds", "reconnect_min_seconds"):
+        if s[key] <= 0:
+            raise ConfigError(f"sync.{key}: must be more than 0")
+    if s["reconnect_max_seconds"] < s["reconnect_min_seconds"]:
+        raise ConfigError("sync.reconnect_max_seconds: must be at least reconnect_min_seconds")
+    if s["max_bytes_per_second"] < 0:
+        raise ConfigError("sync.max_bytes_per_second: 0 (no cap) or more")
+    if not 0 <= s["pixel_effort"] <= 9:
+        raise ConfigError("sync.pixel_effort: 0 (zstd only) to 9")
+    if not 1 <= s["level"] <= 22:
+        raise ConfigError("sync.level: a zstd level, 1 to 22")
+    for w in s["windows"]:
+        try:
+            parse_window(w)
+        except ValueError as exc:
+            raise ConfigError(f"sync.windows: {exc}") from exc
+    for ae in v["stat"]["calling_ae_titles"]:
+        if not _AE_RE.match(ae):
+            raise ConfigError(f"stat.calling_ae_titles: {ae!r} is not a valid AE title")
+
+
+def validate_mqtt(m: dict[str, Any], name: str) -> None:
+    """Checks shared by the box's and the hub's ``[mqtt]`` sections."""
+    if not 0 < m["port"] <= 65535:
+        raise ConfigError(f"{name}.port: {m['port']} is not a TCP port")
+    if m["keepalive"] < 2:
+        raise ConfigError(f"{name}.keepalive: at least 2 seconds")
+    if m["session_expiry_seconds"] < 0:
+        raise ConfigError(f"{name}.session_expiry_seconds: 0 or more")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if m[key] and not Path(m[key]).is_file():
+            raise ConfigError(f"{name}.{key}: {m[key]} does not exist or is not a file")
+    if bool(m["cert_file"]) != bool(m["key_file"]):
+        raise ConfigError(f"{name}.cert_file and {name}.key_file: give both or neither")
+    if (m["cert_file"] or m["ca_file"]) and not m["tls"]:
+        raise ConfigError(f"{name}.tls: certificates are set but tls is false")
+    if m["password"] and not m["username"]:
+        raise ConfigError(f"{name}.password: set without {name}.username")
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` (local time, may wrap past midnight) as minutes of the day."""
+    m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", text.strip())
+    if not m:
+        raise ValueError(f'{text!r} is not like "22:00-06:00"')
+    a, b = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
+    if a == b:
+        raise ValueError(f"{text!r} is empty (start equals end)")
+    return a, b
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from waitress import create_server
@@ -19,7 +20,7 @@ from waitress import create_server
 from edge import scp
 from edge.config import Config
 from edge.intake import index_existing
-from edge.store import Store
+from edge.store import StatRules, Store
 from edge.web import create_app
 
 log = logging.getLogger("radsetu.edge")
@@ -47,8 +48,12 @@ def lock_data_dir(config: Config) -> int:
 
 def open_store(config: Config) -> Store:
     s = config["store"]
+    st = config["stat"]
     return Store(
-        config.data_dir, reserve_bytes=s["reserve_bytes"], quiet_seconds=s["quiet_seconds"]
+        config.data_dir,
+        reserve_bytes=s["reserve_bytes"],
+        quiet_seconds=s["quiet_seconds"],
+        stat_rules=StatRules(tuple(st["modalities"]), tuple(st["description_words"])),
     )
 
 
@@ -66,13 +71,25 @@ def check_store(store: Store) -> None:
         )
 
 
-def _readiness_loop(store: Store, stop: threading.Event) -> None:
+RETENTION_EVERY = 600.0  # seconds between retention sweeps
+
+
+def _readiness_loop(store: Store, stop: threading.Event, retention_days: float) -> None:
     interval = max(0.2, min(5.0, store.quiet_seconds / 4))
+    last_sweep = 0.0
     while not stop.wait(interval):
         try:
             store.mark_ready()
         except Exception:  # keep the clock running; the next tick tries again
             log.exception("readiness check failed")
+        if time.monotonic() - last_sweep >= RETENTION_EVERY:
+            last_sweep = time.monotonic()
+            try:
+                store.purge_expired(retention_days)
+                if store.reserve_bytes and store.free_bytes() < store.reserve_bytes:
+                    store.purge_for_space(store.reserve_bytes - store.free_bytes())
+            except Exception:
+                log.exception("retention sweep failed")
 
 
 def serve(config: Config) -> int:
@@ -85,11 +102,25 @@ def serve(config: Config) -> int:
     stop = threading.Event()
     dicom = scp.start(config, store)
     ticker = threading.Thread(
-        target=_readiness_loop, args=(store, stop), daemon=True, name="readiness"
+        target=_readiness_loop,
+        args=(store, stop, config["store"]["retention_days"]),
+        daemon=True,
+        name="readiness",
     )
     ticker.start()
+    agent = None
+    if config["sync"]["enabled"]:
+        from edge.outbox import Outbox
+        from edge.sync import Agent
+
+        # the agent gets its own connection to the index: it writes from its threads
+        sync_store = open_store(config)
+        agent = Agent(config, sync_store, Outbox(sync_store, config.box_id, config["sync"]))
+        agent.start()
+    else:
+        log.info("sync is off ([sync] enabled = false): studies stay on the box")
     w = config["web"]
-    web = create_server(create_app(config), host=w["host"], port=w["port"], threads=4)
+    web = create_server(create_app(config, agent), host=w["host"], port=w["port"], threads=4)
     log.info("web API on http://%s:%s/api/studies", w["host"], w["port"])
 
     def shutdown(signum: int, _frame: Any) -> None:
@@ -107,6 +138,9 @@ def serve(config: Config) -> int:
     finally:
         stop.set()
         dicom.shutdown()
+        if agent is not None:
+            agent.stop()
+            agent.store.close()
         store.close()
     log.info("box %s stopped", config.box_id)
     return 0

@@ -71,6 +71,8 @@ def pack(
     level: int,
     priority: Priority = Priority.ROUTINE,
     pixel_effort: int | None = 3,
+    follow_up_of: str | None = None,
+    transfer_id: str | None = None,
 ) -> Manifest:
     """Write one pack file; the chunks go to a temp file first, since the manifest
     (with every chunk's hash) is known only at the end."""
@@ -86,11 +88,12 @@ def pack(
     packer = Packer(
         box_id=box_id,
         study_uid=studies.pop(),
-        transfer_id=uuid.uuid4().hex,
+        transfer_id=transfer_id or uuid.uuid4().hex,
         priority=priority,
         chunk_size=chunk_size,
         level=level,
         pixel_effort=pixel_effort,
+        follow_up_of=follow_up_of,
     )
     body = out.with_name(out.name + ".chunks.part")
     try:

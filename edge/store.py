@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
@@ -89,6 +89,61 @@ def m001_index(db: sqlite_utils.Database) -> None:
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             at TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
         )""")
+
+
+@migrations()
+def m002_sync(db: sqlite_utils.Database) -> None:
+    """What the sync agent and retention keep: transfers, what each carries, purges."""
+    db.execute("ALTER TABLE studies ADD COLUMN delivered_at TEXT")
+    db.execute("ALTER TABLE studies ADD COLUMN priority_reason TEXT")
+    db.execute("""
+        CREATE TABLE transfers (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order
+            transfer_id TEXT NOT NULL UNIQUE,
+            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+            follow_up_of TEXT,
+            state TEXT NOT NULL,            -- sending | verified
+            pack_path TEXT NOT NULL,        -- relative to data_dir; gone once verified
+            header_bytes INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+            chunk_count INTEGER NOT NULL, stream_bytes INTEGER NOT NULL,
+            payload_bytes INTEGER NOT NULL, instance_count INTEGER NOT NULL,
+            acked TEXT NOT NULL DEFAULT '[]',   -- ranges the hub holds
+            chunks_sent INTEGER NOT NULL DEFAULT 0,
+            chunks_resent INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL, first_sent_at TEXT, verified_at TEXT
+        )""")
+    db.execute("CREATE INDEX transfers_study ON transfers(study_uid)")
+    db.execute("""
+        CREATE TABLE transfer_instances (
+            transfer_id TEXT NOT NULL REFERENCES transfers(transfer_id),
+            instance_id INTEGER NOT NULL,
+            PRIMARY KEY (transfer_id, instance_id)
+        )""")
+    db.execute("CREATE INDEX transfer_instances_instance ON transfer_instances(instance_id)")
+    db.execute("""
+        CREATE TABLE purges (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, study_uid TEXT NOT NULL, reason TEXT NOT NULL,
+            instances INTEGER NOT NULL, bytes INTEGER NOT NULL
+        )""")
+
+
+@dataclass(frozen=True)
+class StatRules:
+    """What makes a study STAT without a person: ``[stat]`` in the config."""
+
+    modalities: tuple[str, ...] = ()
+    description_words: tuple[str, ...] = ()
+
+    def match(self, info: InstanceInfo) -> str | None:
+        """Why this instance makes its study STAT, or None."""
+        if info.modality and info.modality.upper() in {m.upper() for m in self.modalities}:
+            return f"modality {info.modality}"
+        text = f"{info.study_description} {info.series_description}".lower()
+        for word in self.description_words:
+            if word.lower() in text:
+                return f"description holds {word!r}"
+        return None
 
 
 class Outcome(Enum):
@@ -205,10 +260,17 @@ class CheckReport:
 class Store:
     """One box's store under ``data_dir``. Thread-safe: writers take one lock."""
 
-    def __init__(self, data_dir: Path, reserve_bytes: int = 0, quiet_seconds: float = 60):
+    def __init__(
+        self,
+        data_dir: Path,
+        reserve_bytes: int = 0,
+        quiet_seconds: float = 60,
+        stat_rules: StatRules | None = None,
+    ):
         self.root = Path(data_dir)
         self.reserve_bytes = reserve_bytes
         self.quiet_seconds = quiet_seconds
+        self.stat_rules = stat_rules or StatRules()
         self.tmp = self.root / "tmp"
         self.objects = self.root / "objects"
         self.quarantine = self.root / "quarantine"
@@ -241,8 +303,12 @@ class Store:
         return st.f_bavail * st.f_frsize
 
     def ensure_room(self, nbytes: int) -> None:
-        """Raise StoreFull if writing ``nbytes`` more would go below the reserve."""
+        """Raise StoreFull if writing ``nbytes`` more would go below the reserve, after
+        purging studies the hub has verified (oldest first) to make room."""
         free = self.free_bytes()
+        if free - nbytes < self.reserve_bytes:
+            self.purge_for_space(self.reserve_bytes + nbytes - free)
+            free = self.free_bytes()
         if free - nbytes < self.reserve_bytes:
             raise StoreFull(
                 f"Disk almost full: {free / 1e6:.1f} MB free, {self.reserve_bytes / 1e6:.1f} MB "
@@ -260,6 +326,9 @@ class Store:
         only once the file and its row are durable; raises StoreFull (after removing
         the temp file) when the index cannot be written for lack of space.
         """
+        if not stat:
+            reason = self.stat_rules.match(info)
+            stat = reason is not None
         with self._lock:
             dup = self.db.execute(
                 "SELECT id FROM instances WHERE sop_instance_uid=? AND transfer_syntax=? "
@@ -398,6 +467,94 @@ class Store:
         for uid in uids:
             log.info("study %s: quiet for %ss, ready to send", uid, self.quiet_seconds)
         return uids
+
+    def set_priority(self, study_uid: str, priority: str, reason: str) -> bool:
+        """A person raised (or lowered) a study's priority; False if no such study.
+        The sync agent reads it before handing out its next chunk."""
+        if priority not in ("stat", "routine"):
+            raise ValueError(f"priority must be stat or routine, not {priority!r}")
+        with self._lock:
+            cur = self.db.execute(
+                "UPDATE studies SET priority=?, priority_reason=? WHERE study_uid=?",
+                [priority, reason, study_uid],
+            )
+        if cur.rowcount:
+            log.info("study %s: priority set to %s (%s)", study_uid, priority, reason)
+        return bool(cur.rowcount)
+
+    # -- retention ----------------------------------------------------------------
+
+    def purge_for_space(self, need_bytes: int) -> int:
+        """Delete delivered studies, oldest delivery first, until ``need_bytes`` are
+        freed or none is left. Never touches a study the hub has not verified."""
+        freed = 0
+        for (uid,) in self.db.execute(
+            "SELECT study_uid FROM studies WHERE state='delivered' ORDER BY delivered_at"
+        ).fetchall():
+            if freed >= need_bytes:
+                break
+            freed += self.purge_study(uid, "disk below its reserve")
+        if freed < need_bytes:
+            log.warning(
+                "disk below its reserve: freed %d bytes of %d; nothing more is delivered, "
+                "so new scans are refused until studies reach the hub",
+                freed,
+                need_bytes,
+            )
+        return freed
+
+    def purge_expired(self, retention_days: float, now: datetime | None = None) -> int:
+        """Delete studies delivered more than ``retention_days`` ago; 0 keeps them."""
+        if retention_days <= 0:
+            return 0
+        now = now or datetime.now(UTC)
+        cutoff = (now - timedelta(days=retention_days)).isoformat(timespec="milliseconds")
+        cutoff = cutoff.replace("+00:00", "Z")
+        freed = 0
+        for (uid,) in self.db.execute(
+            "SELECT study_uid FROM studies WHERE state='delivered' AND delivered_at < ? "
+            "ORDER BY delivered_at",
+            [cutoff],
+        ).fetchall():
+            freed += self.purge_study(uid, f"delivered more than {retention_days:g} days ago")
+        return freed
+
+    def purge_study(self, study_uid: str, reason: str) -> int:
+        """Delete a delivered study's files and rows, keep the study row as ``purged``
+        and record why. Returns the bytes freed (0 if it was not deliverd)."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT state FROM studies WHERE study_uid=?", [study_uid]
+            ).fetchone()
+            if row is None or row[0] != "delivered":
+                return 0
+            files = self.db.execute(
+                "SELECT id, sha256, path, size FROM instances WHERE study_uid=?", [study_uid]
+            ).fetchall()
+            with self.db.atomic():
+                self.db.execute(
+                    "DELETE FROM transfer_instances WHERE instance_id IN "
+                    "(SELECT id FROM instances WHERE study_uid=?)",
+                    [study_uid],
+                )
+                self.db.execute("DELETE FROM instances WHERE study_uid=?", [study_uid])
+                self.db.execute("UPDATE studies SET state='purged' WHERE study_uid=?", [study_uid])
+                self.db.execute(
+                    "INSERT INTO purges(at, study_uid, reason, instances, bytes) "
+                    "VALUES (?,?,?,?,?)",
+                    [utcnow(), study_uid, reason, len(files), sum(f[3] for f in files)],
+                )
+            freed = 0
+            for _iid, sha, rel, size in files:
+                # the rows are gone first: a crash here leaves files without rows,
+                # which the start-up check indexes again (nothing is lost)
+                if not self.db.execute("SELECT 1 FROM instances WHERE sha256=?", [sha]).fetchone():
+                    (self.root / rel).unlink(missing_ok=True)
+                    freed += size
+        log.info(
+            "study %s purged (%s): %d instances, %d bytes", study_uid, reason, len(files), freed
+        )
+        return freed
 
     # -- self-check ---------------------------------------------------------------
 

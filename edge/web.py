@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, g, jsonify
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
 from edge import catalog
@@ -13,6 +14,7 @@ from edge import config as edge_config
 from edge.store import reader
 
 api = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger("radsetu.web")
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 
@@ -44,7 +46,47 @@ def study(study_uid: str) -> Any:
         abort(404)
     # the list replaces the count here; the count stays as instance_count
     found["instances"] = found.pop("instances_list")
+    found["transfers"] = catalog.transfers(_db(), study_uid)
     return jsonify(found)
+
+
+@api.post("/studies/<study_uid>/priority")
+def set_priority(study_uid: str) -> Any:
+    """Make a study STAT (or routine again): ``{"priority": "stat", "reason": "..."}``.
+    A study already sending changes at its next chunk."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or body.get("priority") not in ("stat", "routine"):
+        return jsonify({"error": 'send JSON like {"priority": "stat", "reason": "..."}'}), 400
+    reason = body.get("reason", "set by a person")
+    if not isinstance(reason, str) or len(reason) > 500:
+        return jsonify({"error": "reason must be text of at most 500 characters"}), 400
+    if not _UID.match(study_uid) or not catalog.set_priority(
+        _db(), study_uid, body["priority"], reason
+    ):
+        abort(404)
+    log.info("study %s: priority set to %s (%s)", study_uid, body["priority"], reason)
+    return jsonify({"study_uid": study_uid, "priority": body["priority"], "reason": reason})
+
+
+@api.get("/transfers")
+def transfers() -> Any:
+    return jsonify({"transfers": catalog.transfers(_db())})
+
+
+@api.get("/purges")
+def purges() -> Any:
+    """Studies deleted after the hub verified them, with the reason (retention or
+    disk space), newest first."""
+    return jsonify({"purges": catalog.purges(_db())})
+
+
+@api.get("/sync")
+def sync_status() -> Any:
+    """The sync agent's own view: link, backlog, last successful sync, disk, figures."""
+    agent = current_app.config.get("RADSETU_AGENT")
+    if agent is None:
+        return jsonify({"enabled": False})
+    return jsonify({"enabled": True, **agent.status(_db())})
 
 
 @api.get("/repairs")
@@ -89,12 +131,13 @@ def json_app(cfg: edge_config.Config, *blueprints: Blueprint) -> Flask:
     return app
 
 
-def create_app(cfg: edge_config.Config | None = None) -> Flask:
+def create_app(cfg: edge_config.Config | None = None, agent: Any = None) -> Flask:
     """Build the box's web app; ``cfg`` defaults to the file in $RADSETU_CONFIG."""
     if cfg is None:
         import os
 
         cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
     app = json_app(cfg, api)
+    app.config["RADSETU_AGENT"] = agent
     app.teardown_appcontext(_close_db)
     return app

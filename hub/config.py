@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edge.config import Config, ConfigError, read_config
+from edge.config import Config, ConfigError, read_config, validate_mqtt
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": "radsetu-hub-data",
@@ -16,6 +16,21 @@ DEFAULTS: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 8090,
         "workers": 2,
+    },
+    "mqtt": {
+        "enabled": True,
+        "host": "localhost",
+        "port": 1883,
+        "tls": False,
+        "ca_file": "",
+        "cert_file": "",
+        "key_file": "",
+        "username": "",
+        "password": "",
+        "keepalive": 30,
+        "session_expiry_seconds": 604800,
+        "client_id": "radsetu-hub-1",
+        "shared_group": "hub",
     },
 }
 
@@ -27,6 +42,11 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("web.workers: between 1 and 64")
     if v["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level: one of DEBUG, INFO, WARNING, ERROR")
+    validate_mqtt(v["mqtt"], "mqtt")
+    for key in ("client_id", "shared_group"):
+        value = v["mqtt"][key]
+        if not value or any(c in value for c in "/+#$ "):
+            raise ConfigError(f"mqtt.{key}: {value!r} must be non-empty, without / + # $ or spaces")
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

@@ -41,7 +41,7 @@ def _load(store: HubStore, transfer_id: str) -> Reception | None:
     return Reception.from_state(manifest, state_json)
 
 
-def _save(store: HubStore, r: Reception, source: str) -> None:
+def _save(store: HubStore, r: Reception, source: str, **counts: int) -> None:
     m = r.manifest
     store.save_transfer(
         m.transfer_id,
@@ -56,13 +56,21 @@ def _save(store: HubStore, r: Reception, source: str) -> None:
             "chunks_held": len(r.held),
             "payload_bytes": m.payload_bytes,
             "source": source,
+            **counts,
         },
     )
 
 
-def take_manifest(store: HubStore, raw: bytes, source: str) -> dict[str, Any]:
-    """Register a transfer (again: no change) and return the ack to send."""
+def take_manifest(
+    store: HubStore, raw: bytes, source: str, box_id: str | None = None
+) -> dict[str, Any]:
+    """Register a transfer (again: no change) and return the ack to send. ``box_id``:
+    the box the message came from, which must be the manifest's."""
     manifest = Manifest.from_json(raw)
+    if box_id is not None and manifest.box_id != box_id:
+        raise RemoteProtocolError(
+            f"box {box_id} sent a manifest that names box {manifest.box_id!r}"
+        )
     with _lock:
         known = _load(store, manifest.transfer_id)
         if known is not None:
@@ -81,16 +89,44 @@ def take_manifest(store: HubStore, raw: bytes, source: str) -> dict[str, Any]:
 
 
 def take_chunk(
-    store: HubStore, transfer_id: str, index: int, data: bytes, source: str
+    store: HubStore,
+    transfer_id: str,
+    index: int,
+    data: bytes | memoryview,
+    source: str,
+    box_id: str | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """Keep one chunk if it matches its manifest; finish the transfer when it is the
-    last one. Returns the ack to send (``unknown`` when the manifest has not come)."""
+    last one. Returns the ack to send (``unknown`` when the manifest has not come).
+    ``attempt`` > 0 marks the box's own resend; a held chunk resent so is counted."""
     with _lock:
         r = _load(store, transfer_id)
         if r is None:
             return {"transfer_id": transfer_id, "held": [], "verified": False, "unknown": True}
+        if box_id is not None and r.manifest.box_id != box_id:
+            raise RemoteProtocolError(
+                f"box {box_id} sent a chunk of transfer {transfer_id}, which is box "
+                f"{r.manifest.box_id}'s"
+            )
+        held_before = 0 <= index < r.manifest.chunk_count and index in r.held
+        counts = {
+            "received": 1,
+            "duplicate": int(held_before),
+            "resent_held": int(held_before and attempt > 0),
+        }
+        if held_before and attempt > 0:
+            log.warning(
+                "box %s resent chunk %d of transfer %s, which the hub holds (attempt %d)",
+                r.manifest.box_id,
+                index,
+                transfer_id,
+                attempt,
+            )
         if r.state is State.VERIFIED:
+            _save(store, r, source, **counts)
             return r.ack()
+        data = bytes(data)
         events = r.receive(index, data)  # checks length and hash; raises out of range
         if any(isinstance(ev, ChunkAccepted) for ev in events):
             # durable before the reception that counts it as held is saved
@@ -100,7 +136,7 @@ def take_chunk(
                 log.warning("box %s: %s", r.manifest.box_id, ev.reason)
         if any(isinstance(ev, TransferComplete) for ev in events):
             _finish(store, r)
-        _save(store, r, source)
+        _save(store, r, source, **counts)
         return r.ack()
 
 

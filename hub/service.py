@@ -1,8 +1,18 @@
-"""``radsetu hub serve``: the hub's web service under gunicorn."""
+"""``radsetu hub serve``: the hub's web service under gunicorn, and its MQTT ingest.
+
+The ingest runs as a child process (``radsetu hub ingest``), started and watched by
+this one: restarted if it dies, killed with it (the kernel's parent-death signal) if
+this process is killed. More ingest processes may run elsewhere against the same
+store with other ``mqtt.client_id`` values; they share the load.
+"""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import threading
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -27,12 +37,60 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self.application
 
 
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _watch_ingest(config: Config, stop: threading.Event) -> None:
+    cmd = [sys.executable, "-m", "radsetu", "hub", "ingest"]
+    if config.source != "defaults":
+        cmd += ["--config", config.source]
+    delay = 1.0
+    while not stop.is_set():
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+        while proc.poll() is None and not stop.is_set():
+            stop.wait(0.5)
+        if stop.is_set():
+            # this thread must outlive the child: its death signal is tied to it
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            return
+        log.error("hub ingest exited with %s; starting it again in %.0f s", proc.returncode, delay)
+        delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60)
+        stop.wait(delay)
+
+
 def serve(config: Config) -> int:
     FileHubStore(config.data_dir).close()  # create and migrate once, before the workers
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_ingest, args=(config, stop), daemon=True, name="ingest-watch"
+    )
+    if config["mqtt"]["enabled"]:
+        watcher.start()
     w = config["web"]
     log.info(
         "hub API on http://%s:%s/api/studies (data: %s)", w["host"], w["port"], config.data_dir
     )
+    try:
+        _run_gunicorn(config)
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join(timeout=30)
+    return 0
+
+
+def _run_gunicorn(config: Config) -> None:
+    w = config["web"]
     _Gunicorn(
         create_app(config),
         {
@@ -42,4 +100,3 @@ def serve(config: Config) -> int:
             "accesslog": None,
         },
     ).run()
-    return 0

@@ -58,6 +58,20 @@ def m002_manifest_apart(db: sqlite_utils.Database) -> None:
         )
 
 
+@migrations()
+def m003_boxes_and_counts(db: sqlite_utils.Database) -> None:
+    """Each box's last status, and per-transfer counts of what arrived twice."""
+    db.execute("""
+        CREATE TABLE boxes (
+            box_id TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT '{}', status_at TEXT,
+            first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+            rejected INTEGER NOT NULL DEFAULT 0, last_rejection TEXT
+        )""")
+    for col in ("chunks_received", "duplicates", "resent_held"):
+        db.execute(f"ALTER TABLE transfers ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 
@@ -70,6 +84,8 @@ class HubStore(Protocol):
     ) -> None: ...
     def put_instance(self, row: dict[str, Any], data: bytes) -> None: ...
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
+    def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> None: ...
+    def touch_box(self, box_id: str, rejection: str | None = None) -> None: ...
 
 
 class FileHubStore:
@@ -137,8 +153,14 @@ class FileHubStore:
                ON CONFLICT(transfer_id) DO UPDATE SET state=excluded.state,
                    reception=excluded.reception, chunks_held=excluded.chunks_held,
                    updated=excluded.updated,
+                   chunks_received=transfers.chunks_received + :received,
+                   duplicates=transfers.duplicates + :duplicate,
+                   resent_held=transfers.resent_held + :resent_held,
                    verified_at=coalesce(transfers.verified_at, excluded.verified_at)""",
             {
+                "received": 0,
+                "duplicate": 0,
+                "resent_held": 0,
                 **row,
                 "transfer_id": transfer_id,
                 "manifest": manifest_json,
@@ -146,6 +168,39 @@ class FileHubStore:
                 "now": now,
             },
         )
+
+    def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> None:
+        """A box's retained status (or its last will); the hub stamps its own time."""
+        now = utcnow()
+        self.db.execute(
+            """INSERT INTO boxes(box_id, online, status, status_at, first_seen, last_seen)
+               VALUES (?,?,?,?,?,?)
+               ON CONFLICT(box_id) DO UPDATE SET online=excluded.online,
+                   status=excluded.status, status_at=excluded.status_at,
+                   last_seen=excluded.last_seen""",
+            [box_id, int(online), json.dumps(status), now, now, now],
+        )
+
+    def touch_box(self, box_id: str, rejection: str | None = None) -> None:
+        """The box was heard from (and, with ``rejection``, sent something refused)."""
+        now = utcnow()
+        self.db.execute(
+            """INSERT INTO boxes(box_id, first_seen, last_seen, rejected, last_rejection)
+               VALUES (?,?,?,?,?)
+               ON CONFLICT(box_id) DO UPDATE SET last_seen=excluded.last_seen,
+                   rejected=boxes.rejected + excluded.rejected,
+                   last_rejection=coalesce(excluded.last_rejection, boxes.last_rejection)""",
+            [box_id, now, now, 1 if rejection else 0, rejection],
+        )
+
+    def boxes(self) -> list[dict[str, Any]]:
+        out = []
+        for row in self.db.query("SELECT * FROM boxes ORDER BY box_id"):
+            row = dict(row)
+            row["online"] = bool(row["online"])
+            row["status"] = json.loads(row["status"])
+            out.append(row)
+        return out
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
         return (
@@ -199,7 +254,8 @@ class FileHubStore:
         return list(
             self.db.query(
                 "SELECT transfer_id, box_id, study_uid, priority, state, chunk_count, "
-                "chunks_held, payload_bytes, source, first_seen, updated, verified_at "
+                "chunks_held, payload_bytes, source, first_seen, updated, verified_at, "
+                "chunks_received, duplicates, resent_held "
                 "FROM transfers ORDER BY updated DESC"
             )
         )

@@ -46,6 +46,13 @@ def study(study_uid: str) -> Any:
     )
 
 
+@api.get("/boxes")
+def boxes() -> Any:
+    """Every box the hub has heard from: online (from its status and last will), when
+    last seen (the hub's clock), and its own status (backlog, disk, version...)."""
+    return jsonify({"boxes": _store().boxes()})
+
+
 @api.get("/transfers")
 def transfers() -> Any:
     return jsonify({"transfers": _store().transfers()})

@@ -110,6 +110,8 @@ def test_stat_preempts_routine_at_chunk_granularity():
         [("1.2.1", random.randbytes(50_000))], chunk_size=4096, transfer_id="routine", **META
     )
     up.queue(routine, seq=1)
+    assert up.next_chunks(now=0) == []  # nothing before the hub answered the manifest
+    up.receive_ack({"transfer_id": "routine", "held": []}, fresh=True)
     first = up.next_chunks(now=0)
     assert [t for t, _ in first] == ["routine", "routine"]
     stat, _ = pack_bytes(
@@ -119,6 +121,7 @@ def test_stat_preempts_routine_at_chunk_granularity():
         **{**META, "priority": Priority.STAT},
     )
     up.queue(stat, seq=2)
+    up.receive_ack({"transfer_id": "stat", "held": []}, fresh=True)
     up.receive_ack({"transfer_id": "routine", "held": [[0, 1]]})
     assert up.next_chunks(now=1) == [("stat", 0)]
     # raising a routine transfer's priority takes effect at the next chunk
@@ -126,6 +129,7 @@ def test_stat_preempts_routine_at_chunk_granularity():
         [("1.2.3", random.randbytes(9000))], chunk_size=4096, transfer_id="older", **META
     )
     up.queue(older, seq=0)
+    up.receive_ack({"transfer_id": "older", "held": []}, fresh=True)
     up.set_priority("older", Priority.STAT)
     up.receive_ack({"transfer_id": "routine", "held": [[0, 2]]})
     up.receive_ack({"transfer_id": "stat", "held": [[0, 1]]})
@@ -177,6 +181,10 @@ def test_any_delivery_gives_identical_instances_and_never_resends_acked(
         if rx.state is State.VERIFIED and up.transfers["t1"].verified:
             break
         now += 1
+        if up.awaiting() and rng.random() < 0.8:  # the hub answers the manifest (or not)
+            ack = json.loads(json.dumps(rx.ack()))
+            acked_ever |= set(RangeSet.from_json(ack["held"], m.chunk_count))
+            up.receive_ack(ack, fresh=True)
         batch = up.next_chunks(now)
         for _, i in batch:
             assert i not in acked_ever, f"chunk {i} was acked and sent again"
@@ -214,8 +222,9 @@ def test_any_delivery_gives_identical_instances_and_never_resends_acked(
             up = Uplink.from_json(up.to_json())
         if rng.random() < 0.05:  # the hub restarts
             rx = Reception.from_json(rx.to_json())
-        if rng.random() < 0.05:
+        if rng.random() < 0.05:  # the link drops and comes back
             up.disconnected()
+            assert up.reconnected() == ([] if up.transfers["t1"].verified else ["t1"])
     assert up.transfers["t1"].verified and rx.state is State.VERIFIED
 
 

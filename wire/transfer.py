@@ -167,6 +167,7 @@ class _Outgoing:
     chunk_count: int
     acked: RangeSet
     verified: bool = False
+    awaiting: bool = True  # no chunk goes until the hub answered the manifest
 
 
 class Uplink:
@@ -174,8 +175,13 @@ class Uplink:
 
     STAT transfers go before routine ones at chunk granularity; within a priority, the
     oldest queued first. A chunk the hub acknowledged is never handed out again.
-    In-flight chunks are those handed out and not yet acked; after a disconnect, or
-    when one stays unacked longer than ``ack_timeout`` seconds, it may go again.
+    In-flight chunks are those handed out and not yet acked; one unacked longer than
+    ``ack_timeout`` seconds may go again.
+
+    A transfer's chunks go only after the hub has answered its manifest on this
+    connection (a *fresh* ack): after any disconnect, broker restart or reboot,
+    ``reconnected`` puts every transfer back to waiting for that answer, so the box
+    learns exactly which chunks the hub holds and sends only the others.
     """
 
     def __init__(self, window: int = 16, ack_timeout: float = 120.0):
@@ -197,8 +203,12 @@ class Uplink:
         """Takes effect at the next chunk handed out."""
         self.transfers[transfer_id].priority = priority
 
-    def next_chunks(self, now: float, limit: int | None = None) -> list[tuple[str, int]]:
-        """Chunks to send now, best first, filling the window; marks them in flight."""
+    def next_chunks(
+        self, now: float, limit: int | None = None, only: Priority | None = None
+    ) -> list[tuple[str, int]]:
+        """Chunks to send now, best first, filling the window; marks them in flight.
+        ``only``: hand out chunks of transfers of that priority alone (outside a sync
+        window, STAT may still go)."""
         self._expire(now)
         room = self.window - len(self.in_flight)
         if limit is not None:
@@ -211,6 +221,8 @@ class Uplink:
             key=lambda t: (t.priority.rank, t.seq),
         )
         for t in order:
+            if t.awaiting or (only is not None and t.priority is not only):
+                continue
             for i in t.acked.missing(t.chunk_count):
                 if (t.transfer_id, i) in self.in_flight:
                     continue
@@ -229,8 +241,40 @@ class Uplink:
         """The link dropped: whatever was in flight may be lost, so it may go again."""
         self.in_flight.clear()
 
-    def receive_ack(self, ack: dict[str, Any]) -> list[Any]:
-        """Apply the hub's ack (the JSON that ``Reception.ack`` made)."""
+    def reconnected(self) -> list[str]:
+        """A new connection: every unfinished transfer waits for the hub's answer to its
+        manifest. Returns the transfer ids whose manifests must be sent now."""
+        waiting = []
+        for t in self.transfers.values():
+            if not t.verified:
+                t.awaiting = True
+                waiting.append(t.transfer_id)
+        return waiting
+
+    def awaiting(self) -> list[str]:
+        return [t.transfer_id for t in self.transfers.values() if t.awaiting and not t.verified]
+
+    def pending(self) -> list[tuple[str, int, int]]:
+        """(transfer id, chunks acked, chunk count) of every unfinished transfer."""
+        return [
+            (t.transfer_id, len(t.acked), t.chunk_count)
+            for t in self.transfers.values()
+            if not t.verified
+        ]
+
+    def is_acked(self, transfer_id: str, index: int) -> bool:
+        t = self.transfers.get(transfer_id)
+        return t is not None and index in t.acked
+
+    def forget(self, transfer_id: str) -> None:
+        self.transfers.pop(transfer_id, None)
+        for key in [k for k in self.in_flight if k[0] == transfer_id]:
+            del self.in_flight[key]
+
+    def receive_ack(self, ack: dict[str, Any], fresh: bool = False) -> list[Any]:
+        """Apply the hub's ack (the JSON that ``Reception.ack`` made). ``fresh``: the
+        hub's answer to the manifest sent on this connection, so its ``held`` is the
+        whole truth and whatever was in flight before and is not held was lost."""
         if not isinstance(ack, dict) or not isinstance(ack.get("transfer_id"), str):
             raise RemoteProtocolError(f"ack without a transfer id: {str(ack)[:100]}")
         t = self.transfers.get(ack["transfer_id"])
@@ -242,6 +286,10 @@ class Uplink:
             t.acked.add_range(s, e)
         for i in held:
             self.in_flight.pop((t.transfer_id, i), None)
+        if fresh:
+            t.awaiting = False
+            for key in [k for k in self.in_flight if k[0] == t.transfer_id]:
+                del self.in_flight[key]
         resend = ack.get("resend", [])
         if not isinstance(resend, list):
             raise RemoteProtocolError(f"{t.transfer_id}: resend must be a list")

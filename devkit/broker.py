@@ -1,0 +1,192 @@
+"""A real Mosquitto on a free port, and a real hub (``radsetu hub serve``), as child
+processes, for tests, benchmarks and the demo. TLS material is made on the spot with
+openssl: nothing secret is ever kept in the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from devkit.box import free_port, wait_port
+
+MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
+
+
+def make_certs(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """A throwaway CA, a server certificate for ``hosts`` and client certificates for
+    ``box`` and ``hub``, in ``folder``; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=RadSetu test CA", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    san = ",".join(f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts)
+    for name, cn, ext in (
+        ("server", hosts[0], f"subjectAltName={san}"),
+        ("box", "test-box", "extendedKeyUsage=clientAuth"),
+        ("hub", "hub", "extendedKeyUsage=clientAuth"),
+    ):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        (folder / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+            "-out", f"{name}.crt")  # fmt: skip
+    for p in folder.glob("*.key"):
+        p.chmod(0o644)  # mosquitto may run as another user when started as root
+    return folder
+
+
+class Broker:
+    """Mosquitto on a free port. ``tls_dir`` (from ``make_certs``): TLS with client
+    certificates required; ``users``: a password file, anonymous access off."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        persistence: bool = True,
+        tls_dir: Path | None = None,
+        users: dict[str, str] | None = None,
+    ):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.conf = self.workdir / "mosquitto.conf"
+        self.log = self.workdir / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.tls_dir = tls_dir
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"message_size_limit {MESSAGE_SIZE_LIMIT}",
+            "max_inflight_messages 20",
+            "max_queued_messages 1000",
+            "persistent_client_expiration 1d",
+        ]
+        if persistence:
+            lines += [
+                "persistence true",
+                f"persistence_location {self.workdir}/",
+                "autosave_interval 1",
+                "autosave_on_changes true",
+            ]
+        if tls_dir is not None:
+            lines += [
+                f"cafile {tls_dir / 'ca.crt'}",
+                f"certfile {tls_dir / 'server.crt'}",
+                f"keyfile {tls_dir / 'server.key'}",
+                "require_certificate true",
+            ]
+        if users:
+            pw = self.workdir / "passwd"
+            pw.write_text("")
+            for user, password in users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(pw), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            pw.chmod(0o644)
+            lines += [f"password_file {pw}", "allow_anonymous false"]
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> Broker:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf), "-v"], stdout=logf, stderr=subprocess.STDOUT
+        )
+        logf.close()
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def mqtt_config(self, who: str = "box") -> dict[str, object]:
+        """The ``[mqtt]`` section a box (or, with ``who="hub"``, the hub) needs."""
+        cfg: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "keepalive": 5}
+        if self.tls_dir is not None:
+            cfg.update(
+                tls=True,
+                ca_file=str(self.tls_dir / "ca.crt"),
+                cert_file=str(self.tls_dir / f"{who}.crt"),
+                key_file=str(self.tls_dir / f"{who}.key"),
+            )
+        return cfg
+
+
+class Hub:
+    """``radsetu hub serve`` with its own data folder, on a free port."""
+
+    def __init__(self, workdir: Path, mqtt: dict[str, object], workers: int = 1):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.web_port = free_port()
+        self.config = self.workdir / "hub.toml"
+        lines = [
+            f'data_dir = "{self.data_dir}"',
+            "[web]",
+            f"port = {self.web_port}",
+            f"workers = {workers}",
+            "[mqtt]",
+            *(f"{k} = {json.dumps(v)}" for k, v in mqtt.items()),
+        ]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = self.workdir / "hub.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Hub:
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "radsetu", "hub", "serve", "--config", str(self.config)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes the ingest too
+            env={**os.environ},
+        )
+        logf.close()
+        wait_port(self.web_port, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL to the hub and its ingest, as a power cut would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def api(self, path: str) -> dict:
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.load(r)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -1,0 +1,327 @@
+"""The box's outbox: ready studies packed into transfers, and what the hub acknowledged.
+
+A transfer is one pack file (``wire.packfile`` layout: manifest, then every chunk) in
+``data_dir/outbox/`` plus a row in the index. The file is fsynced before its row is
+committed; a pack file without a row (a crash in between) is removed at start-up.
+Instances that reach a study after it was packed travel in a follow-up transfer.
+No MQTT here: the sync agent (``edge.sync``) drives this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.sneakernet import Source, pack
+from edge.store import Store, fsync_dir, utcnow
+from wire.manifest import Manifest, Priority
+from wire.packfile import MAGIC, header_length, read_manifest
+from wire.ranges import RangeSet
+
+log = logging.getLogger("radsetu.outbox")
+
+
+@dataclass(frozen=True)
+class Packed:
+    transfer_id: str
+    study_uid: str
+    seq: int
+    priority: Priority
+
+
+class Outbox:
+    def __init__(self, store: Store, box_id: str, sync_cfg: dict[str, Any]):
+        self.store = store
+        self.db = store.db
+        self.box_id = box_id
+        self.cfg = sync_cfg
+        self.folder = store.root / "outbox"
+        self.folder.mkdir(exist_ok=True)
+        self._files: dict[str, Any] = {}
+        self._manifests: dict[str, Manifest] = {}
+        self._heads: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    # -- start-up -----------------------------------------------------------------
+
+    def clean(self) -> None:
+        """Remove pack files that have no row, or whose transfer is verified."""
+        live = {
+            Path(r[0]).name
+            for r in self.db.execute("SELECT pack_path FROM transfers WHERE state='sending'")
+        }
+        for p in self.folder.iterdir():
+            if p.name not in live:
+                log.info("outbox: removing %s (no transfer needs it)", p.name)
+                p.unlink(missing_ok=True)
+        for tid, rel in self.db.execute(
+            "SELECT transfer_id, pack_path FROM transfers WHERE state='sending'"
+        ).fetchall():
+            if not (self.store.root / rel).exists():
+                # the file is gone (damaged card?): pack its instances again
+                log.warning("outbox: pack file of transfer %s is missing; packing again", tid)
+                with self.store._lock, self.db.atomic():
+                    study = self.db.execute(
+                        "SELECT study_uid FROM transfers WHERE transfer_id=?", [tid]
+                    ).fetchone()[0]
+                    self.db.execute("DELETE FROM transfer_instances WHERE transfer_id=?", [tid])
+                    self.db.execute(
+                        "UPDATE transfers SET state='abandoned' WHERE transfer_id=?", [tid]
+                    )
+                    self.db.execute(
+                        "UPDATE studies SET state='ready' WHERE study_uid=? AND state='sending'",
+                        [study],
+                    )
+
+    # -- packing ------------------------------------------------------------------
+
+    def next_ready(self) -> str | None:
+        """The ready study to pack next: STAT first, then the longest waiting."""
+        row = self.db.execute(
+            "SELECT study_uid FROM studies WHERE state='ready' "
+            "ORDER BY priority='stat' DESC, ready_at, last_received_ts LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def pack_study(self, study_uid: str) -> Packed | None:
+        """Pack the study's instances that no transfer carries yet. None when there were
+        none (the study's state is settled instead)."""
+        rows = self.db.execute(
+            """SELECT i.id, i.sop_instance_uid, i.path FROM instances i
+               WHERE i.study_uid=? AND NOT EXISTS
+                   (SELECT 1 FROM transfer_instances ti WHERE ti.instance_id = i.id)
+               ORDER BY i.id""",
+            [study_uid],
+        ).fetchall()
+        prio_row = self.db.execute(
+            "SELECT priority FROM studies WHERE study_uid=?", [study_uid]
+        ).fetchone()
+        if not rows or prio_row is None:
+            self.settle(study_uid)
+            return None
+        priority = Priority(prio_row[0])
+        earlier = self.db.execute(
+            "SELECT transfer_id FROM transfers WHERE study_uid=? AND state!='abandoned' "
+            "ORDER BY seq DESC LIMIT 1",
+            [study_uid],
+        ).fetchone()
+        tid = uuid.uuid4().hex
+        out = self.folder / f"{tid}.pack"
+        effort = self.cfg["pixel_effort"] or None
+        sources = [Source(sop, study_uid, self.store.root / rel) for _, sop, rel in rows]
+        manifest = pack(
+            sources,
+            out,
+            self.box_id,
+            self.cfg["chunk_bytes"],
+            self.cfg["level"],
+            priority,
+            pixel_effort=effort,
+            follow_up_of=earlier[0] if earlier else None,
+            transfer_id=tid,
+        )
+        fsync_dir(self.folder)
+        with open(out, "rb") as f:
+            prefix = f.read(len(MAGIC) + 4)
+        with self.store._lock, self.db.atomic():
+            cur = self.db.execute(
+                """INSERT INTO transfers(transfer_id, study_uid, follow_up_of, state,
+                       pack_path, header_bytes, chunk_size, chunk_count, stream_bytes,
+                       payload_bytes, instance_count, created_at)
+                   VALUES (?,?,?,'sending',?,?,?,?,?,?,?,?)""",
+                [
+                    tid,
+                    study_uid,
+                    manifest.follow_up_of,
+                    str(out.relative_to(self.store.root)),
+                    header_length(prefix),
+                    manifest.chunk_size,
+                    manifest.chunk_count,
+                    manifest.stream_size,
+                    manifest.payload_bytes,
+                    len(manifest.instances),
+                    utcnow(),
+                ],
+            )
+            self.db.conn.executemany(
+                "INSERT INTO transfer_instances(transfer_id, instance_id) VALUES (?,?)",
+                [(tid, iid) for iid, _, _ in rows],
+            )
+            self.db.execute(
+                "UPDATE studies SET state='sending' WHERE study_uid=? AND state='ready'",
+                [study_uid],
+            )
+        log.info(
+            "study %s packed as transfer %s%s: %d instances, %d bytes -> %d bytes in %d "
+            "chunks (%s)",
+            study_uid,
+            tid,
+            f" (follow-up of {manifest.follow_up_of})" if manifest.follow_up_of else "",
+            len(manifest.instances),
+            manifest.payload_bytes,
+            manifest.stream_size,
+            manifest.chunk_count,
+            priority.value,
+        )
+        return Packed(tid, study_uid, int(cur.lastrowid or 0), priority)
+
+    def settle(self, study_uid: str) -> None:
+        """A study with nothing left to pack is delivered once every transfer of it
+        is verified, else it is still sending."""
+        with self.store._lock, self.db.atomic():
+            open_ = self.db.execute(
+                "SELECT count(*) FROM transfers WHERE study_uid=? AND state='sending'",
+                [study_uid],
+            ).fetchone()[0]
+            unsent = self.db.execute(
+                """SELECT count(*) FROM instances i WHERE i.study_uid=? AND NOT EXISTS
+                   (SELECT 1 FROM transfer_instances ti WHERE ti.instance_id = i.id)""",
+                [study_uid],
+            ).fetchone()[0]
+            if open_ == 0 and unsent == 0:
+                cur = self.db.execute(
+                    "UPDATE studies SET state='delivered', delivered_at=? "
+                    "WHERE study_uid=? AND state IN ('ready', 'sending')",
+                    [utcnow(), study_uid],
+                )
+                if cur.rowcount:
+                    log.info("study %s delivered: the hub verified every instance", study_uid)
+            else:
+                self.db.execute(
+                    "UPDATE studies SET state='sending' WHERE study_uid=? AND state='ready'",
+                    [study_uid],
+                )
+
+    # -- sending ------------------------------------------------------------------
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            """SELECT t.seq, t.transfer_id, t.study_uid, t.acked, t.chunk_count, s.priority
+               FROM transfers t JOIN studies s ON s.study_uid = t.study_uid
+               WHERE t.state='sending' ORDER BY t.seq"""
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def priorities(self) -> dict[str, Priority]:
+        """The current priority of every unfinished transfer (people may change it)."""
+        return {
+            tid: Priority(p)
+            for tid, p in self.db.execute(
+                "SELECT t.transfer_id, s.priority FROM transfers t "
+                "JOIN studies s ON s.study_uid = t.study_uid WHERE t.state='sending'"
+            ).fetchall()
+        }
+
+    def _file(self, transfer_id: str) -> Any:
+        f = self._files.get(transfer_id)
+        if f is None:
+            rel, head = self.db.execute(
+                "SELECT pack_path, header_bytes FROM transfers WHERE transfer_id=?",
+                [transfer_id],
+            ).fetchone()
+            f = self._files[transfer_id] = open(self.store.root / rel, "rb")  # noqa: SIM115
+            self._heads[transfer_id] = head
+        return f
+
+    def manifest(self, transfer_id: str) -> Manifest:
+        m = self._manifests.get(transfer_id)
+        if m is None:
+            f = self._file(transfer_id)
+            f.seek(0)
+            prefix = f.read(len(MAGIC) + 4)
+            m = read_manifest(prefix + f.read(header_length(prefix) - len(prefix)))
+            self._manifests[transfer_id] = m
+        return m
+
+    def manifest_bytes(self, transfer_id: str) -> bytes:
+        f = self._file(transfer_id)
+        f.seek(0)
+        prefix = f.read(len(MAGIC) + 4)
+        return f.read(header_length(prefix) - len(prefix))
+
+    def chunk(self, transfer_id: str, index: int) -> bytes:
+        m = self.manifest(transfer_id)
+        f = self._file(transfer_id)
+        f.seek(self._heads[transfer_id] + index * m.chunk_size)
+        return bytes(f.read(m.chunk_length(index)))
+
+    def record_sent(self, counts: dict[str, tuple[int, int]]) -> None:
+        """Add (chunks sent, of which resent) per transfer."""
+        with self.store._lock, self.db.atomic():
+            for tid, (sent, resent) in counts.items():
+                self.db.execute(
+                    "UPDATE transfers SET chunks_sent=chunks_sent+?, "
+                    "chunks_resent=chunks_resent+?, first_sent_at=coalesce(first_sent_at, ?) "
+                    "WHERE transfer_id=?",
+                    [sent, resent, utcnow(), tid],
+                )
+
+    def record_acked(self, acked: dict[str, RangeSet]) -> None:
+        with self.store._lock, self.db.atomic():
+            for tid, ranges in acked.items():
+                self.db.execute(
+                    "UPDATE transfers SET acked=? WHERE transfer_id=? AND state='sending'",
+                    [json.dumps(ranges.to_json()), tid],
+                )
+
+    def verified(self, transfer_id: str, acked: RangeSet) -> None:
+        """The hub verified every instance of the transfer: its pack file goes, and the
+        study is delivered if nothing else of it is pending."""
+        row = self.db.execute(
+            "SELECT study_uid, pack_path FROM transfers WHERE transfer_id=?", [transfer_id]
+        ).fetchone()
+        if row is None:
+            return
+        with self.store._lock, self.db.atomic():
+            self.db.execute(
+                "UPDATE transfers SET state='verified', verified_at=?, acked=? "
+                "WHERE transfer_id=? AND state='sending'",
+                [utcnow(), json.dumps(acked.to_json()), transfer_id],
+            )
+        f = self._files.pop(transfer_id, None)
+        if f is not None:
+            f.close()
+        self._manifests.pop(transfer_id, None)
+        try:
+            os.unlink(self.store.root / row[1])
+        except FileNotFoundError:
+            pass
+        log.info("transfer %s of study %s verified at the hub", transfer_id, row[0])
+        self.settle(row[0])
+
+    def forget_unknown(self, transfer_id: str) -> None:
+        """Drop a cached pack file handle (the transfer is finished or abandoned)."""
+        f = self._files.pop(transfer_id, None)
+        if f is not None:
+            f.close()
+
+
+def backlog(db: Any) -> dict[str, Any]:
+    """Studies not yet delivered, their bytes, and the oldest one's arrival."""
+    row = db.execute(
+        """SELECT count(*), min(first_received) FROM studies
+           WHERE state IN ('receiving', 'ready', 'sending')"""
+    ).fetchone()
+    pending_bytes = db.execute(
+        """SELECT coalesce(sum(i.size), 0) FROM instances i WHERE NOT EXISTS
+               (SELECT 1 FROM transfer_instances ti JOIN transfers t
+                    ON t.transfer_id = ti.transfer_id
+                WHERE ti.instance_id = i.id AND t.state = 'verified')"""
+    ).fetchone()[0]
+    return {
+        "backlog_studies": row[0],
+        "backlog_bytes": pending_bytes,
+        "oldest_pending": row[1],
+    }

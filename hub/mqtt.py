@@ -1,0 +1,199 @@
+"""The hub's MQTT side: every box's manifests and chunks in, acks out, statuses kept.
+
+paho's network thread only queues messages; one worker thread handles them in order
+(``hub.ingest``: each chunk durable before it counts), publishes the ack, and only then
+acknowledges the MQTT message to the broker (manual PUBACK). A hub killed mid-way has
+not PUBACKed what it had not stored, so the broker delivers it again.
+
+Uploads arrive on a shared subscription (``$share/<group>/radsetu/v1/+/up/#``) so
+that several ingest processes can share the load; all reassembly state lives in the
+hub's store. Statuses come on a plain subscription: retained messages are not given
+to shared subscribers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import Config
+from edge.sync import connect_properties, mqtt_client
+from hub.ingest import take_chunk, take_manifest
+from hub.store import FileHubStore
+from wire import frames
+from wire.errors import RemoteProtocolError
+
+log = logging.getLogger("radsetu.hub.mqtt")
+
+MAX_STATUS_BYTES = 64 * 1024
+RETRIES = 5  # attempts at a message that fails for a reason of the hub's own
+
+
+class Ingest:
+    def __init__(self, config: Config, store: FileHubStore):
+        self.config = config
+        self.m = config["mqtt"]
+        self.store = store
+        self.inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self.client = mqtt_client(self.m["client_id"], self.m)
+        self.client.manual_ack_set(True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = lambda _c, _u, msg: self.inbox.put(msg)
+        self.client.reconnect_delay_set(1, 30)
+        self.worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self.handled = 0
+        self._touched: dict[str, float] = {}
+
+    def start(self) -> Ingest:
+        self.worker.start()
+        self.client.connect_async(
+            self.m["host"],
+            self.m["port"],
+            keepalive=self.m["keepalive"],
+            clean_start=False,
+            properties=connect_properties(self.m),
+        )
+        self.client.loop_start()
+        log.info(
+            "hub ingest %s: broker %s:%s%s",
+            self.m["client_id"],
+            self.m["host"],
+            self.m["port"],
+            " (TLS)" if self.m["tls"] else "",
+        )
+        return self
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+        self.worker.join(timeout=30)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error(
+                "the broker refused the hub: %s (check [mqtt] username/password or the "
+                "hub's certificate)",
+                rc,
+            )
+            return
+        group = self.m["shared_group"]
+        client.subscribe(
+            [
+                (f"$share/{group}/{frames.PREFIX}/+/up/#", 1),
+                (f"{frames.PREFIX}/+/{frames.STATUS}", 1),
+            ]
+        )
+        log.info(
+            "hub connected to the broker (session %s)",
+            "resumed" if flags.session_present else "new",
+        )
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        log.warning("hub lost the broker (%s); reconnecting", rc)
+
+    def _work(self) -> None:
+        while True:
+            msg = self.inbox.get()
+            if msg is None:
+                return
+            for attempt in range(RETRIES):
+                try:
+                    self.handle(msg)
+                    break
+                except Exception:  # the hub's own trouble (disk, database): try again
+                    log.exception(
+                        "handling %s failed (attempt %d of %d)", msg.topic, attempt + 1, RETRIES
+                    )
+                    time.sleep(min(2**attempt, 10))
+            # acknowledged to the broker only now, after the durable write (or after
+            # giving up: the box resends what the hub never acked)
+            self.client.ack(msg.mid, msg.qos)
+            self.handled += 1
+
+    def handle(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            box_id, leaf = frames.parse_topic(msg.topic)
+        except RemoteProtocolError as exc:
+            log.warning("ignoring a message: %s", exc)
+            return
+        source = f"mqtt:{box_id}"
+        now = time.monotonic()
+        if now - self._touched.get(box_id, 0) > 5:
+            self._touched[box_id] = now
+            self.store.touch_box(box_id)
+        try:
+            if leaf == frames.STATUS:
+                self._status(box_id, msg.payload)
+                return
+            if leaf == frames.UP_MANIFEST:
+                ack = take_manifest(self.store, msg.payload, source, box_id=box_id)
+            elif leaf == frames.UP_CHUNK:
+                f = frames.decode_chunk(msg.payload)
+                ack = take_chunk(
+                    self.store,
+                    f.transfer_id,
+                    f.index,
+                    f.data,
+                    source,
+                    box_id=box_id,
+                    attempt=f.attempt,
+                )
+            else:
+                raise RemoteProtocolError(f"unknown topic leaf {leaf!r}")
+        except RemoteProtocolError as exc:
+            log.warning("box %s: refused a message on %s: %s", box_id, leaf, exc)
+            self.store.touch_box(box_id, rejection=str(exc)[:500])
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        if corr:
+            props.CorrelationData = corr
+        self.client.publish(
+            frames.topic(box_id, frames.DOWN_ACK),
+            json.dumps(ack, separators=(",", ":")),
+            qos=1,
+            properties=props,
+        )
+
+    def _status(self, box_id: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained status being cleared
+        if len(payload) > MAX_STATUS_BYTES:
+            raise RemoteProtocolError(f"status of {len(payload)} bytes is too large")
+        try:
+            status = json.loads(payload)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"status is not JSON: {exc}") from exc
+        if not isinstance(status, dict):
+            raise RemoteProtocolError("status must be a JSON object")
+        self.store.put_box_status(box_id, status, online=status.get("online") is True)
+
+
+def run(config: Config) -> int:
+    """``radsetu hub ingest``: run until SIGTERM/SIGINT."""
+    import signal
+
+    store = FileHubStore(config.data_dir)
+    ingest = Ingest(config, store).start()
+    stop = threading.Event()
+
+    def shutdown(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping the ingest", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    stop.wait()
+    ingest.stop()
+    store.close()
+    return 0

@@ -1,0 +1,83 @@
+"""What travels in each MQTT message: topic names and the chunk frame. Pure.
+
+A chunk message's payload is a small binary header followed by the chunk's bytes, so
+that any MQTT broker (v3.1.1 bridges included) carries it unchanged:
+
+    b"RSC1" | attempt (1 byte) | transfer id length (1 byte) | transfer id (ASCII)
+           | index (4 bytes, BE) | data
+
+``attempt`` is 0 the first time the box's application sends the chunk and counts its
+own resends (capped at 255); a broker's or client library's redelivery repeats the
+same bytes. The hub counts a held chunk that arrives with attempt > 0 as the box
+resending what the hub had acknowledged. The header costs 10 bytes plus the transfer
+id (42 bytes for a 32-hex id).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+from wire.errors import RemoteProtocolError
+from wire.manifest import MAX_CHUNK_SIZE
+
+PREFIX = "radsetu/v1"
+CHUNK_MAGIC = b"RSC1"
+_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_BOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+# the leaves under radsetu/v1/<box>/
+UP_MANIFEST = "up/manifest"
+UP_CHUNK = "up/chunk"
+DOWN_ACK = "down/ack"
+STATUS = "status"
+
+
+def topic(box_id: str, leaf: str) -> str:
+    return f"{PREFIX}/{box_id}/{leaf}"
+
+
+def parse_topic(name: str) -> tuple[str, str]:
+    """(box id, leaf) of a RadSetu topic; RemoteProtocolError for anything else."""
+    parts = name.split("/", 3)
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != PREFIX or not _BOX.match(parts[2]):
+        raise RemoteProtocolError(f"not a RadSetu topic: {name[:120]!r}")
+    return parts[2], parts[3]
+
+
+@dataclass(frozen=True)
+class ChunkFrame:
+    transfer_id: str
+    index: int
+    attempt: int
+    data: memoryview
+
+
+def encode_chunk(transfer_id: str, index: int, data: bytes, attempt: int = 0) -> bytes:
+    tid = transfer_id.encode("ascii")
+    head = bytes([min(attempt, 255), len(tid)])
+    return b"".join((CHUNK_MAGIC, head, tid, struct.pack(">I", index), data))
+
+
+def chunk_overhead(transfer_id: str) -> int:
+    return len(CHUNK_MAGIC) + 2 + len(transfer_id) + 4
+
+
+def decode_chunk(payload: bytes) -> ChunkFrame:
+    """One chunk message; RemoteProtocolError says what is wrong with a malformed one.
+    The data is a view into ``payload`` (no copy)."""
+    view = memoryview(payload)
+    if len(view) < 6 or bytes(view[:4]) != CHUNK_MAGIC:
+        raise RemoteProtocolError("chunk message without the RSC1 header")
+    attempt, n = view[4], view[5]
+    if len(view) < 6 + n + 4:
+        raise RemoteProtocolError("chunk message shorter than its header")
+    tid = bytes(view[6 : 6 + n])
+    if not _ID.match(tid):
+        raise RemoteProtocolError(f"chunk message with a malformed transfer id {tid[:40]!r}")
+    (index,) = struct.unpack(">I", view[6 + n : 10 + n])
+    data = view[10 + n :]
+    if len(data) > MAX_CHUNK_SIZE:
+        raise RemoteProtocolError(f"chunk of {len(data)} bytes is larger than any chunk size")
+    return ChunkFrame(tid.decode("ascii"), index, attempt, data)
