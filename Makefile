@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS_TEST := dcmtk
-DEBS_BENCH := dcmtk orthanc
+DEBS_TEST := dcmtk mosquitto openssl
+DEBS_BENCH := dcmtk orthanc mosquitto iproute2
 
 .PHONY: test lint demo bench lock clean debs-test debs-bench
 

@@ -42,13 +42,14 @@ class Box:
         sync: dict[str, object] | None = None,
         stat: dict[str, object] | None = None,
         box_id: str = "test-box",
+        data_dir: Path | None = None,
         **store: object,
     ):
         """Without ``mqtt`` the box does not sync; with it, it syncs to that broker."""
         self.workdir = Path(workdir)
         self.box_id = box_id
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = self.workdir / "data"
+        self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
         self.dicom_port = free_port()
         self.web_port = free_port()
         self.ae_title = "RADSETU"

@@ -63,7 +63,12 @@ class Broker:
         self.log = self.workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls_dir = tls_dir
+        import getpass
+
         lines = [
+            # started as root, mosquitto would become the user "mosquitto", who cannot
+            # read a test's private folder: stay who we are
+            f"user {getpass.getuser()}",
             f"listener {self.port} 127.0.0.1",
             f"message_size_limit {MESSAGE_SIZE_LIMIT}",
             "max_inflight_messages 20",

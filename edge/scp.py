@@ -88,7 +88,11 @@ def handle_store(event: Any, store: Store, config: Config) -> int:
     req = event.request
     calling = event.assoc.requestor.ae_title.strip()
     sop_uid = str(req.AffectedSOPInstanceUID)
-    stat = req.Priority == PRIORITY_HIGH or calling in config["dicom"]["stat_callers"]
+    stat = (
+        req.Priority == PRIORITY_HIGH
+        or calling in config["dicom"]["stat_callers"]
+        or calling in config["stat"]["calling_ae_titles"]
+    )
     path = Path(event.dataset_path)
     try:
         with open(path, "rb") as f:

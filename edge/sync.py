@@ -139,7 +139,9 @@ class Agent:
         self.backoff = float(self.s["reconnect_min_seconds"])
         self.next_attempt = 0.0
         self.token = b""  # correlation id of this connection's manifests
+        self.resync_due = False
         self.manifest_sent: dict[str, float] = {}
+        self.manifest_tries: dict[str, int] = {}
         self.attempts: dict[tuple[str, int], int] = {}
         self.acked_dirty: set[str] = set()
         self.sent_counts: dict[str, list[int]] = {}
@@ -260,6 +262,14 @@ class Agent:
                 self.connected or self.connecting_since is not None
             ):
                 self._lost(f"network: {mqtt.error_string(rc)}")
+        if self.connected and self.resync_due:
+            self.resync_due = False
+            self.token = uuid.uuid4().bytes
+            self.manifest_sent.clear()
+            self.manifest_tries.clear()
+            for tid in self.uplink.reconnected():
+                self._publish_manifest(tid)
+            self._publish_status(now)
         self._drain()
         if self.connected:
             busy = self._send(time.monotonic())
@@ -303,6 +313,11 @@ class Agent:
 
     def _lost(self, why: str) -> None:
         was = self.connected
+        if not was and self.connecting_since is not None and "refused" not in why:
+            why = (
+                f"the broker closed the connection before accepting the box ({why}): with "
+                "TLS, check [mqtt] cert_file, key_file and ca_file"
+            )
         self.connected = False
         self.connecting_since = None
         self.uplink.disconnected()  # reconnect() closes whatever socket is left
@@ -332,11 +347,9 @@ class Agent:
             "resumed" if flags.session_present else "new",
         )
         client.subscribe(frames.topic(self.box_id, frames.DOWN_ACK), qos=1)
-        self.token = uuid.uuid4().bytes
-        self.manifest_sent.clear()
-        for tid in self.uplink.reconnected():
-            self._publish_manifest(tid)
-        self._publish_status(time.monotonic())
+        # the manifests go on the next step, after paho has queued its resends of
+        # what was in flight: the hub's answer must come after those copies arrived
+        self.resync_due = True
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if self.connected or self.connecting_since is not None:
@@ -387,6 +400,7 @@ class Agent:
             return
         self.last_sync = utcnow()
         self.acked_dirty.add(tid)
+        self.manifest_tries.pop(tid, None)
         for ev in events:
             if isinstance(ev, TransferVerified):
                 acked = self.uplink.transfers[tid].acked
@@ -466,9 +480,12 @@ class Agent:
                     log.info("transfer %s: priority now %s", tid, prio.value)
                     self.uplink.set_priority(tid, prio)
         if self.connected:
-            # a manifest whose answer never came (lost with a broker restart) goes again
+            # a manifest whose answer never came (lost with a broker restart, or sent
+            # before the hub subscribed again) goes again: after 5 s, then 10, 20... 60
             for tid in self.uplink.awaiting():
-                if now - self.manifest_sent.get(tid, 0) > min(30.0, self.uplink.ack_timeout):
+                wait = min(60.0, 5.0 * 2 ** self.manifest_tries.get(tid, 0))
+                if now - self.manifest_sent.get(tid, 0) > wait:
+                    self.manifest_tries[tid] = self.manifest_tries.get(tid, 0) + 1
                     self._publish_manifest(tid)
             if now - self.last_status >= self.s["status_seconds"]:
                 self._publish_status(now)

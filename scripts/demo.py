@@ -1,15 +1,15 @@
-"""`make demo`: a box on this machine, a real study sent to it with dcmtk's storescu.
+"""`make demo`: broker, hub and a box on this machine; a real study through.
 
-Starts `radsetu edge serve` with a throwaway data folder, sends a CT study (20 slices
-made from pydicom-data's real 693_UNCI.dcm with new UIDs) and an MR instance, waits
-until the box marks the study ready to send, and prints what happened. With --keep it
-leaves the box running until Ctrl-C so you can open the URLs.
+Starts Mosquitto on a free port, the hub (`radsetu hub serve`: API and MQTT ingest) and
+a box (`radsetu edge serve`), each with a throwaway data folder. Sends a CT study (20
+slices made from pydicom-data's real 693_UNCI.dcm with new UIDs) and a real MR instance
+to the box with dcmtk's storescu, waits until the hub has verified every instance, and
+prints what happened and the URLs to open. With --keep everything stays up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -19,19 +19,42 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devkit.box import Box  # noqa: E402
+from devkit.broker import Broker, Hub  # noqa: E402
 from devkit.corpus import data_file, replicate  # noqa: E402
+
+TIMEOUT = 120
+
+
+def wait(what: str, cond, timeout: float = TIMEOUT):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not within {timeout} s")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--keep", action="store_true", help="keep the box running until Ctrl-C")
+    ap.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="radsetu-demo-") as tmp:
         work = Path(tmp)
-        box = Box(work / "box", quiet_seconds=3)
-        print(f"starting a box (data in {box.data_dir}) ...")
-        box.start()
+        broker = Broker(work / "broker")
+        hub = box = None
         try:
+            print(f"starting Mosquitto on port {broker.port} ...")
+            broker.start()
+            hub = Hub(work / "hub", broker.mqtt_config("hub"))
+            print(f"starting the hub (data in {hub.data_dir}) ...")
+            hub.start()
+            box = Box(
+                work / "box", mqtt=broker.mqtt_config(), box_id="demo-clinic", quiet_seconds=3
+            )
+            print(f"starting a box (data in {box.data_dir}) ...")
+            box.start()
+
             files = replicate(data_file("693_UNCI.dcm"), work / "ct", 20)
             files.append(data_file("MR2_UNCR.dcm"))
             print(
@@ -48,41 +71,71 @@ def main() -> int:
                 print(r.stderr, file=sys.stderr)
                 return 1
             print(
-                f"  all acknowledged in {time.monotonic() - t:.2f} s (each one fsynced "
-                "and indexed before its ack)"
+                f"  all acknowledged in {time.monotonic() - t:.2f} s (each one fsynced and "
+                "indexed before its ack)"
             )
-            print("waiting for the studies to be quiet for 3 s (store.quiet_seconds) ...")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                studies = box.api("/api/studies")["studies"]
-                if studies and all(s["state"] == "ready" for s in studies):
-                    break
-                time.sleep(0.5)
+            print("waiting for the studies to be quiet (3 s), packed, sent and verified ...")
+            t = time.monotonic()
+            studies = wait("studies on the box", lambda: box.api("/api/studies")["studies"])
+            wait(
+                "every study delivered",
+                lambda: all(s["state"] == "delivered" for s in box.api("/api/studies")["studies"]),
+            )
+            print(f"  delivered in {time.monotonic() - t:.1f} s\n")
+            studies = box.api("/api/studies")["studies"]
+            at_hub = {s["study_uid"]: s for s in hub.api("/api/studies")["studies"]}
+            ok = True
             for s in studies:
+                detail = box.api(f"/api/studies/{s['study_uid']}")
+                hub_detail = hub.api(f"/api/studies/{s['study_uid']}")
+                same = sorted(
+                    (i["sop_instance_uid"], i["sha256"]) for i in detail["instances"]
+                ) == sorted((i["sop_instance_uid"], i["sha256"]) for i in hub_detail["instances"])
+                ok &= same and s["study_uid"] in at_hub
+                (tr,) = detail["transfers"][:1]
                 print(
-                    f"  {s['state']:<9} {s['modality']:<3} {s['patient_name']:<24} "
-                    f"{s['instances']:>3} instances {s['bytes'] / 1e6:7.1f} MB  "
-                    f"{s['study_uid']}"
+                    f"  {s['modality']:<3} {s['patient_name']:<22} {s['instances']:>3} instances "
+                    f"{s['bytes'] / 1e6:6.1f} MB -> {tr['stream_bytes'] / 1e6:5.2f} MB on the wire "
+                    f"in {tr['chunk_count']} chunks; at the hub: "
+                    f"{'every SHA-256 equal' if same else 'MISMATCH'}"
                 )
-            api = f"http://127.0.0.1:{box.web_port}/api/studies"
-            print(f"\nthe box's API: {api}")
+            (b,) = hub.api("/api/boxes")["boxes"]
             print(
-                json.dumps(
-                    box.api(f"/api/studies/{studies[0]['study_uid']}")["instances"][0], indent=2
-                )
+                f"\nthe hub sees box {b['box_id']}: {'online' if b['online'] else 'offline'}, "
+                f"backlog {b['status'].get('backlog_studies')} studies, last sync "
+                f"{b['status'].get('last_sync')}"
             )
-            if not all(s["state"] == "ready" for s in studies):
-                print("a study did not become ready in time", file=sys.stderr)
+            print("\nopen:")
+            print(f"  the box's studies    http://127.0.0.1:{box.web_port}/api/studies")
+            print(f"  the box's sync       http://127.0.0.1:{box.web_port}/api/sync")
+            print(f"  the hub's studies    http://127.0.0.1:{hub.web_port}/api/studies")
+            print(f"  the hub's boxes      http://127.0.0.1:{hub.web_port}/api/boxes")
+            print(f"  the hub's transfers  http://127.0.0.1:{hub.web_port}/api/transfers")
+            if not ok:
+                print("the hub's copy differs from the box's", file=sys.stderr)
                 return 1
             if args.keep:
-                print("\nthe box keeps running; Ctrl-C to stop")
+                print("\neverything keeps running; Ctrl-C to stop")
                 try:
-                    box.proc.wait()
+                    while True:
+                        time.sleep(1)
                 except KeyboardInterrupt:
                     pass
+        except (TimeoutError, RuntimeError) as exc:
+            print(f"demo failed: {exc}", file=sys.stderr)
+            for name, part in (("box", box), ("hub", hub)):
+                if part is not None:
+                    print(
+                        f"--- the {name}'s log (end) ---\n{part.log_text()[-3000:]}",
+                        file=sys.stderr,
+                    )
+            return 1
         finally:
-            box.stop()
-    print("demo done: the study is on the box, whole, and ready to send")
+            for part in (box, hub):
+                if part is not None:
+                    part.stop()
+            broker.stop()
+    print("\ndemo done: the study went from storescu to the box to the hub, verified")
     return 0
 
 

@@ -84,6 +84,30 @@ def make_box(tmp_path: Path):
 
 
 @pytest.fixture
+def small_disk(tmp_path: Path):
+    """``small_disk(size_mb)``: a real small filesystem (tmpfs), unmounted afterwards.
+    Needs root, as CI has."""
+    mounts: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        mnt = tmp_path / f"small{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:  # a person without root is told plainly
+            pytest.fail(f"cannot mount a small tmpfs (needs root): {r.stderr}")
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
 def wire_copy(tmp_path):
     """dcmtk's bit-preserving receiver: what storescu really put on the wire (it
     re-encodes some files as it sends them)."""

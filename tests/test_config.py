@@ -1,5 +1,6 @@
 """Configuration: defaults that serve, TOML, environment overrides, clear errors."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,11 @@ def test_every_key_is_documented_with_its_default():
         assert f"`{key}`" in text, f"{key} is not documented in docs/config.md"
         env = "RADSETU_" + key.replace(".", "_").upper()
         assert env in text, f"{env} is not documented in docs/config.md"
-        assert repr(default).replace("'", '"') in text or str(default) in text, (
-            f"the default of {key} ({default!r}) is not in docs/config.md"
+        box_part = text.split("## The hub", 1)[0]
+        (row,) = [line for line in box_part.splitlines() if line.startswith(f"| `{key}` |")]
+        toml = json.dumps(default)  # the TOML spelling of these defaults
+        assert f"`{toml}`" in row or (key == "box_id" and '`""`' in row), (
+            f"the default of {key} ({toml}) is not in its row of docs/config.md"
         )
 
 
@@ -83,3 +87,45 @@ def test_every_hub_key_is_documented_and_overridable(tmp_path):
     assert cfg["web"]["port"] == 9000
     with pytest.raises(ConfigError, match="web.workers"):
         hub_config.load(None, env={"RADSETU_HUB_WEB_WORKERS": "0"})
+
+
+def test_sync_and_mqtt_keys_are_checked(tmp_path):
+    for env, key in (
+        ({"RADSETU_SYNC_WINDOWS": "22:00-25:00"}, "sync.windows"),
+        ({"RADSETU_SYNC_WINDOWS": "08:00-08:00"}, "sync.windows"),
+        ({"RADSETU_SYNC_WINDOW": "50"}, "sync.window"),
+        ({"RADSETU_SYNC_CHUNK_BYTES": "10"}, "sync.chunk_bytes"),
+        ({"RADSETU_MQTT_PORT": "0"}, "mqtt.port"),
+        ({"RADSETU_MQTT_CA_FILE": str(tmp_path / "missing.crt")}, "mqtt.ca_file"),
+        ({"RADSETU_MQTT_PASSWORD": "x"}, "mqtt.password"),
+        ({"RADSETU_STORE_RETENTION_DAYS": "-1"}, "store.retention_days"),
+        ({"RADSETU_STAT_CALLING_AE_TITLES": "BAD\\AE"}, "stat.calling_ae_titles"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(None, env=env)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    with pytest.raises(ConfigError, match="mqtt.tls"):
+        load(None, env={"RADSETU_MQTT_CA_FILE": str(ca)})
+    cfg = load(None, env={"RADSETU_SYNC_WINDOWS": "22:00-06:00, 12:00-13:00"})
+    assert cfg["sync"]["windows"] == ["22:00-06:00", "12:00-13:00"]
+
+
+def test_sync_windows_and_the_bandwidth_cap():
+    from datetime import datetime
+
+    from edge.sync import TokenBucket, in_windows
+
+    night = ["22:00-06:00"]
+    assert in_windows([], datetime(2026, 1, 1, 12, 0))
+    assert in_windows(night, datetime(2026, 1, 1, 23, 30))
+    assert in_windows(night, datetime(2026, 1, 1, 5, 59))
+    assert not in_windows(night, datetime(2026, 1, 1, 6, 0))
+    assert not in_windows(night, datetime(2026, 1, 1, 12, 0))
+    b = TokenBucket(1000)
+    b.at = 0.0
+    assert b.ready(0.0)
+    b.spend(3000)  # one big chunk may overdraw...
+    assert not b.ready(1.0)  # ...and then nothing goes until it is paid back
+    assert b.ready(3.0)
+    assert TokenBucket(0).ready(0.0)

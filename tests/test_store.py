@@ -124,9 +124,12 @@ def test_quiet_study_becomes_ready(store):
 
 
 def test_migrations_rerun_safely(tmp_path):
-    Store(tmp_path / "d").close()
     s = Store(tmp_path / "d")
-    assert rows(s, "SELECT count(*) FROM _sqlite_migrations") == [(1,)]
+    first = rows(s, "SELECT name FROM _sqlite_migrations ORDER BY name")
+    s.close()
+    s = Store(tmp_path / "d")
+    assert rows(s, "SELECT name FROM _sqlite_migrations ORDER BY name") == first
+    assert [n for (n,) in first] == ["m001_index", "m002_sync"]
     s.close()
 
 

@@ -251,3 +251,51 @@ def test_dicom_aware_codec_is_byte_exact_on_every_sample():
     jxl = sum(e.encoded_size for e in m.instances if e.codec == "dicom-jxl")
     raw = sum(e.size for e in m.instances if e.codec == "dicom-jxl")
     assert raw / jxl > 2.5
+
+
+def test_chunk_frames_and_topics():
+    from wire import frames
+
+    payload = frames.encode_chunk("abc123", 7, b"data" * 10, attempt=2)
+    f = frames.decode_chunk(payload)
+    assert (f.transfer_id, f.index, f.attempt, bytes(f.data)) == ("abc123", 7, 2, b"data" * 10)
+    assert len(payload) - 40 == frames.chunk_overhead("abc123")
+    assert frames.encode_chunk("t", 1, b"", attempt=1000)[4] == 255  # capped
+    for bad in (
+        b"",
+        b"RSC1",
+        b"XXXX\x00\x01t\x00\x00\x00\x00",
+        b"RSC1\x00\x05ab",
+        b"RSC1\x00\x03../\x00\x00\x00\x00",
+    ):
+        with pytest.raises(RemoteProtocolError):
+            frames.decode_chunk(bad)
+    assert frames.parse_topic("radsetu/v1/clinic-1/up/chunk") == ("clinic-1", "up/chunk")
+    for bad_topic in (
+        "radsetu/v1/../up/chunk",
+        "other/v1/box/up",
+        "radsetu/v2/box/up/chunk",
+        "radsetu/v1",
+    ):
+        with pytest.raises(RemoteProtocolError):
+            frames.parse_topic(bad_topic)
+
+
+def test_resync_sends_nothing_before_the_fresh_ack_and_then_only_what_is_missing():
+    m, _ = pack_bytes(
+        [("1.2.9", random.randbytes(40_000))], chunk_size=4096, transfer_id="t", **META
+    )
+    up = Uplink(window=4)
+    up.queue(m, seq=1)
+    up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
+    assert [i for _, i in up.next_chunks(now=0)] == [0, 1, 2, 3]
+    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]})  # 2 and 3 still in flight
+    up.disconnected()
+    assert up.reconnected() == ["t"]
+    assert up.next_chunks(now=1) == []  # waiting for the answer to the manifest
+    # a stale ack (from before the reconnection) does not release the transfer
+    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]})
+    assert up.next_chunks(now=1) == []
+    # the fresh answer: chunk 2 arrived after all, 3 did not
+    up.receive_ack({"transfer_id": "t", "held": [[0, 3]]}, fresh=True)
+    assert [i for _, i in up.next_chunks(now=2)] == [3, 4, 5, 6]
