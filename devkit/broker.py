@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -55,8 +56,10 @@ class Broker:
         persistence: bool = True,
         tls_dir: Path | None = None,
         users: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.workdir = Path(workdir)
+        self.host = host
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.conf = self.workdir / "mosquitto.conf"
@@ -69,7 +72,7 @@ class Broker:
             # started as root, mosquitto would become the user "mosquitto", who cannot
             # read a test's private folder: stay who we are
             f"user {getpass.getuser()}",
-            f"listener {self.port} 127.0.0.1",
+            f"listener {self.port} {host}",
             f"message_size_limit {MESSAGE_SIZE_LIMIT}",
             "max_inflight_messages 20",
             "max_queued_messages 1000",
@@ -111,7 +114,12 @@ class Broker:
             [exe, "-c", str(self.conf), "-v"], stdout=logf, stderr=subprocess.STDOUT
         )
         logf.close()
-        wait_port(self.port, proc=self.proc)
+        if self.host in ("127.0.0.1", "0.0.0.0"):
+            wait_port(self.port, proc=self.proc)
+        else:
+            time.sleep(0.5)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
         return self
 
     def kill(self) -> None:

@@ -98,5 +98,8 @@ def _run_gunicorn(config: Config) -> None:
             "workers": w["workers"],
             "loglevel": config["log_level"].lower(),
             "accesslog": None,
+            # one shared control socket per user would make two hubs on one machine
+            # fight over it; the hub is managed by signals and its unit instead
+            "control_socket_disable": True,
         },
     ).run()

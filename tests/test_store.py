@@ -166,3 +166,23 @@ def test_dataset_from_the_network_gets_our_header_and_keeps_its_bytes(store):
             BIG,
         )
     assert list(store.tmp.iterdir()) == []
+
+
+def test_stat_rules_by_modality_and_description(tmp_path):
+    """693_UNCI is a CT with series description "5/5mm Plain"; MR2_UNCR an MR with
+    study description "SHOULDER"."""
+    from edge.store import StatRules
+
+    ct, mr = data_file("693_UNCI.dcm"), data_file("MR2_UNCR.dcm")
+    for name, rules, stat_one in (
+        ("modality", StatRules(modalities=("mr",)), "SHOULDER"),
+        ("series words", StatRules(description_words=("PLAIN",)), ""),
+        ("study words", StatRules(description_words=("shoulder",)), "SHOULDER"),
+    ):
+        s = Store(tmp_path / name, stat_rules=rules)
+        keep(s, ct)
+        keep(s, mr)
+        got = dict(rows(s, "SELECT description, priority FROM studies"))
+        assert got[stat_one] == "stat", name
+        assert [p for d, p in got.items() if d != stat_one] == ["routine"], name
+        s.close()
