@@ -187,6 +187,7 @@ def run_codec(name: str, effort: int, args: argparse.Namespace, work: Path) -> d
             "mqtt_over_encoded": (wire1 - wire0 - FRAME_HEADERS * (pk1 - pk0)) / stream,
             "chunks": t["chunk_count"],
             "chunks_received": t["chunks_received"],
+            "resent_held": t["resent_held"],
             "chunks_sent": sent,
             "chunks_resent": resent,
         }
@@ -212,14 +213,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--codecs", default="zstd,default", help="zstd (effort 0), default (effort 3)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", help="keep the logs and data in this folder")
     args = ap.parse_args()
     efforts = {"zstd": 0, "default": 3, "e8": 8}
     results = []
     link_up(args.rate_kbit)
     try:
         with tempfile.TemporaryDirectory(prefix="radsetu-link-") as tmp:
+            work = Path(args.keep) if args.keep else Path(tmp)
             for name in args.codecs.split(","):
-                results.append(run_codec(name, efforts[name], args, Path(tmp)))
+                results.append(run_codec(name, efforts[name], args, work))
     finally:
         link_down_all()
     if args.json:
@@ -239,7 +242,7 @@ def main() -> int:
             f"{r['limit_seconds']:>7.1f} {r['cuts']:>4} {r['goodput_share'] * 100:>7.1f}% "
             f"{r['wire_over_encoded']:>8.3f} {r['mqtt_over_encoded']:>8.4f} "
             f"{r['chunks_resent']:>6} "
-            f"{r['chunks_received'] - r['chunks']:>8}"
+            f"{r['chunks_received'] - r['chunks']:>8} {r['resent_held']:>10}"
         )
     print(
         "targets: goodput >= 90 % between cuts; <= 1 chunk resent per cut; MQTT and "

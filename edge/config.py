@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "level": 3,
         "status_seconds": 30,
         "reconnect_min_seconds": 1,
-        "reconnect_max_seconds": 120,
+        "reconnect_max_seconds": 60,
     },
     "stat": {
         "calling_ae_titles": [],

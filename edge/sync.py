@@ -16,6 +16,7 @@ missing chunks go. What the hub acknowledged is never sent again, whatever resta
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -43,6 +44,8 @@ from wire.transfer import TransferVerified, Uplink
 
 log = logging.getLogger("radsetu.sync")
 
+LOCAL_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+LOCAL_RETRY_SECONDS = 5.0
 PERSIST_EVERY = 1.0  # seconds between writes of what the hub holds
 PRIORITY_EVERY = 0.5  # seconds between reads of priorities people may have changed
 
@@ -301,10 +304,17 @@ class Agent:
                 self.ever_connected = True
             self.connecting_since = now
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._retry_later(f"cannot reach the broker {self.m['host']}:{self.m['port']}: {exc}")
+            # no route: the box's own link is down and nothing reached the broker, so
+            # looking again soon costs the broker nothing and finds the link sooner
+            local = getattr(exc, "errno", None) in LOCAL_ERRNOS
+            self._retry_later(
+                f"cannot reach the broker {self.m['host']}:{self.m['port']}: {exc}",
+                cap=LOCAL_RETRY_SECONDS if local else None,
+            )
 
-    def _retry_later(self, why: str) -> None:
-        delay = self.backoff / 2 + random.uniform(0, self.backoff / 2)  # equal jitter
+    def _retry_later(self, why: str, cap: float | None = None) -> None:
+        backoff = min(self.backoff, cap) if cap else self.backoff
+        delay = backoff / 2 + random.uniform(0, backoff / 2)  # equal jitter
         self.next_attempt = time.monotonic() + delay
         self.backoff = min(self.backoff * 2, float(self.s["reconnect_max_seconds"]))
         if why != self.last_error:

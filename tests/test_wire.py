@@ -299,3 +299,18 @@ def test_resync_sends_nothing_before_the_fresh_ack_and_then_only_what_is_missing
     # the fresh answer: chunk 2 arrived after all, 3 did not
     up.receive_ack({"transfer_id": "t", "held": [[0, 3]]}, fresh=True)
     assert [i for _, i in up.next_chunks(now=2)] == [3, 4, 5, 6]
+
+
+def test_a_second_answer_to_the_manifest_frees_nothing_handed_out_since():
+    """On a slow link the manifest may go twice before the first answer comes; the
+    second answer arrives after new chunks were handed out and must not make them go
+    again (seen on a 1 Mbit/s link after a 60 s cut)."""
+    m, _ = pack_bytes(
+        [("1.2.9", random.randbytes(40_000))], chunk_size=4096, transfer_id="t", **META
+    )
+    up = Uplink(window=3)
+    up.queue(m, seq=1)
+    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]}, fresh=True)
+    assert [i for _, i in up.next_chunks(now=0)] == [2, 3, 4]
+    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]}, fresh=True)  # the second answer
+    assert up.next_chunks(now=1) == []  # 2, 3 and 4 are still on their way

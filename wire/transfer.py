@@ -286,7 +286,11 @@ class Uplink:
             t.acked.add_range(s, e)
         for i in held:
             self.in_flight.pop((t.transfer_id, i), None)
-        if fresh:
+        if fresh and t.awaiting:
+            # the first answer since the connection began: what was in flight before
+            # and is not held was lost. A later answer to the same manifest (sent
+            # again while the first was queued on a slow link) must not free chunks
+            # handed out since: they are on their way.
             t.awaiting = False
             for key in [k for k in self.in_flight if k[0] == t.transfer_id]:
                 del self.in_flight[key]
