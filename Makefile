@@ -37,6 +37,7 @@ demo: $(VENV)/.installed debs-test
 
 bench: $(VENV)/.installed debs-bench
 	$(PY) bench/ingest.py
+	$(PY) bench/link.py
 
 # Regenerate the lock file from pyproject.toml (needs the registry).
 lock:
