@@ -190,35 +190,32 @@ def cmd_hub_import(args: argparse.Namespace) -> int:
 EPILOG_HUB_SERVE = "example: radsetu hub serve --config /etc/radsetu/hub.toml"
 
 
-def cmd_hub_serve(args: argparse.Namespace) -> int:
+def _load_hub_config(path: str | None):  # type: ignore[no-untyped-def]
     from edge.config import ConfigError
     from hub import config as hub_config
-    from hub.service import serve
 
     try:
-        config = hub_config.load(args.config)
+        config = hub_config.load(path)
     except ConfigError as exc:
         print(f"radsetu: configuration error: {exc}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from exc
     _setup_logging(config["log_level"])
-    return serve(config)
+    return config
+
+
+def cmd_hub_serve(args: argparse.Namespace) -> int:
+    from hub.service import serve
+
+    return serve(_load_hub_config(args.config))
 
 
 EPILOG_HUB_INGEST = "example: radsetu hub ingest --config /etc/radsetu/hub.toml"
 
 
 def cmd_hub_ingest(args: argparse.Namespace) -> int:
-    from edge.config import ConfigError
-    from hub import config as hub_config
     from hub.mqtt import run
 
-    try:
-        config = hub_config.load(args.config)
-    except ConfigError as exc:
-        print(f"radsetu: configuration error: {exc}", file=sys.stderr)
-        return 2
-    _setup_logging(config["log_level"])
-    return run(config)
+    return run(_load_hub_config(args.config))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# the link to the broker; the hub's [mqtt] section starts from the same keys
+MQTT_DEFAULTS: dict[str, Any] = {
+    "host": "localhost",
+    "port": 1883,
+    "tls": False,
+    "ca_file": "",
+    "cert_file": "",
+    "key_file": "",
+    "username": "",
+    "password": "",
+    "keepalive": 30,
+    "session_expiry_seconds": 604800,
+}
+
 DEFAULTS: dict[str, Any] = {
     "box_id": "",  # empty: the machine's host name
     "data_dir": "radsetu-data",
@@ -39,18 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "max_instance_bytes": 4_000_000_000,
         "retention_days": 30,
     },
-    "mqtt": {
-        "host": "localhost",
-        "port": 1883,
-        "tls": False,
-        "ca_file": "",
-        "cert_file": "",
-        "key_file": "",
-        "username": "",
-        "password": "",
-        "keepalive": 30,
-        "session_expiry_seconds": 604800,
-    },
+    "mqtt": MQTT_DEFAULTS,
     "sync": {
         "enabled": True,
         "chunk_bytes": 131072,

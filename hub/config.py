@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edge.config import Config, ConfigError, read_config, validate_mqtt
+from edge.config import MQTT_DEFAULTS, Config, ConfigError, read_config, validate_mqtt
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": "radsetu-hub-data",
@@ -19,16 +19,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "mqtt": {
         "enabled": True,
-        "host": "localhost",
-        "port": 1883,
-        "tls": False,
-        "ca_file": "",
-        "cert_file": "",
-        "key_file": "",
-        "username": "",
-        "password": "",
-        "keepalive": 30,
-        "session_expiry_seconds": 604800,
+        **MQTT_DEFAULTS,
         "client_id": "radsetu-hub-1",
         "shared_group": "hub",
     },

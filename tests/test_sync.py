@@ -188,6 +188,15 @@ def midway(hub: Hub, uid: str) -> bool:
     return bool(t) and 0 < t[0]["chunks_held"] < t[0]["chunk_count"] // 2
 
 
+def slow_transfer_half_way(boxes: list, tmp_path: Path, mqtt: dict, hub: Hub) -> tuple[Box, str]:  # type: ignore[type-arg]
+    """A box sending a 30-slice CT study slowly, caught with under half of it at the hub."""
+    box = start_box(boxes, tmp_path / "box", mqtt, sync=SLOW)
+    files, uid = make_study(tmp_path, "study", 30)
+    storescu(box.dicom_port, files)
+    wait_for(lambda: midway(hub, uid), 60, "the transfer half way")
+    return box, uid
+
+
 def finish_and_check(box: Box, hub: Hub, uid: str, timeout: float = 120) -> dict:  # type: ignore[type-arg]
     wait_for(lambda: delivered(box, uid), timeout, "the study delivered after the fault")
     assert_same_at_hub(box, hub, uid)
@@ -202,10 +211,7 @@ def test_broker_killed_mid_transfer(tmp_path, boxes):
     broker = Broker(tmp_path / "broker", persistence=False).start()
     hub = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
     try:
-        box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), sync=SLOW)
-        files, uid = make_study(tmp_path, "study", 30)
-        storescu(box.dicom_port, files)
-        wait_for(lambda: midway(hub, uid), 60, "the transfer half way")
+        box, uid = slow_transfer_half_way(boxes, tmp_path, broker.mqtt_config(), hub)
         broker.kill()  # everything the broker held in memory is gone
         time.sleep(3)
         broker.start()
@@ -222,10 +228,7 @@ SLOW_WINDOW = 8  # the default [sync] window
 def test_hub_killed_mid_transfer(tmp_path, broker, boxes):
     hub = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
     try:
-        box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), sync=SLOW)
-        files, uid = make_study(tmp_path, "study", 30)
-        storescu(box.dicom_port, files)
-        wait_for(lambda: midway(hub, uid), 60, "the transfer half way")
+        box, uid = slow_transfer_half_way(boxes, tmp_path, broker.mqtt_config(), hub)
         hub.kill()
         time.sleep(3)
         hub.start()
@@ -236,10 +239,7 @@ def test_hub_killed_mid_transfer(tmp_path, broker, boxes):
 
 
 def test_box_killed_mid_transfer(tmp_path, broker, hub, boxes):
-    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), sync=SLOW)
-    files, uid = make_study(tmp_path, "study", 30)
-    storescu(box.dicom_port, files)
-    wait_for(lambda: midway(hub, uid), 60, "the transfer half way")
+    box, uid = slow_transfer_half_way(boxes, tmp_path, broker.mqtt_config(), hub)
     held_before = hub_transfers(hub, uid)[0]["chunks_held"]
     box.kill()
     box.start()
@@ -255,10 +255,7 @@ def test_link_cut_longer_than_keepalive(tmp_path, broker, hub, boxes):
     relay = Relay(broker.port).start()
     try:
         mqtt = {**broker.mqtt_config(), "port": relay.port}  # keepalive 5 s
-        box = start_box(boxes, tmp_path / "box", mqtt, sync=SLOW)
-        files, uid = make_study(tmp_path, "study", 30)
-        storescu(box.dicom_port, files)
-        wait_for(lambda: midway(hub, uid), 60, "the transfer half way")
+        box, uid = slow_transfer_half_way(boxes, tmp_path, mqtt, hub)
         relay.cut()
         wait_for(lambda: box.api("/api/sync")["link"] == "down", 20, "the box to see the link down")
         time.sleep(2)
