@@ -137,9 +137,54 @@ _KEYWORDS = [
 _WANTED = frozenset(int(tag_for_keyword(k)) for k in _KEYWORDS)  # type: ignore[arg-type]
 
 
+_KEYWORD_TAGS = {k: int(tag_for_keyword(k)) for k in _KEYWORDS}  # type: ignore[arg-type]
+_PLAIN = re.compile(rb"^[\x20-\x5b\x5d-\x7e\x00]*$")  # printable ASCII, no backslash
+
+
 def read_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInfo:
-    """Identifiers for the index, decoded (character set included) by pydicom from the
-    raw elements that ``check_structure`` collected."""
+    """Identifiers for the index from the raw elements ``check_structure`` collected.
+
+    Plain ASCII single values (nearly every instance) are decoded here directly; any
+    other byte, an escape sequence or a multi-value goes through pydicom, which knows
+    every character set."""
+    if all(_PLAIN.match(value) for _vr, value in found.values()):
+        return _checked(_fast_info(found, meta))
+    return _checked(_pydicom_info(found, meta))
+
+
+def _fast_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInfo:
+    def text(name: str) -> str:
+        got = found.get(_KEYWORD_TAGS[name])
+        return "" if got is None else got[1].decode("ascii").strip(" \0")
+
+    def number(name: str) -> int | None:
+        try:
+            return int(text(name))
+        except ValueError:
+            return None
+
+    return InstanceInfo(
+        sop_class_uid=text("SOPClassUID") or meta.sop_class_uid,
+        sop_instance_uid=text("SOPInstanceUID"),
+        study_uid=text("StudyInstanceUID"),
+        series_uid=text("SeriesInstanceUID"),
+        transfer_syntax=meta.transfer_syntax,
+        patient_id=text("PatientID"),
+        patient_name=text("PatientName").replace("^", " ").strip(),
+        birth_date=text("PatientBirthDate"),
+        sex=text("PatientSex"),
+        study_date=text("StudyDate"),
+        study_time=text("StudyTime"),
+        study_description=text("StudyDescription"),
+        accession_number=text("AccessionNumber"),
+        modality=text("Modality"),
+        series_number=number("SeriesNumber"),
+        series_description=text("SeriesDescription"),
+        instance_number=number("InstanceNumber"),
+    )
+
+
+def _pydicom_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInfo:
     ts = meta.transfer_syntax
     implicit = ts == ImplicitVRLittleEndian
     little = ts != ExplicitVRBigEndian
@@ -173,7 +218,7 @@ def read_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInfo
         except Exception:
             return None
 
-    info = InstanceInfo(
+    return InstanceInfo(
         sop_class_uid=text("SOPClassUID") or meta.sop_class_uid,
         sop_instance_uid=text("SOPInstanceUID"),
         study_uid=text("StudyInstanceUID"),
@@ -192,6 +237,9 @@ def read_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInfo
         series_description=text("SeriesDescription"),
         instance_number=number("InstanceNumber"),
     )
+
+
+def _checked(info: InstanceInfo) -> InstanceInfo:
     if info.sop_class_uid == MEDIA_DIRECTORY_SOP_CLASS:
         raise InvalidInstance("a DICOMDIR (the index of a CD or USB stick), not an image")
     for name, uid in (
