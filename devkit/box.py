@@ -41,6 +41,7 @@ class Box:
         mqtt: dict[str, object] | None = None,
         sync: dict[str, object] | None = None,
         stat: dict[str, object] | None = None,
+        printer: str = "",
         box_id: str = "test-box",
         data_dir: Path | None = None,
         **store: object,
@@ -69,6 +70,8 @@ class Box:
             *(f"{k} = {json.dumps(v)}" for k, v in sync_cfg.items()),
             "[mqtt]",
             *(f"{k} = {json.dumps(v)}" for k, v in (mqtt or {}).items()),
+            "[print]",
+            f"printer = {json.dumps(printer)}",
             "[stat]",
             *(f"{k} = {json.dumps(v)}" for k, v in (stat or {}).items()),
         ]

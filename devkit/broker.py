@@ -196,9 +196,15 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def api(self, path: str) -> dict:
-        url = f"http://127.0.0.1:{self.web_port}{path}"
-        with urllib.request.urlopen(url, timeout=10) as r:
+    def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
+        """GET, or send ``body`` as JSON (POST unless ``method`` says otherwise)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method=method,
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
     def log_text(self) -> str:

@@ -68,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
         "reconnect_min_seconds": 1,
         "reconnect_max_seconds": 60,
     },
+    "print": {
+        "printer": "",
+    },
     "stat": {
         "calling_ae_titles": [],
         "modalities": [],

@@ -119,6 +119,11 @@ def serve(config: Config) -> int:
         agent.start()
     else:
         log.info("sync is off ([sync] enabled = false): studies stay on the box")
+    from edge.reports import Printer
+
+    print_store = open_store(config)
+    printer = Printer(print_store, config["print"]["printer"])
+    printer.start()
     w = config["web"]
     web = create_server(create_app(config, agent), host=w["host"], port=w["port"], threads=4)
     log.info("web API on http://%s:%s/api/studies", w["host"], w["port"])
@@ -141,6 +146,9 @@ def serve(config: Config) -> int:
         if agent is not None:
             agent.stop()
             agent.store.close()
+        printer.stop_event.set()
+        printer.join(timeout=70)
+        print_store.close()
         store.close()
     log.info("box %s stopped", config.box_id)
     return 0

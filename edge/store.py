@@ -128,6 +128,20 @@ def m002_sync(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m003_reports(db: sqlite_utils.Database) -> None:
+    """Reports that came back from the hub, and their printing."""
+    db.execute("""
+        CREATE TABLE reports (
+            report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            study_uid TEXT NOT NULL, critical INTEGER NOT NULL DEFAULT 0,
+            body TEXT NOT NULL, pdf_path TEXT NOT NULL, received_at TEXT NOT NULL,
+            printed_at TEXT, print_count INTEGER NOT NULL DEFAULT 0,
+            print_error TEXT, reprint INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (report_id, version)
+        )""")
+
+
 @dataclass(frozen=True)
 class StatRules:
     """What makes a study STAT without a person: ``[stat]`` in the config."""

@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge import reports
 from edge.config import Config, parse_window
 from edge.outbox import Outbox, backlog
 from edge.store import Store, utcnow
@@ -40,6 +41,8 @@ from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.manifest import Priority
 from wire.ranges import RangeSet
+from wire.report import decode_report
+from wire.report import encode_ack as encode_report_ack
 from wire.transfer import TransferVerified, Uplink
 
 log = logging.getLogger("radsetu.sync")
@@ -356,7 +359,12 @@ class Agent:
             self.m["port"],
             "resumed" if flags.session_present else "new",
         )
-        client.subscribe(frames.topic(self.box_id, frames.DOWN_ACK), qos=1)
+        client.subscribe(
+            [
+                (frames.topic(self.box_id, frames.DOWN_ACK), 1),
+                (frames.topic(self.box_id, frames.DOWN_REPORT), 1),
+            ]
+        )
         # the manifests go on the next step, after paho has queued its resends of
         # what was in flight: the hub's answer must come after those copies arrived
         self.resync_due = True
@@ -366,6 +374,9 @@ class Agent:
             self._lost(f"disconnected: {rc}")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith(frames.DOWN_REPORT):
+            self.events.append(("report", msg.payload))
+            return
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         self.events.append(("ack", (msg.payload, corr)))
 
@@ -386,6 +397,23 @@ class Agent:
                     self._publish_manifest(value.transfer_id)
             elif kind == "ack":
                 self._take_ack(*value)
+            elif kind == "report":
+                self._take_report(value)
+
+    def _take_report(self, payload: bytes) -> None:
+        """Keep a report durably, then acknowledge it (again, if it was kept before)."""
+        assert self.client is not None
+        try:
+            report, pdf = decode_report(payload)
+        except RemoteProtocolError as exc:
+            log.warning("refused a report from the hub: %s", exc)
+            return
+        reports.keep(self.store, report, pdf)
+        self.client.publish(
+            frames.topic(self.box_id, frames.UP_REPORT_ACK),
+            encode_report_ack(report["report_id"], report["version"]),
+            qos=1,
+        )
 
     def _take_ack(self, payload: bytes, corr: bytes | None) -> None:
         try:

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_file
 from flask.json.provider import DefaultJSONProvider
 
 from edge import catalog
@@ -78,6 +78,35 @@ def purges() -> Any:
     """Studies deleted after the hub verified them, with the reason (retention or
     disk space), newest first."""
     return jsonify({"purges": catalog.purges(_db())})
+
+
+@api.get("/reports")
+def reports_list() -> Any:
+    """Reports that came back, critical first: findings, impression, radiologist,
+    when printed and how often, and any printing error."""
+    from edge import reports
+
+    return jsonify({"reports": reports.listing(_db())})
+
+
+@api.get("/reports/<report_id>/pdf")
+def report_pdf(report_id: str) -> Any:
+    from edge import reports
+
+    path = reports.pdf_path(_db(), current_app.config["RADSETU"].data_dir, report_id)
+    if path is None or not path.exists():
+        abort(404)
+    return send_file(path, mimetype="application/pdf")
+
+
+@api.post("/reports/<report_id>/print")
+def reprint(report_id: str) -> Any:
+    """Print the report again (on ``[print] printer``)."""
+    from edge import reports
+
+    if not reports.ask_reprint(_db(), report_id):
+        abort(404)
+    return jsonify({"report_id": report_id, "reprint": True}), 202
 
 
 @api.get("/sync")

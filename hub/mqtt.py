@@ -26,15 +26,18 @@ from paho.mqtt.properties import Properties
 
 from edge.config import Config
 from edge.sync import connect_properties, mqtt_client
+from hub import reports
 from hub.ingest import take_chunk, take_manifest
 from hub.store import FileHubStore
 from wire import frames
 from wire.errors import RemoteProtocolError
+from wire.report import decode_ack as decode_report_ack
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
 MAX_STATUS_BYTES = 64 * 1024
-RETRIES = 5  # attempts at a message that fails for a reason of the hub's own
+RETRIES = 5
+REPORT_RETRY_SECONDS = 30.0  # attempts at a message that fails for a reason of the hub's own
 
 
 class Ingest:
@@ -52,6 +55,7 @@ class Ingest:
         self.worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self.handled = 0
         self._touched: dict[str, float] = {}
+        self._last_delivery = 0.0
 
     def start(self) -> Ingest:
         self.worker.start()
@@ -103,7 +107,11 @@ class Ingest:
 
     def _work(self) -> None:
         while True:
-            msg = self.inbox.get()
+            try:
+                msg = self.inbox.get(timeout=1.0)
+            except queue.Empty:
+                self._deliver_reports()
+                continue
             if msg is None:
                 return
             for attempt in range(RETRIES):
@@ -119,6 +127,20 @@ class Ingest:
             # giving up: the box resends what the hub never acked)
             self.client.ack(msg.mid, msg.qos)
             self.handled += 1
+            if time.monotonic() - self._last_delivery > 1.0:
+                self._deliver_reports()
+
+    def _deliver_reports(self) -> None:
+        """Send signed reports the boxes have not acknowledged (again every
+        REPORT_RETRY_SECONDS, across outages, until they do)."""
+        self._last_delivery = time.monotonic()
+        if not self.client.is_connected():
+            return
+        try:
+            for box_id, message in reports.due(self.store, time.time(), REPORT_RETRY_SECONDS):
+                self.client.publish(frames.topic(box_id, frames.DOWN_REPORT), message, qos=1)
+        except Exception:  # the next round tries again
+            log.exception("sending reports failed")
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -134,6 +156,11 @@ class Ingest:
         try:
             if leaf == frames.STATUS:
                 self._status(box_id, msg.payload)
+                return
+            if leaf == frames.UP_REPORT_ACK:
+                rid, version = decode_report_ack(msg.payload)
+                if reports.acked(self.store, box_id, rid, version):
+                    log.info("box %s has report %s version %d", box_id, rid, version)
                 return
             if leaf == frames.UP_MANIFEST:
                 ack = take_manifest(self.store, msg.payload, source, box_id=box_id)
@@ -176,7 +203,11 @@ class Ingest:
             raise RemoteProtocolError(f"status is not JSON: {exc}") from exc
         if not isinstance(status, dict):
             raise RemoteProtocolError("status must be a JSON object")
-        self.store.put_box_status(box_id, status, online=status.get("online") is True)
+        online = status.get("online") is True
+        was = {b["box_id"]: b["online"] for b in self.store.boxes()}.get(box_id, False)
+        self.store.put_box_status(box_id, status, online=online)
+        if online and not was:
+            reports.box_online(self.store, box_id)
 
 
 def run(config: Config) -> int:

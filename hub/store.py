@@ -72,6 +72,31 @@ def m003_boxes_and_counts(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE transfers ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
 
 
+@migrations()
+def m004_reports(db: sqlite_utils.Database) -> None:
+    """Reports (a signed one never changes; an addendum is a new version) and their
+    delivery to the box, retried until the box acknowledges."""
+    db.execute("""
+        CREATE TABLE reports (
+            report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            study_uid TEXT NOT NULL, box_id TEXT NOT NULL,
+            state TEXT NOT NULL,            -- draft | signed
+            findings TEXT NOT NULL, impression TEXT NOT NULL,
+            radiologist TEXT NOT NULL, critical INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL, signed_at TEXT, pdf_path TEXT,
+            PRIMARY KEY (report_id, version)
+        )""")
+    db.execute("CREATE INDEX reports_study ON reports(study_uid)")
+    db.execute("""
+        CREATE TABLE deliveries (
+            report_id TEXT NOT NULL, version INTEGER NOT NULL, box_id TEXT NOT NULL,
+            state TEXT NOT NULL,            -- pending | acked
+            attempts INTEGER NOT NULL DEFAULT 0, last_sent_at REAL,
+            created_at TEXT NOT NULL, acked_at TEXT,
+            PRIMARY KEY (report_id, version)
+        )""")
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 

@@ -6,11 +6,12 @@ import os
 import re
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, g, jsonify
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_file
 
 from edge.config import Config
 from edge.web import json_app
 from hub import config as hub_config
+from hub import reports
 from hub.store import FileHubStore
 
 api = Blueprint("hub_api", __name__, url_prefix="/api")
@@ -44,6 +45,61 @@ def study(study_uid: str) -> Any:
     return jsonify(
         {"study_uid": study_uid, "instances": instances, "instance_count": len(instances)}
     )
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise reports.ReportError("send a JSON object")
+    return body
+
+
+@api.errorhandler(reports.ReportError)
+def report_error(exc: reports.ReportError) -> Any:
+    return jsonify({"error": str(exc)}), exc.status
+
+
+@api.get("/studies/<study_uid>/reports")
+def study_reports(study_uid: str) -> Any:
+    return jsonify({"reports": reports.for_study(_store(), study_uid)})
+
+
+@api.post("/studies/<study_uid>/reports")
+def new_report(study_uid: str) -> Any:
+    """A draft: ``{"findings": ..., "impression": ..., "radiologist": ..., "critical": false}``."""
+    if not _UID.match(study_uid):
+        abort(404)
+    return jsonify(reports.create_draft(_store(), study_uid, _body())), 201
+
+
+@api.get("/reports/<report_id>")
+def report(report_id: str) -> Any:
+    return jsonify(reports.get(_store(), report_id))
+
+
+@api.put("/reports/<report_id>")
+def edit_report(report_id: str) -> Any:
+    return jsonify(reports.update_draft(_store(), report_id, _body()))
+
+
+@api.post("/reports/<report_id>/sign")
+def sign_report(report_id: str) -> Any:
+    body = request.get_json(silent=True) or {}
+    who = body.get("radiologist") if isinstance(body, dict) else None
+    return jsonify(reports.sign(_store(), report_id, who if isinstance(who, str) else None))
+
+
+@api.post("/reports/<report_id>/addenda")
+def addendum(report_id: str) -> Any:
+    return jsonify(reports.add_addendum(_store(), report_id, _body())), 201
+
+
+@api.get("/reports/<report_id>/pdf")
+def report_pdf(report_id: str) -> Any:
+    r = reports.get(_store(), report_id)
+    if not r["pdf_path"]:
+        abort(404)
+    return send_file(_store().root / r["pdf_path"], mimetype="application/pdf")
 
 
 @api.get("/boxes")

@@ -84,6 +84,15 @@ def make_box(tmp_path: Path):
 
 
 @pytest.fixture
+def boxes():
+    """Boxes a test starts go in this list; each is stopped at the end."""
+    made: list[Box] = []
+    yield made
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
 def small_disk(tmp_path: Path):
     """``small_disk(size_mb)``: a real small filesystem (tmpfs), unmounted afterwards.
     Needs root, as CI has."""

@@ -46,14 +46,6 @@ def hub(tmp_path: Path, broker: Broker):
     h.stop()
 
 
-@pytest.fixture
-def boxes():
-    made: list[Box] = []
-    yield made
-    for b in made:
-        b.stop()
-
-
 def start_box(boxes: list, path: Path, mqtt: dict, **kw) -> Box:  # type: ignore[type-arg]
     b = Box(path, mqtt=mqtt, quiet_seconds=kw.pop("quiet_seconds", 1), **kw)
     boxes.append(b)

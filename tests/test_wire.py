@@ -314,3 +314,34 @@ def test_a_second_answer_to_the_manifest_frees_nothing_handed_out_since():
     assert [i for _, i in up.next_chunks(now=0)] == [2, 3, 4]
     up.receive_ack({"transfer_id": "t", "held": [[0, 2]]}, fresh=True)  # the second answer
     assert up.next_chunks(now=1) == []  # 2, 3 and 4 are still on their way
+
+
+def test_report_messages_refuse_tampering():
+    from wire.pdf import render
+    from wire.report import decode_ack, decode_report, encode_ack, encode_report
+
+    pdf = render([("title", "Report"), ("para", "No acute findings.")])
+    report = {"report_id": "r1", "version": 1, "study_uid": "1.2.3", "findings": "ok"}
+    got, got_pdf = decode_report(encode_report(report, pdf))
+    assert got == report and got_pdf == pdf
+    assert decode_ack(encode_ack("r1", 2)) == ("r1", 2)
+    good = json.loads(encode_report(report, pdf))
+    for change in (
+        {"pdf_sha256": "0" * 64},
+        {"pdf_base64": "not base64!"},
+        {"report_id": "../etc"},
+        {"version": 0},
+        {"study_uid": "<script>"},
+        {"findings": ["list"]},
+        {"critical": "yes"},
+    ):
+        with pytest.raises(RemoteProtocolError):
+            decode_report(json.dumps({**good, **change}).encode())
+    not_pdf = encode_report(report, b"MZ executable")
+    with pytest.raises(RemoteProtocolError, match="not a PDF"):
+        decode_report(not_pdf)
+    with pytest.raises(RemoteProtocolError):
+        decode_report(b"x" * (9 * 1024 * 1024))
+    for bad in (b"[]", b"{}", b'{"report_id": 1, "version": 1}'):
+        with pytest.raises(RemoteProtocolError):
+            decode_ack(bad)

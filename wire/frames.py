@@ -31,6 +31,8 @@ _BOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 UP_MANIFEST = "up/manifest"
 UP_CHUNK = "up/chunk"
 DOWN_ACK = "down/ack"
+DOWN_REPORT = "down/report"
+UP_REPORT_ACK = "up/report-ack"
 STATUS = "status"
 
 

@@ -1,0 +1,264 @@
+"""Reports at the hub: a draft, then signed (immutable), then addenda; each signed
+version gets its PDF and a delivery to the study's box, retried until acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from edge.store import utcnow
+from hub.store import FileHubStore
+from wire import pdf
+from wire.report import encode_report
+
+log = logging.getLogger("radsetu.hub.reports")
+
+MAX_TEXT = 20_000
+
+
+class ReportError(Exception):
+    """Something the caller must fix; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _text(body: dict[str, Any], key: str, required: bool = False) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ReportError(f"{key} must be text of at most {MAX_TEXT} characters")
+    if required and not value.strip():
+        raise ReportError(f"{key} is required")
+    return value
+
+
+def _study_box(store: FileHubStore, study_uid: str) -> str:
+    row = store.db.execute(
+        "SELECT box_id FROM instances WHERE study_uid=? LIMIT 1", [study_uid]
+    ).fetchone()
+    if row is None:
+        raise ReportError(f"study {study_uid} is not at the hub", 404)
+    return str(row[0])
+
+
+def create_draft(store: FileHubStore, study_uid: str, body: dict[str, Any]) -> dict[str, Any]:
+    box_id = _study_box(store, study_uid)
+    rid = uuid.uuid4().hex[:16]
+    store.db.execute(
+        """INSERT INTO reports(report_id, version, study_uid, box_id, state, findings,
+               impression, radiologist, critical, created_at)
+           VALUES (?,1,?,?,'draft',?,?,?,?,?)""",
+        [
+            rid,
+            study_uid,
+            box_id,
+            _text(body, "findings"),
+            _text(body, "impression"),
+            _text(body, "radiologist"),
+            int(body.get("critical") is True),
+            utcnow(),
+        ],
+    )
+    return get(store, rid)
+
+
+def update_draft(store: FileHubStore, report_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    current = get(store, report_id)
+    if current["state"] != "draft":
+        raise ReportError("a signed report cannot change; add an addendum instead", 409)
+    fields = {k: _text(body, k) for k in ("findings", "impression", "radiologist") if k in body}
+    if "critical" in body:
+        fields["critical"] = int(body["critical"] is True)  # type: ignore[assignment]
+    if fields:
+        sets = ", ".join(f"{k}=?" for k in fields)
+        store.db.execute(
+            f"UPDATE reports SET {sets} WHERE report_id=? AND version=1 AND state='draft'",
+            [*fields.values(), report_id],
+        )
+    return get(store, report_id)
+
+
+def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) -> dict[str, Any]:
+    current = get(store, report_id)
+    if current["state"] != "draft":
+        raise ReportError("the report is already signed", 409)
+    who = radiologist or current["radiologist"]
+    if not who.strip():
+        raise ReportError("a report is signed by a named radiologist")
+    if not (current["findings"].strip() or current["impression"].strip()):
+        raise ReportError("an empty report cannot be signed")
+    signed_at = utcnow()
+    with store.db.atomic():  # signed, its PDF and its delivery: all or nothing
+        store.db.execute(
+            "UPDATE reports SET state='signed', radiologist=?, signed_at=? "
+            "WHERE report_id=? AND version=1",
+            [who, signed_at, report_id],
+        )
+        _finish(store, {**current, "radiologist": who, "signed_at": signed_at})
+    log.info("report %s of study %s signed by %s", report_id, current["study_uid"], who)
+    return get(store, report_id)
+
+
+def add_addendum(store: FileHubStore, report_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    first = get(store, report_id, version=1)
+    if first["state"] != "signed":
+        raise ReportError("sign the report before adding an addendum", 409)
+    latest = get(store, report_id)
+    version = latest["version"] + 1
+    row = {
+        **first,
+        "version": version,
+        "findings": _text(body, "findings", required=True),
+        "impression": _text(body, "impression"),
+        "radiologist": _text(body, "radiologist", required=True),
+        "critical": body.get("critical") is True or bool(first["critical"]),
+        "signed_at": utcnow(),
+    }
+    with store.db.atomic():
+        store.db.execute(
+            """INSERT INTO reports(report_id, version, study_uid, box_id, state, findings,
+                   impression, radiologist, critical, created_at, signed_at)
+               VALUES (?,?,?,?,'signed',?,?,?,?,?,?)""",
+            [
+                report_id,
+                version,
+                first["study_uid"],
+                first["box_id"],
+                row["findings"],
+                row["impression"],
+                row["radiologist"],
+                int(row["critical"]),
+                row["signed_at"],
+                row["signed_at"],
+            ],
+        )
+        _finish(store, row)
+    return get(store, report_id, version)
+
+
+def _finish(store: FileHubStore, r: dict[str, Any]) -> None:
+    """Make the signed version's PDF (kept beside the objects) and queue its delivery."""
+    data = render_pdf(store, r)
+    path = store.root / "reports" / f"{r['report_id']}-v{r['version']}.pdf"
+    store._write(path, data)
+    store.db.execute(
+        "UPDATE reports SET pdf_path=? WHERE report_id=? AND version=?",
+        [str(path.relative_to(store.root)), r["report_id"], r["version"]],
+    )
+    store.db.execute(
+        """INSERT INTO deliveries(report_id, version, box_id, state, created_at)
+           VALUES (?,?,?,'pending',?) ON CONFLICT DO NOTHING""",
+        [r["report_id"], r["version"], r["box_id"], utcnow()],
+    )
+
+
+def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
+    blocks: list[tuple[str, str]] = [
+        ("title", "Radiology report" + (" - ADDENDUM" if r["version"] > 1 else "")),
+        ("line", f"Clinic: {r['box_id']}"),
+        ("line", f"Study: {r['study_uid']}"),
+        ("line", f"Report: {r['report_id']} version {r['version']}"),
+    ]
+    if r.get("critical"):
+        blocks.append(("heading", "CRITICAL FINDING - act on this report now"))
+    blocks += [
+        ("heading", "Findings"),
+        ("para", r["findings"] or "-"),
+        ("heading", "Impression"),
+        ("para", r["impression"] or "-"),
+        ("heading", "Signed"),
+        ("line", f"{r['radiologist']}, {r['signed_at']}"),
+    ]
+    return pdf.render(blocks, title=f"RadSetu report {r['report_id']}")
+
+
+def get(store: FileHubStore, report_id: str, version: int | None = None) -> dict[str, Any]:
+    q = "SELECT * FROM reports WHERE report_id=?"
+    args: list[Any] = [report_id]
+    if version is not None:
+        q += " AND version=?"
+        args.append(version)
+    rows = list(store.db.query(q + " ORDER BY version DESC LIMIT 1", args))
+    if not rows:
+        raise ReportError(f"no report {report_id}", 404)
+    row = dict(rows[0])
+    row["critical"] = bool(row["critical"])
+    d = store.db.execute(
+        "SELECT state, attempts, acked_at FROM deliveries WHERE report_id=? AND version=?",
+        [report_id, row["version"]],
+    ).fetchone()
+    row["delivery"] = {"state": d[0], "attempts": d[1], "acked_at": d[2]} if d else None
+    return row
+
+
+def for_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
+    return [
+        get(store, rid, v)
+        for rid, v in store.db.execute(
+            "SELECT report_id, version FROM reports WHERE study_uid=? ORDER BY created_at, version",
+            [study_uid],
+        ).fetchall()
+    ]
+
+
+# -- delivery (run by the MQTT ingest) ---------------------------------------------------
+
+
+OFFLINE_RETRY_SECONDS = 600.0
+
+
+def due(store: FileHubStore, now: float, retry_seconds: float) -> list[tuple[str, bytes]]:
+    """(box id, message) for every delivery not acknowledged and not sent within
+    ``retry_seconds`` (a box that is offline: ``OFFLINE_RETRY_SECONDS``, its session
+    queue at the broker holds the last copy); marks them sent now."""
+    out = []
+    for rid, version, box_id in store.db.execute(
+        """SELECT d.report_id, d.version, d.box_id FROM deliveries d
+           LEFT JOIN boxes b ON b.box_id = d.box_id
+           WHERE d.state='pending' AND (d.last_sent_at IS NULL OR d.last_sent_at <
+               CASE WHEN coalesce(b.online, 0) = 1 THEN ? ELSE ? END)
+           ORDER BY d.created_at""",
+        [now - retry_seconds, now - OFFLINE_RETRY_SECONDS],
+    ).fetchall():
+        r = get(store, rid, version)
+        data = (store.root / r["pdf_path"]).read_bytes()
+        message = {
+            k: r[k]
+            for k in (
+                "report_id",
+                "version",
+                "study_uid",
+                "findings",
+                "impression",
+                "radiologist",
+                "critical",
+                "signed_at",
+            )
+        }
+        message["clinic"] = box_id
+        out.append((box_id, encode_report(message, data)))
+        store.db.execute(
+            "UPDATE deliveries SET attempts=attempts+1, last_sent_at=? "
+            "WHERE report_id=? AND version=?",
+            [now, rid, version],
+        )
+    return out
+
+
+def box_online(store: FileHubStore, box_id: str) -> None:
+    """A box came back: what it has not acknowledged goes at the next round."""
+    store.db.execute(
+        "UPDATE deliveries SET last_sent_at=NULL WHERE box_id=? AND state='pending'", [box_id]
+    )
+
+
+def acked(store: FileHubStore, box_id: str, report_id: str, version: int) -> bool:
+    cur = store.db.execute(
+        "UPDATE deliveries SET state='acked', acked_at=? WHERE report_id=? AND version=? "
+        "AND box_id=? AND state='pending'",
+        [utcnow(), report_id, version, box_id],
+    )
+    return bool(cur.rowcount)

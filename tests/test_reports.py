@@ -1,0 +1,186 @@
+"""Reports: drafted and signed at the hub, carried back over MQTT, kept once at the box
+and printed through a real CUPS queue (cups-pdf), whose output ``pdftotext`` reads."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from devkit.broker import Broker, Hub
+from tests.conftest import storescu
+from tests.test_sync import delivered, make_study, start_box, wait_for
+
+
+def pdf_text(path: Path) -> str:
+    return subprocess.run(
+        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def cups_printer():
+    """A CUPS queue whose device is cups-pdf; yields (queue, folder its PDFs land in).
+    Starts the scheduler when none runs (there is no systemd here)."""
+    for tool in ("cupsd", "lpadmin", "lp", "pdftotext"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (make test installs cups and poppler-utils)")
+    started = None
+    if "is running" not in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout:
+        started = subprocess.Popen(["cupsd", "-f"], stderr=subprocess.DEVNULL)
+        wait_for(
+            lambda: (
+                "is running"
+                in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout
+            ),
+            20,
+            "cupsd",
+        )
+    queue = "radsetu-test"
+    subprocess.run(
+        [
+            "lpadmin",
+            "-p",
+            queue,
+            "-E",
+            "-v",
+            "cups-pdf:/",
+            "-P",
+            "/usr/share/ppd/cups-pdf/CUPS-PDF_noopt.ppd",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = Path.home() / "PDF"  # cups-pdf's "Out ${HOME}/PDF" for the user who prints
+    yield queue, out
+    subprocess.run(["lpadmin", "-x", queue], capture_output=True)
+    if started is not None:
+        started.terminate()
+        started.wait()
+
+
+def printed(out: Path, report_id: str) -> list[Path]:
+    """The PDFs cups-pdf has finished writing for this report (it writes in place, so a
+    file counts once pdftotext can read it)."""
+    done = []
+    for p in sorted(out.glob(f"radsetu-report-{report_id}-*.pdf")) if out.exists() else []:
+        r = subprocess.run(["pdftotext", str(p), "-"], capture_output=True)
+        if r.returncode == 0:
+            done.append(p)
+    return done
+
+
+@pytest.fixture
+def site(tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    hub = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
+    yield broker, hub
+    hub.stop()
+    broker.stop()
+
+
+def test_reports_draft_sign_addendum_at_the_hub(tmp_path, site, boxes):
+    broker, hub = site
+    box = start_box(boxes, tmp_path / "box", broker.mqtt_config())
+    files, uid = make_study(tmp_path, "study", 2)
+    storescu(box.dicom_port, files)
+    wait_for(lambda: delivered(box, uid), 40, "the study at the hub")
+
+    def refused(path, body, method=None):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            hub.api(path, body, method)
+        return e.value.code, e.value.read().decode()
+
+    assert refused("/api/studies/1.2.3/reports", {"findings": "x"})[0] == 404
+    draft = hub.api(
+        f"/api/studies/{uid}/reports", {"findings": "<b>bold</b>", "radiologist": "Dr A"}
+    )
+    rid = draft["report_id"]
+    assert draft["state"] == "draft" and draft["delivery"] is None
+    hub.api(f"/api/reports/{rid}", {"findings": "No fracture.", "impression": "Normal."}, "PUT")
+    assert refused(f"/api/reports/{rid}", {"findings": 5}, "PUT")[0] == 400
+    signed = hub.api(f"/api/reports/{rid}/sign", {})
+    assert signed["state"] == "signed" and signed["signed_at"]
+    code, text = refused(f"/api/reports/{rid}", {"findings": "changed"}, "PUT")
+    assert code == 409 and "addendum" in text
+    assert refused(f"/api/reports/{rid}/sign", {})[0] == 409
+    add = hub.api(
+        f"/api/reports/{rid}/addenda",
+        {"findings": "Also: old rib fracture.", "radiologist": "Dr B"},
+    )
+    assert add["version"] == 2 and add["state"] == "signed"
+    assert hub.api(f"/api/reports/{rid}")["version"] == 2
+    pdf = hub.data_dir / add["pdf_path"]
+    text = pdf_text(pdf)
+    assert "ADDENDUM" in text and "old rib fracture" in text and "Dr B" in text
+    # both versions reach the box, each once
+    wait_for(lambda: len(box.api("/api/reports")["reports"]) == 2, 40, "both versions at the box")
+    rows = hub.api(f"/api/studies/{uid}/reports")["reports"]
+    wait_for(
+        lambda: all(
+            r["delivery"]["state"] == "acked"
+            for r in hub.api(f"/api/studies/{uid}/reports")["reports"]
+        ),
+        20,
+        "acks at the hub",
+    )
+    assert [r["version"] for r in rows] == [1, 2]
+
+
+def test_signed_report_is_printed_at_the_box(tmp_path, site, boxes, cups_printer):
+    broker, hub = site
+    queue, out = cups_printer
+    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), printer=queue)
+    files, uid = make_study(tmp_path, "study", 3)
+    storescu(box.dicom_port, files)
+    wait_for(lambda: delivered(box, uid), 40, "the study at the hub")
+    findings = "Consolidation in the right lower lobe, in keeping with pneumonia."
+    r = hub.api(
+        f"/api/studies/{uid}/reports",
+        {"findings": findings, "impression": "Pneumonia.", "radiologist": "Dr Rao"},
+    )
+    hub.api(f"/api/reports/{r['report_id']}/sign", {})
+    files_out = wait_for(lambda: printed(out, r["report_id"]), 60, "the printed PDF")
+    text = pdf_text(files_out[0])
+    assert "right lower lobe" in text and "Dr Rao" in text and uid in text
+    (at_box,) = box.api("/api/reports")["reports"]
+    assert at_box["print_count"] == 1 and at_box["printed_at"] and at_box["findings"] == findings
+    # a reprint prints once more
+    box.api(f"/api/reports/{r['report_id']}/print", {})
+    wait_for(lambda: box.api("/api/reports")["reports"][0]["print_count"] == 2, 60, "the reprint")
+
+
+def test_report_signed_while_the_box_is_offline_arrives_once(tmp_path, site, boxes, cups_printer):
+    broker, hub = site
+    queue, out = cups_printer
+    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), printer=queue)
+    files, uid = make_study(tmp_path, "study", 2)
+    storescu(box.dicom_port, files)
+    wait_for(lambda: delivered(box, uid), 40, "the study at the hub")
+    box.stop()
+    wait_for(lambda: not hub.api("/api/boxes")["boxes"][0]["online"], 20, "the box offline")
+    r = hub.api(
+        f"/api/studies/{uid}/reports",
+        {
+            "findings": "Large subdural haematoma with midline shift.",
+            "radiologist": "Dr Iyer",
+            "critical": True,
+        },
+    )
+    rid = r["report_id"]
+    hub.api(f"/api/reports/{rid}/sign", {})
+    time.sleep(3)  # the hub tries; nobody is there to take it
+    assert hub.api(f"/api/reports/{rid}")["delivery"]["state"] == "pending"
+    box.start()
+    wait_for(lambda: printed(out, rid), 60, "the report printed after the box came back")
+    wait_for(lambda: hub.api(f"/api/reports/{rid}")["delivery"]["state"] == "acked", 40, "the ack")
+    time.sleep(3)  # anything sent twice would have arrived by now
+    reports = box.api("/api/reports")["reports"]
+    assert len(reports) == 1 and reports[0]["critical"] is True and reports[0]["print_count"] == 1
+    assert len(printed(out, rid)) == 1
+    assert "subdural" in pdf_text(printed(out, rid)[0])
+    assert "CRITICAL" in box.log_text()
