@@ -105,7 +105,9 @@ class Outbox:
             [study_uid],
         ).fetchall()
         prio_row = self.db.execute(
-            "SELECT priority FROM studies WHERE study_uid=?", [study_uid]
+            "SELECT priority, first_received, coalesce(priority_reason, '') FROM studies "
+            "WHERE study_uid=?",
+            [study_uid],
         ).fetchone()
         if not rows or prio_row is None:
             self.settle(study_uid)
@@ -130,6 +132,8 @@ class Outbox:
             pixel_effort=effort,
             follow_up_of=earlier[0] if earlier else None,
             transfer_id=tid,
+            # the box's clock, which may be wrong: the hub shows it as the box's
+            extra={"first_received": prio_row[1], "priority_reason": prio_row[2][:500]},
         )
         fsync_dir(self.folder)
         with open(out, "rb") as f:

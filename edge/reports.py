@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,14 @@ def pdf_path(db: sqlite_utils.Database, root: Path, report_id: str) -> Path | No
 class Printer(threading.Thread):
     """Prints what has not been printed, and what a person asked to print again."""
 
-    def __init__(self, store: Store, printer: str, every: float = 1.0):
+    def __init__(
+        self,
+        store: Store,
+        printer: str,
+        every: float = 1.0,
+        on_printed: Callable[[str, int], None] | None = None,
+    ):
+        self.on_printed = on_printed
         super().__init__(name="printer", daemon=True)
         self.store = store
         self.printer = printer
@@ -136,6 +144,8 @@ class Printer(threading.Thread):
             error = self._lp(rid, version, self.store.root / rel)
             with self.store._lock, db.atomic():
                 if error is None:
+                    if self.on_printed is not None:
+                        self.on_printed(rid, version)
                     db.execute(
                         "UPDATE reports SET printed_at=?, print_count=print_count+1, reprint=0, "
                         "print_error=NULL WHERE report_id=? AND version=?",

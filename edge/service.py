@@ -122,7 +122,11 @@ def serve(config: Config) -> int:
     from edge.reports import Printer
 
     print_store = open_store(config)
-    printer = Printer(print_store, config["print"]["printer"])
+    printer = Printer(
+        print_store,
+        config["print"]["printer"],
+        on_printed=agent.report_printed if agent is not None else None,
+    )
     printer.start()
     w = config["web"]
     web = create_server(create_app(config, agent), host=w["host"], port=w["port"], threads=4)

@@ -73,6 +73,7 @@ def pack(
     pixel_effort: int | None = 3,
     follow_up_of: str | None = None,
     transfer_id: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Manifest:
     """Write one pack file; the chunks go to a temp file first, since the manifest
     (with every chunk's hash) is known only at the end."""
@@ -94,6 +95,7 @@ def pack(
         level=level,
         pixel_effort=pixel_effort,
         follow_up_of=follow_up_of,
+        extra=extra,
     )
     body = out.with_name(out.name + ".chunks.part")
     try:

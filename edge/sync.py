@@ -399,6 +399,17 @@ class Agent:
                 self._take_ack(*value)
             elif kind == "report":
                 self._take_report(value)
+            elif kind == "printed":
+                assert self.client is not None
+                self.client.publish(
+                    frames.topic(self.box_id, frames.UP_REPORT_ACK),
+                    encode_report_ack(*value, printed=True),
+                    qos=1,
+                )
+
+    def report_printed(self, report_id: str, version: int) -> None:
+        """From the printer thread: tell the hub (for the turnaround time)."""
+        self.events.append(("printed", (report_id, version)))
 
     def _take_report(self, payload: bytes) -> None:
         """Keep a report durably, then acknowledge it (again, if it was kept before)."""

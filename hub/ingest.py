@@ -182,6 +182,12 @@ def _finish(store: HubStore, r: Reception) -> None:
         return
     r.verified()
     store.drop_chunks(m.transfer_id)
+    try:
+        from hub import reading
+
+        reading.study_verified(store, m)
+    except Exception:  # the study is safe; the reading room's summary can be rebuilt
+        log.exception("study %s: could not update the reading room's summary", m.study_uid)
     log.info(
         "box %s: study %s verified (%d instances, transfer %s)",
         m.box_id,

@@ -158,8 +158,8 @@ class Ingest:
                 self._status(box_id, msg.payload)
                 return
             if leaf == frames.UP_REPORT_ACK:
-                rid, version = decode_report_ack(msg.payload)
-                if reports.acked(self.store, box_id, rid, version):
+                rid, version, was_printed = decode_report_ack(msg.payload)
+                if reports.acked(self.store, box_id, rid, version, was_printed):
                     log.info("box %s has report %s version %d", box_id, rid, version)
                 return
             if leaf == frames.UP_MANIFEST:

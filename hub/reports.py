@@ -98,6 +98,9 @@ def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) ->
             [who, signed_at, report_id],
         )
         _finish(store, {**current, "radiologist": who, "signed_at": signed_at})
+        from hub import reading
+
+        reading.mark(store, current["study_uid"], "signed_at")
     log.info("report %s of study %s signed by %s", report_id, current["study_uid"], who)
     return get(store, report_id)
 
@@ -255,10 +258,25 @@ def box_online(store: FileHubStore, box_id: str) -> None:
     )
 
 
-def acked(store: FileHubStore, box_id: str, report_id: str, version: int) -> bool:
+def acked(
+    store: FileHubStore, box_id: str, report_id: str, version: int, printed: bool = False
+) -> bool:
+    """The box has the report (and, with ``printed``, has printed it). True when this
+    ack was news."""
+    from hub import reading
+
+    row = store.db.execute(
+        "SELECT study_uid FROM reports WHERE report_id=? AND version=? AND box_id=?",
+        [report_id, version, box_id],
+    ).fetchone()
+    if row is None:
+        return False
     cur = store.db.execute(
         "UPDATE deliveries SET state='acked', acked_at=? WHERE report_id=? AND version=? "
         "AND box_id=? AND state='pending'",
         [utcnow(), report_id, version, box_id],
     )
+    reading.mark(store, row[0], "report_at_box_at")
+    if printed:
+        reading.mark(store, row[0], "printed_at")
     return bool(cur.rowcount)

@@ -97,6 +97,25 @@ def m004_reports(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m005_reading(db: sqlite_utils.Database) -> None:
+    """What the reading room needs of a study, and the times its turnaround is made of
+    (the hub's clock, except ``acquired_at`` from the DICOM dates and
+    ``received_at_box`` from the box's clock)."""
+    db.execute("""
+        CREATE TABLE hub_studies (
+            study_uid TEXT PRIMARY KEY, box_id TEXT NOT NULL,
+            patient_name TEXT NOT NULL, patient_id TEXT NOT NULL,
+            modality TEXT NOT NULL, description TEXT NOT NULL,
+            priority TEXT NOT NULL, priority_reason TEXT NOT NULL DEFAULT '',
+            subspecialty TEXT NOT NULL DEFAULT '',
+            claimed_by TEXT, assigned_to TEXT,
+            acquired_at TEXT, received_at_box TEXT, verified_at TEXT NOT NULL,
+            claimed_at TEXT, signed_at TEXT, report_at_box_at TEXT, printed_at TEXT
+        )""")
+    db.execute("CREATE INDEX hub_studies_order ON hub_studies(priority, verified_at)")
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 

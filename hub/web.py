@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, sen
 from edge.config import Config
 from edge.web import json_app
 from hub import config as hub_config
-from hub import reports
+from hub import reading, reports
 from hub.store import FileHubStore
 
 api = Blueprint("hub_api", __name__, url_prefix="/api")
@@ -100,6 +100,61 @@ def report_pdf(report_id: str) -> Any:
     if not r["pdf_path"]:
         abort(404)
     return send_file(_store().root / r["pdf_path"], mimetype="application/pdf")
+
+
+@api.get("/worklist")
+def worklist() -> Any:
+    """Studies to read, STAT first then longest waiting; ``?modality=CT&clinic=<box>
+    &subspecialty=neuro``; ``&all=1`` includes reported ones."""
+    a = request.args
+    return jsonify(
+        {
+            "studies": reading.worklist(
+                _store(),
+                modality=a.get("modality", ""),
+                clinic=a.get("clinic", ""),
+                subspecialty=a.get("subspecialty", ""),
+                include_reported=a.get("all") == "1",
+            )
+        }
+    )
+
+
+def _who(body: dict[str, Any]) -> str:
+    who = body.get("radiologist", "")
+    if not isinstance(who, str) or len(who) > 200:
+        raise reports.ReportError("radiologist must be a name")
+    return who
+
+
+@api.post("/studies/<study_uid>/claim")
+def claim(study_uid: str) -> Any:
+    return jsonify(reading.claim(_store(), study_uid, _who(_body())))
+
+
+@api.post("/studies/<study_uid>/release")
+def release(study_uid: str) -> Any:
+    return jsonify(reading.release(_store(), study_uid, _who(_body())))
+
+
+@api.post("/studies/<study_uid>/assign")
+def assign(study_uid: str) -> Any:
+    body = _body()
+    sub = body.get("subspecialty", "")
+    return jsonify(
+        reading.assign(_store(), study_uid, sub if isinstance(sub, str) else "", _who(body))
+    )
+
+
+@api.get("/studies/<study_uid>/turnaround")
+def study_turnaround(study_uid: str) -> Any:
+    return jsonify(reading.turnaround(_store(), study_uid))
+
+
+@api.get("/turnaround")
+def turnaround() -> Any:
+    """Median and 90th percentile of each turnaround step, per clinic and priority."""
+    return jsonify({"turnaround": reading.turnaround_summary(_store())})
 
 
 @api.get("/boxes")

@@ -184,3 +184,66 @@ def test_report_signed_while_the_box_is_offline_arrives_once(tmp_path, site, box
     assert len(printed(out, rid)) == 1
     assert "subdural" in pdf_text(printed(out, rid)[0])
     assert "CRITICAL" in box.log_text()
+
+
+def test_worklist_claims_and_turnaround(tmp_path, site, boxes, cups_printer):
+    """STAT first, then the longest waiting; filters; one reader at a time; passing a
+    study on; and every turnaround step recorded up to the print at the clinic."""
+    broker, hub = site
+    queue, out = cups_printer
+    box = start_box(
+        boxes,
+        tmp_path / "box",
+        broker.mqtt_config(),
+        printer=queue,
+        stat={"calling_ae_titles": ["ER"]},
+    )
+    ct, ct_uid = make_study(tmp_path, "ct", 2)
+    mr, mr_uid = make_study(tmp_path, "mr", 1, src="MR2_UNCR.dcm")
+    storescu(box.dicom_port, ct)
+    wait_for(lambda: delivered(box, ct_uid), 40, "the routine CT at the hub")
+    storescu(box.dicom_port, mr, aet="ER")
+    wait_for(lambda: delivered(box, mr_uid), 40, "the STAT MR at the hub")
+    box.api(f"/api/studies/{ct_uid}")  # both exist at the box
+    wl = hub.api("/api/worklist")["studies"]
+    assert [s["study_uid"] for s in wl] == [mr_uid, ct_uid]  # STAT first though newer
+    assert wl[0]["priority"] == "stat" and wl[1]["priority"] == "routine"
+    assert wl[0]["modality"] == "MR" and wl[0]["box_id"] == "test-box"
+    assert [s["study_uid"] for s in hub.api("/api/worklist?modality=CT")["studies"]] == [ct_uid]
+    assert hub.api("/api/worklist?clinic=elsewhere")["studies"] == []
+
+    hub.api(f"/api/studies/{mr_uid}/claim", {"radiologist": "Dr A"})
+    for path, who in (("claim", "Dr B"), ("release", "Dr B")):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            hub.api(f"/api/studies/{mr_uid}/{path}", {"radiologist": who})
+        assert e.value.code == 409 and "Dr A" in e.value.read().decode()
+    passed = hub.api(
+        f"/api/studies/{mr_uid}/assign", {"subspecialty": "msk", "radiologist": "Dr M"}
+    )
+    assert passed["subspecialty"] == "msk" and passed["claimed_by"] is None
+    assert [s["study_uid"] for s in hub.api("/api/worklist?subspecialty=msk")["studies"]] == [
+        mr_uid
+    ]
+    hub.api(f"/api/studies/{mr_uid}/claim", {"radiologist": "Dr M"})
+
+    r = hub.api(
+        f"/api/studies/{mr_uid}/reports", {"findings": "Rotator cuff tear.", "radiologist": "Dr M"}
+    )
+    hub.api(f"/api/reports/{r['report_id']}/sign", {})
+    assert [s["study_uid"] for s in hub.api("/api/worklist")["studies"]] == [ct_uid]
+    wait_for(lambda: printed(out, r["report_id"]), 60, "the print")
+    tat = wait_for(
+        lambda: (t := hub.api(f"/api/studies/{mr_uid}/turnaround"))["times"]["printed_at"] and t,
+        30,
+        "the printed step at the hub",
+    )
+    times = tat["times"]
+    for step in ("received_at_box", "verified_at", "claimed_at", "signed_at", "report_at_box_at"):
+        assert times[step], step
+    assert times["verified_at"] <= times["claimed_at"] <= times["signed_at"]
+    assert times["signed_at"] <= times["report_at_box_at"] <= times["printed_at"]
+    assert tat["seconds"]["hub_to_signed"] >= 0
+    summary = {(g["clinic"], g["priority"]): g for g in hub.api("/api/turnaround")["turnaround"]}
+    stat = summary[("test-box", "stat")]["seconds"]
+    assert stat["hub_to_signed"]["n"] == 1 and stat["hub_to_signed"]["median"] >= 0
+    assert summary[("test-box", "routine")]["seconds"]["hub_to_signed"]["n"] == 0

@@ -324,7 +324,8 @@ def test_report_messages_refuse_tampering():
     report = {"report_id": "r1", "version": 1, "study_uid": "1.2.3", "findings": "ok"}
     got, got_pdf = decode_report(encode_report(report, pdf))
     assert got == report and got_pdf == pdf
-    assert decode_ack(encode_ack("r1", 2)) == ("r1", 2)
+    assert decode_ack(encode_ack("r1", 2)) == ("r1", 2, False)
+    assert decode_ack(encode_ack("r1", 2, printed=True)) == ("r1", 2, True)
     good = json.loads(encode_report(report, pdf))
     for change in (
         {"pdf_sha256": "0" * 64},

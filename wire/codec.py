@@ -92,8 +92,10 @@ class Packer:
         level: int = DEFAULT_LEVEL,
         follow_up_of: str | None = None,
         pixel_effort: int | None = None,
+        extra: dict[str, Any] | None = None,
     ):
         self.box_id, self.study_uid, self.transfer_id = box_id, study_uid, transfer_id
+        self.extra = dict(extra or {})
         self.priority, self.follow_up_of = priority, follow_up_of
         self.chunk_size = chunk_size
         self.level = level
@@ -182,6 +184,7 @@ class Packer:
             transfer_id=self.transfer_id,
             priority=self.priority,
             follow_up_of=self.follow_up_of,
+            extra=self.extra,
         )
         return manifest, self.chunks()
 

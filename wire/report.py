@@ -65,11 +65,13 @@ def decode_report(payload: bytes) -> tuple[dict[str, Any], bytes]:
     return d, pdf
 
 
-def encode_ack(report_id: str, version: int) -> bytes:
-    return json.dumps({"report_id": report_id, "version": version}).encode()
+def encode_ack(report_id: str, version: int, printed: bool = False) -> bytes:
+    """The box has kept the report (sent on arrival) and, with ``printed``, printed it
+    (sent again after printing, for the turnaround time)."""
+    return json.dumps({"report_id": report_id, "version": version, "printed": printed}).encode()
 
 
-def decode_ack(payload: bytes) -> tuple[str, int]:
+def decode_ack(payload: bytes) -> tuple[str, int, bool]:
     try:
         d = json.loads(payload)
         rid, version = d["report_id"], d["version"]
@@ -77,4 +79,4 @@ def decode_ack(payload: bytes) -> tuple[str, int]:
         raise RemoteProtocolError(f"report ack is malformed: {exc}") from exc
     if not isinstance(rid, str) or not _ID.match(rid) or not isinstance(version, int):
         raise RemoteProtocolError("report ack is malformed")
-    return rid, version
+    return rid, version, d.get("printed") is True

@@ -1,0 +1,218 @@
+"""The reading room's data: each verified study's summary, the worklist, claims,
+subspecialty hand-offs and turnaround times."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime
+from typing import Any
+
+from edge.intake import index_existing
+from edge.store import utcnow
+from hub.reports import ReportError
+from hub.store import FileHubStore
+from wire.manifest import Manifest
+
+SUBSPECIALTIES = ("general", "neuro", "msk", "chest", "breast", "cardiac", "paediatric", "abdomen")
+
+# the turnaround's steps: (name, from, to)
+INTERVALS = (
+    ("box_to_hub", "received_at_box", "verified_at"),
+    ("waiting_to_claim", "verified_at", "claimed_at"),
+    ("claim_to_sign", "claimed_at", "signed_at"),
+    ("hub_to_signed", "verified_at", "signed_at"),
+    ("signed_to_box", "signed_at", "report_at_box_at"),
+    ("box_to_printed", "report_at_box_at", "printed_at"),
+    ("acquired_to_printed", "acquired_at", "printed_at"),
+)
+
+
+def _acquired(date: str, time: str) -> str | None:
+    """DICOM StudyDate/StudyTime (the clinic's local time) as ISO, if they parse."""
+    try:
+        d = datetime.strptime(date.strip(), "%Y%m%d")
+    except ValueError:
+        return None
+    t = time.strip().split(".")[0].ljust(6, "0")[:6]
+    try:
+        return d.replace(hour=int(t[0:2]), minute=int(t[2:4]), second=int(t[4:6])).isoformat()
+    except ValueError:
+        return d.isoformat()
+
+
+def study_verified(store: FileHubStore, m: Manifest) -> None:
+    """A transfer of the study was verified: note the study for the reading room (the
+    first verification starts its waiting time; STAT from any transfer wins)."""
+    row = store.db.execute(
+        "SELECT path FROM instances WHERE study_uid=? ORDER BY stored_at LIMIT 1", [m.study_uid]
+    ).fetchone()
+    info, _ = index_existing(store.root / row[0])
+    extra = m.extra if isinstance(m.extra, dict) else {}
+    received = extra.get("first_received")
+    reason = extra.get("priority_reason")
+    store.db.execute(
+        """INSERT INTO hub_studies(study_uid, box_id, patient_name, patient_id, modality,
+               description, priority, priority_reason, acquired_at, received_at_box,
+               verified_at)
+           VALUES (:uid, :box, :name, :pid, :modality, :description, :priority, :reason,
+               :acquired, :received, :now)
+           ON CONFLICT(study_uid) DO UPDATE SET
+               priority=CASE WHEN excluded.priority='stat' THEN 'stat'
+                             ELSE hub_studies.priority END,
+               priority_reason=CASE WHEN excluded.priority_reason != ''
+                             THEN excluded.priority_reason ELSE hub_studies.priority_reason END""",
+        {
+            "uid": m.study_uid,
+            "box": m.box_id,
+            "name": info.patient_name,
+            "pid": info.patient_id,
+            "modality": info.modality,
+            "description": info.study_description or info.series_description,
+            "priority": m.priority.value,
+            "reason": reason if isinstance(reason, str) else "",
+            "acquired": _acquired(info.study_date, info.study_time),
+            "received": received if isinstance(received, str) else None,
+            "now": utcnow(),
+        },
+    )
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    try:
+        ta = datetime.fromisoformat(a.replace("Z", "+00:00"))
+        tb = datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if (ta.tzinfo is None) != (tb.tzinfo is None):  # local DICOM time against UTC
+        ta, tb = ta.replace(tzinfo=None), tb.replace(tzinfo=None)
+    return (tb - ta).total_seconds()
+
+
+def worklist(
+    store: FileHubStore,
+    modality: str = "",
+    clinic: str = "",
+    subspecialty: str = "",
+    include_reported: bool = False,
+) -> list[dict[str, Any]]:
+    """Studies to read: STAT first, then the longest waiting first."""
+    where, args = [], []
+    if not include_reported:
+        where.append("signed_at IS NULL")
+    for col, value in (("modality", modality), ("box_id", clinic), ("subspecialty", subspecialty)):
+        if value:
+            where.append(f"{col} = ?")
+            args.append(value)
+    q = "SELECT * FROM hub_studies"
+    if where:
+        q += " WHERE " + " AND ".join(where)
+    q += " ORDER BY priority='stat' DESC, verified_at"
+    now = utcnow()
+    out = []
+    for row in store.db.query(q, args):
+        row = dict(row)
+        row["waiting_seconds"] = _seconds(row["verified_at"], now)
+        row["clinical_note"] = row.pop("priority_reason") if row["priority"] == "stat" else ""
+        out.append(row)
+    return out
+
+
+def _study(store: FileHubStore, study_uid: str) -> dict[str, Any]:
+    rows = list(store.db.query("SELECT * FROM hub_studies WHERE study_uid=?", [study_uid]))
+    if not rows:
+        raise ReportError(f"study {study_uid} is not in the reading room", 404)
+    return dict(rows[0])
+
+
+def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:
+    if not radiologist.strip():
+        raise ReportError("a claim needs the radiologist's name")
+    cur = store.db.execute(
+        "UPDATE hub_studies SET claimed_by=?, claimed_at=coalesce(claimed_at, ?) "
+        "WHERE study_uid=? AND (claimed_by IS NULL OR claimed_by=?)",
+        [radiologist, utcnow(), study_uid, radiologist],
+    )
+    if not cur.rowcount:
+        s = _study(store, study_uid)
+        raise ReportError(f"{s['claimed_by']} is reading this study", 409)
+    return _study(store, study_uid)
+
+
+def release(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:
+    s = _study(store, study_uid)
+    if s["claimed_by"] not in (None, radiologist):
+        raise ReportError(f"only {s['claimed_by']} can release this study", 409)
+    store.db.execute("UPDATE hub_studies SET claimed_by=NULL WHERE study_uid=?", [study_uid])
+    return _study(store, study_uid)
+
+
+def assign(
+    store: FileHubStore, study_uid: str, subspecialty: str, radiologist: str = ""
+) -> dict[str, Any]:
+    """Pass a study on (for a second opinion, or to a subspecialty): the claim goes."""
+    if subspecialty not in SUBSPECIALTIES:
+        raise ReportError(f"subspecialty must be one of {', '.join(SUBSPECIALTIES)}")
+    _study(store, study_uid)
+    store.db.execute(
+        "UPDATE hub_studies SET subspecialty=?, assigned_to=?, claimed_by=NULL WHERE study_uid=?",
+        [subspecialty, radiologist or None, study_uid],
+    )
+    return _study(store, study_uid)
+
+
+def mark(store: FileHubStore, study_uid: str, column: str) -> None:
+    """Record the first time a study reached a turnaround step."""
+    assert column in {"signed_at", "report_at_box_at", "printed_at"}
+    store.db.execute(
+        f"UPDATE hub_studies SET {column}=coalesce({column}, ?) WHERE study_uid=?",
+        [utcnow(), study_uid],
+    )
+
+
+def turnaround(store: FileHubStore, study_uid: str) -> dict[str, Any]:
+    s = _study(store, study_uid)
+    return {
+        "study_uid": study_uid,
+        "times": {
+            k: s[k]
+            for k in (
+                "acquired_at",
+                "received_at_box",
+                "verified_at",
+                "claimed_at",
+                "signed_at",
+                "report_at_box_at",
+                "printed_at",
+            )
+        },
+        "seconds": {name: _seconds(s[a], s[b]) for name, a, b in INTERVALS},
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def turnaround_summary(store: FileHubStore) -> list[dict[str, Any]]:
+    """Per clinic and priority: count, median and 90th percentile of each step."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in store.db.query("SELECT * FROM hub_studies"):
+        groups.setdefault((row["box_id"], row["priority"]), []).append(dict(row))
+    out = []
+    for (clinic, priority), rows in sorted(groups.items()):
+        steps = {}
+        for name, a, b in INTERVALS:
+            vals = [v for r in rows if (v := _seconds(r[a], r[b])) is not None]
+            steps[name] = (
+                {"n": len(vals), "median": statistics.median(vals), "p90": _percentile(vals, 0.9)}
+                if vals
+                else {"n": 0, "median": None, "p90": None}
+            )
+        out.append({"clinic": clinic, "priority": priority, "studies": len(rows), "seconds": steps})
+    return out
