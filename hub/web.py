@@ -102,6 +102,48 @@ def report_pdf(report_id: str) -> Any:
     return send_file(_store().root / r["pdf_path"], mimetype="application/pdf")
 
 
+def _instance_path(study_uid: str, sop_uid: str) -> Any:
+    row = (
+        _store()
+        .db.execute(
+            "SELECT path FROM instances WHERE study_uid=? AND sop_instance_uid=? "
+            "ORDER BY stored_at DESC LIMIT 1",
+            [study_uid, sop_uid],
+        )
+        .fetchone()
+    )
+    if row is None:
+        abort(404)
+    return _store().root / row[0]
+
+
+@api.get("/studies/<study_uid>/instances/<sop_uid>/rendered")
+def rendered(study_uid: str, sop_uid: str) -> Any:
+    """One frame as PNG: ``?frame=0&preset=brain`` (subdural, lung, bone,
+    soft_tissue); without a preset the dataset's window, else one from the image."""
+    from hub import render
+
+    try:
+        frame = int(request.args.get("frame", "0"))
+        png, info = render.render(
+            _instance_path(study_uid, sop_uid), frame, request.args.get("preset") or None
+        )
+    except (ValueError, render.RenderError) as exc:
+        return jsonify({"error": str(exc)}), 400
+    response = current_app.response_class(png, mimetype="image/png")
+    if info["window"]:
+        response.headers["X-Window"] = "{center:g}/{width:g} ({source})".format(**info["window"])
+    response.headers["X-Frames"] = str(info["frames"])
+    return response
+
+
+@api.get("/studies/<study_uid>/instances/<sop_uid>/tags")
+def tags(study_uid: str, sop_uid: str) -> Any:
+    from hub import render
+
+    return jsonify(render.key_tags(_instance_path(study_uid, sop_uid)))
+
+
 @api.get("/worklist")
 def worklist() -> Any:
     """Studies to read, STAT first then longest waiting; ``?modality=CT&clinic=<box>
