@@ -215,6 +215,8 @@ def create_app(cfg: Config | None = None) -> Flask:
     """Build the hub's app; ``cfg`` defaults to the file in $RADSETU_HUB_CONFIG."""
     if cfg is None:
         cfg = hub_config.load(os.environ.get("RADSETU_HUB_CONFIG"))
-    app = json_app(cfg, api)
+    from hub.dicomweb import dicomweb
+
+    app = json_app(cfg, api, dicomweb)
     app.teardown_appcontext(_close)
     return app
