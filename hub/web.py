@@ -144,6 +144,15 @@ def tags(study_uid: str, sop_uid: str) -> Any:
     return jsonify(render.key_tags(_instance_path(study_uid, sop_uid)))
 
 
+@api.get("/templates")
+def report_template() -> Any:
+    """Where a draft starts: ``?modality=CT&body_part=HEAD``."""
+    from hub.templates import template
+
+    a = request.args
+    return jsonify(template(a.get("modality", ""), a.get("body_part", "")))
+
+
 @api.get("/worklist")
 def worklist() -> Any:
     """Studies to read, STAT first then longest waiting; ``?modality=CT&clinic=<box>

@@ -104,3 +104,14 @@ def test_frames_auto_window_and_refusals(hub_client):
     assert client.get(f"/api/studies/{study}/instances/1.2.3/rendered").status_code == 404
     tags = client.get(f"/api/studies/{study}/instances/{sop}/tags").get_json()
     assert tags["Modality"] and tags["NumberOfFrames"] == "2"
+
+
+def test_report_templates_by_modality_and_body_part(hub_client):
+    client, _put, _stored = hub_client
+    head = client.get("/api/templates?modality=CT&body_part=head").get_json()
+    assert "Midline shift" in head["findings"] and head["impression"] == ""
+    assert (
+        "Sequences"
+        in client.get("/api/templates?modality=MR&body_part=ELBOW").get_json()["findings"]
+    )
+    assert client.get("/api/templates?modality=XA").get_json() == {"findings": "", "impression": ""}
