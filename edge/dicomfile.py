@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom._uid_dict import UID_dictionary
@@ -163,6 +164,12 @@ def _fast_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInf
         except ValueError:
             return None
 
+    return _build(text, number, meta)
+
+
+def _build(
+    text: Callable[[str], str], number: Callable[[str], int | None], meta: Meta
+) -> InstanceInfo:
     return InstanceInfo(
         sop_class_uid=text("SOPClassUID") or meta.sop_class_uid,
         sop_instance_uid=text("SOPInstanceUID"),
@@ -218,25 +225,7 @@ def _pydicom_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> Instance
         except Exception:
             return None
 
-    return InstanceInfo(
-        sop_class_uid=text("SOPClassUID") or meta.sop_class_uid,
-        sop_instance_uid=text("SOPInstanceUID"),
-        study_uid=text("StudyInstanceUID"),
-        series_uid=text("SeriesInstanceUID"),
-        transfer_syntax=meta.transfer_syntax,
-        patient_id=text("PatientID"),
-        patient_name=text("PatientName").replace("^", " ").strip(),
-        birth_date=text("PatientBirthDate"),
-        sex=text("PatientSex"),
-        study_date=text("StudyDate"),
-        study_time=text("StudyTime"),
-        study_description=text("StudyDescription"),
-        accession_number=text("AccessionNumber"),
-        modality=text("Modality"),
-        series_number=number("SeriesNumber"),
-        series_description=text("SeriesDescription"),
-        instance_number=number("InstanceNumber"),
-    )
+    return _build(text, number, meta)
 
 
 def _checked(info: InstanceInfo) -> InstanceInfo:

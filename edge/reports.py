@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from edge.store import Store, fsync_dir, utcnow
+from edge.store import Store, utcnow, write_durably
 
 log = logging.getLogger("radsetu.reports")
 
@@ -38,16 +36,8 @@ def keep(store: Store, report: dict[str, Any], pdf: bytes) -> bool:
         "SELECT 1 FROM reports WHERE report_id=? AND version=?", [rid, version]
     ).fetchone():
         return False
-    folder = store.root / "reports"
-    folder.mkdir(exist_ok=True)
-    final = folder / f"{rid}-v{version}.pdf"
-    tmp = store.tmp / f"{uuid.uuid4().hex}.part"
-    with open(tmp, "wb") as f:
-        f.write(pdf)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(folder)
+    final = store.root / "reports" / f"{rid}-v{version}.pdf"
+    write_durably(final, pdf, store.tmp)
     with store._lock, db.atomic():
         db.execute(
             """INSERT INTO reports(report_id, version, study_uid, critical, body, pdf_path,

@@ -182,6 +182,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durably(final: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write ``data`` to a temp file in ``tmp_dir``, fsync it, rename it to ``final``
+    and fsync ``final``'s folder: afterwards the file is whole or absent."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
 def open_db(path: Path) -> sqlite_utils.Database:
     """An index connection: WAL, full sync on commit, waits for other writers."""
     conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +17,7 @@ from typing import Any, Protocol
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from edge.store import fsync_dir, utcnow
+from edge.store import utcnow, write_durably
 
 migrations = Migrations("radsetu.hub.store")
 
@@ -154,14 +152,7 @@ class FileHubStore:
         self.db.conn.close()
 
     def _write(self, final: Path, data: bytes) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        write_durably(final, data, self.tmp)
 
     def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
         self._write(self.chunks / transfer_id / f"{index:08d}", data)
