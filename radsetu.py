@@ -218,6 +218,35 @@ def cmd_hub_ingest(args: argparse.Namespace) -> int:
     return run(_load_hub_config(args.config))
 
 
+EPILOG_HUB_USER = (
+    "example: radsetu hub user add dr-rao --role radiologist --config /etc/radsetu/hub.toml "
+    "(asks for the password, or reads it from standard input)"
+)
+
+
+def cmd_hub_user_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from hub.store import FileHubStore
+    from hub.users import UserError, add
+
+    config = _load_hub_config(args.config)
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    store = FileHubStore(config.data_dir)
+    try:
+        add(store, args.name, args.role, password)
+    except UserError as exc:
+        print(f"radsetu hub user add: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"user {args.name} ({args.role}) saved")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radsetu", description="RadSetu: scans from clinic to hub.")
     top = p.add_subparsers(dest="area", required=True)
@@ -299,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", help="the hub's TOML config file")
     s.set_defaults(func=cmd_hub_ingest)
+
+    s = hsub.add_parser(
+        "user",
+        help="add or change a hub account (the password is read from standard input)",
+        epilog=EPILOG_HUB_USER,
+    )
+    s.add_argument("action", choices=["add"])
+    s.add_argument("name")
+    s.add_argument("--role", required=True, choices=["radiologist", "operator", "admin"])
+    s.add_argument("--config", help="the hub's TOML config file")
+    s.set_defaults(func=cmd_hub_user_add)
     return p
 
 

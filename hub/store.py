@@ -114,6 +114,16 @@ def m005_reading(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX hub_studies_order ON hub_studies(priority, verified_at)")
 
 
+@migrations()
+def m006_users(db: sqlite_utils.Database) -> None:
+    """People who log in to the hub's pages."""
+    db.execute("""
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY, role TEXT NOT NULL,
+            password_hash TEXT NOT NULL, created_at TEXT NOT NULL
+        )""")
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 

@@ -224,8 +224,10 @@ def create_app(cfg: Config | None = None) -> Flask:
     """Build the hub's app; ``cfg`` defaults to the file in $RADSETU_HUB_CONFIG."""
     if cfg is None:
         cfg = hub_config.load(os.environ.get("RADSETU_HUB_CONFIG"))
+    from hub import ui
     from hub.dicomweb import dicomweb
 
     app = json_app(cfg, api, dicomweb)
+    ui.install(app, cfg.data_dir)
     app.teardown_appcontext(_close)
     return app

@@ -1,0 +1,159 @@
+"""The reading room in a real browser (headless Chromium through selenium): log in,
+find the study, claim it, scroll images with a preset, write and sign a report."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from devkit.broker import Hub
+from devkit.corpus import data_file, replicate
+from edge.sneakernet import Source, pack
+from hub.ingest import import_pack
+from hub.store import FileHubStore
+
+EVIL = "<script>window.pwned=1</script>^Evil"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for tool in ("chromium", "chromedriver"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (make test installs chromium and chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def test_radiologist_reads_and_signs(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    # a real CT study (slices of 693_UNCI with new UIDs), its patient named with HTML
+    files = replicate(data_file("693_UNCI.dcm"), tmp_path / "ct", 3)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PatientName = EVIL
+        ds.save_as(f)
+    uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    hub = Hub(tmp_path / "hub", {"enabled": False}).start()
+    try:
+        store = FileHubStore(hub.data_dir)
+        pack(
+            [Source(str(pydicom.dcmread(f).SOPInstanceUID), uid, f) for f in files],
+            tmp_path / "study.radsetu",
+            "clinic-a",
+            65536,
+            3,
+        )
+        assert import_pack(store, str(tmp_path / "study.radsetu"))["verified"]
+        store.close()
+        r = subprocess.run(
+            [sys.executable, "-m", "radsetu", "hub", "user", "add", "dr-rao",
+             "--role", "radiologist", "--config", str(hub.config)],
+            input="correct horse battery\n", capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        base = f"http://127.0.0.1:{hub.web_port}"
+        shots = tmp_path / "screenshots"  # not committed; kept with the test's files
+        shots.mkdir()
+
+        b = browser
+        b.get(base + "/")
+        assert "/login" in b.current_url  # nothing without a login
+        b.find_element(By.ID, "username").send_keys("dr-rao")
+        b.find_element(By.ID, "password").send_keys("wrong password!")
+        b.find_element(By.ID, "login").click()
+        WebDriverWait(b, 10).until(lambda d: "Wrong user name or password" in d.page_source)
+        b.find_element(By.ID, "username").send_keys("dr-rao")
+        b.find_element(By.ID, "password").send_keys("correct horse battery")
+        b.find_element(By.ID, "login").click()
+        b.save_screenshot(str(shots / "worklist.png"))
+        link = b.find_element(By.CSS_SELECTOR, "#worklist a.study")
+        assert link.text.startswith("<script>")  # shown as text, never run
+        assert b.execute_script("return window.pwned") is None
+        link.click()
+
+        def image_loaded(_d):
+            return b.execute_script(
+                "const i = document.getElementById('image');"
+                "return i.complete && i.naturalWidth > 0 ? i.naturalWidth : 0"
+            )
+
+        assert WebDriverWait(b, 10).until(image_loaded) == 512
+        first = b.find_element(By.ID, "image").get_attribute("data-sop")
+        Select(b.find_element(By.ID, "preset")).select_by_value("brain")
+        WebDriverWait(b, 10).until(
+            lambda d: "preset=brain" in d.find_element(By.ID, "image").get_attribute("src")
+        )
+        WebDriverWait(b, 10).until(image_loaded)
+        b.find_element(By.ID, "next").click()
+        WebDriverWait(b, 10).until(
+            lambda d: d.find_element(By.ID, "image").get_attribute("data-sop") != first
+        )
+        assert "2 / 3" in b.find_element(By.ID, "position").text
+        assert "preset=brain" in b.find_element(By.ID, "image").get_attribute("src")
+        WebDriverWait(b, 10).until(lambda d: "Modality" in d.find_element(By.ID, "tags").text)
+        b.save_screenshot(str(shots / "viewer.png"))
+
+        b.find_element(By.ID, "claim").click()
+        WebDriverWait(b, 10).until(
+            lambda d: "Being read by dr-rao" in d.find_element(By.ID, "claim-state").text
+        )
+        findings = b.find_element(By.ID, "findings")
+        # the CT template (693_UNCI has no body part): where the draft starts
+        assert findings.get_attribute("value").startswith("Technique:")
+        findings.clear()
+        findings.send_keys("No intracranial haemorrhage. No midline shift.")
+        b.find_element(By.ID, "impression").send_keys("Normal CT head.")
+        b.find_element(By.ID, "sign").click()
+        WebDriverWait(b, 10).until(
+            lambda d: "Signed by dr-rao" in d.find_element(By.ID, "report-state").text
+        )
+        b.save_screenshot(str(shots / "signed.png"))
+
+        (report,) = hub.api(f"/api/studies/{uid}/reports")["reports"]
+        assert report["state"] == "signed" and report["radiologist"] == "dr-rao"
+        assert report["findings"] == "No intracranial haemorrhage. No midline shift."
+        assert hub.api("/api/worklist")["studies"] == []
+        # a form posted without its CSRF token is refused
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(f"{base}/read/{uid}/claim", data=b"x=1", method="POST")
+        req.add_header("Cookie", "; ".join(f"{c['name']}={c['value']}" for c in b.get_cookies()))
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400
+        assert all(p.stat().st_size > 5000 for p in shots.iterdir())
+    finally:
+        hub.stop()
+
+
+def test_pages_need_a_login(tmp_path):
+    hub = Hub(tmp_path / "hub", {"enabled": False}).start()
+    try:
+        import urllib.request
+
+        for path in ("/", "/read/1.2.3"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{hub.web_port}{path}", timeout=10) as r:
+                assert "/login" in r.url and "Log in" in r.read().decode()
+        assert Path(hub.data_dir / "session.key").stat().st_mode & 0o077 == 0
+    finally:
+        hub.stop()
