@@ -96,6 +96,10 @@ def _run_gunicorn(config: Config) -> None:
         {
             "bind": f"{w['host']}:{w['port']}",
             "workers": w["workers"],
+            # threads: a browser's idle keep-alive or preconnected socket must not hold
+            # a whole worker (the sync worker serves one connection at a time)
+            "worker_class": "gthread",
+            "threads": 4,
             "loglevel": config["log_level"].lower(),
             "accesslog": None,
             # one shared control socket per user would make two hubs on one machine

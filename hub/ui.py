@@ -138,6 +138,7 @@ def read(study_uid: str) -> Any:
         abort(404)
     found = reports.for_study(store, study_uid)
     report = found[-1] if found else None
+    versions = [r for r in found if r["state"] == "signed"]
     instances = _instances(store, study_uid)
     body_part = instances[0]["body_part"] if instances else ""
     draft = report or {**template(study["modality"], body_part), "critical": False}
@@ -150,6 +151,9 @@ def read(study_uid: str) -> Any:
         instances=[{"sop": x["sop"]} for x in instances],
         presets=list(PRESETS),
         user=session["user"],
+        versions=versions,
+        subs=reading.SUBSPECIALTIES,
+        tat=reading.turnaround(store, study_uid),
     )
 
 
@@ -190,6 +194,53 @@ def save_report(study_uid: str) -> Any:
     except reports.ReportError as exc:
         flash(str(exc), "error")
     return redirect(url_for("ui.read", study_uid=study_uid))
+
+
+@ui.post("/read/<study_uid>/pass-on")
+@reader_required
+def pass_on(study_uid: str) -> Any:
+    _check_csrf()
+    try:
+        reading.assign(_store(), study_uid, request.form.get("subspecialty", ""))
+        flash(f"Passed on to {request.form.get('subspecialty')}.", "ok")
+    except reports.ReportError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("ui.worklist"))
+
+
+@ui.post("/read/<study_uid>/addendum")
+@reader_required
+def addendum(study_uid: str) -> Any:
+    _check_csrf()
+    store = _store()
+    signed = [r for r in reports.for_study(store, study_uid) if r["state"] == "signed"]
+    try:
+        if not signed:
+            raise reports.ReportError("sign the report before adding an addendum", 409)
+        reports.add_addendum(
+            store,
+            signed[-1]["report_id"],
+            {
+                "findings": request.form.get("findings", ""),
+                "radiologist": session["user"],
+                "critical": request.form.get("critical") == "on",
+            },
+        )
+        flash("Addendum signed: it goes to the clinic too.", "ok")
+    except reports.ReportError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("ui.read", study_uid=study_uid))
+
+
+@ui.get("/turnaround")
+@reader_required
+def turnaround() -> Any:
+    return _page(
+        "Turnaround",
+        "turnaround.html",
+        groups=reading.turnaround_summary(_store()),
+        steps=[name for name, _a, _b in reading.INTERVALS],
+    )
 
 
 def install(app: Flask, data_dir: Path) -> None:

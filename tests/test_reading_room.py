@@ -128,7 +128,20 @@ def test_radiologist_reads_and_signs(tmp_path, browser):
         )
         b.save_screenshot(str(shots / "signed.png"))
 
-        (report,) = hub.api(f"/api/studies/{uid}/reports")["reports"]
+        # an addendum amends the signed report
+        b.find_element(By.ID, "addendum").send_keys("Addendum: small old lacunar infarct.")
+        b.find_element(By.ID, "add-addendum").click()
+        WebDriverWait(b, 10).until(lambda d: "Addendum 1: Signed by dr-rao" in d.page_source)
+        assert "small old lacunar infarct" in b.page_source
+        b.find_element(By.ID, "turnaround").click()
+        assert "signed at" in b.find_element(By.ID, "turnaround").text
+        b.find_element(By.ID, "turnaround-link").click()
+        WebDriverWait(b, 10).until(
+            lambda d: "clinic-a" in d.find_element(By.ID, "turnaround-table").text
+        )
+        b.save_screenshot(str(shots / "turnaround.png"))
+
+        report, _addendum = hub.api(f"/api/studies/{uid}/reports")["reports"]
         assert report["state"] == "signed" and report["radiologist"] == "dr-rao"
         assert report["findings"] == "No intracranial haemorrhage. No midline shift."
         assert hub.api("/api/worklist")["studies"] == []
