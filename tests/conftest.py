@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ from devkit.box import Box, free_port, wait_port
 from edge.dicomfile import read_meta
 
 ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
+
+
+def wait_for(cond, timeout: float, what: str, every: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def need(tool: str) -> str:
@@ -141,3 +152,61 @@ def wire_copy(tmp_path):
     yield received
     proc.terminate()
     proc.wait()
+
+
+def pdf_text(path: Path) -> str:
+    return subprocess.run(
+        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def cups_printer():
+    """A CUPS queue whose device is cups-pdf; yields (queue, folder its PDFs land in).
+    Starts the scheduler when none runs (there is no systemd here)."""
+    for tool in ("cupsd", "lpadmin", "lp", "pdftotext"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (make test installs cups and poppler-utils)")
+    started = None
+    if "is running" not in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout:
+        started = subprocess.Popen(["cupsd", "-f"], stderr=subprocess.DEVNULL)
+        wait_for(
+            lambda: (
+                "is running"
+                in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout
+            ),
+            20,
+            "cupsd",
+        )
+    queue = "radsetu-test"
+    subprocess.run(
+        [
+            "lpadmin",
+            "-p",
+            queue,
+            "-E",
+            "-v",
+            "cups-pdf:/",
+            "-P",
+            "/usr/share/ppd/cups-pdf/CUPS-PDF_noopt.ppd",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = Path.home() / "PDF"  # cups-pdf's "Out ${HOME}/PDF" for the user who prints
+    yield queue, out
+    subprocess.run(["lpadmin", "-x", queue], capture_output=True)
+    if started is not None:
+        started.terminate()
+        started.wait()
+
+
+def printed(out: Path, report_id: str) -> list[Path]:
+    """The PDFs cups-pdf has finished writing for this report (it writes in place, so a
+    file counts once pdftotext can read it)."""
+    done = []
+    for p in sorted(out.glob(f"radsetu-report-{report_id}-*.pdf")) if out.exists() else []:
+        r = subprocess.run(["pdftotext", str(p), "-"], capture_output=True)
+        if r.returncode == 0:
+            done.append(p)
+    return done

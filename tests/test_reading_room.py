@@ -11,11 +11,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from devkit.broker import Hub
+from devkit.broker import Broker, Hub
 from devkit.corpus import data_file, replicate
-from edge.sneakernet import Source, pack
-from hub.ingest import import_pack
-from hub.store import FileHubStore
+from tests.conftest import pdf_text, printed, storescu, wait_for
+from tests.test_sync import delivered, start_box
 
 EVIL = "<script>window.pwned=1</script>^Evil"
 
@@ -41,7 +40,7 @@ def browser(tmp_path):
     driver.quit()
 
 
-def test_radiologist_reads_and_signs(tmp_path, browser):
+def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -52,18 +51,14 @@ def test_radiologist_reads_and_signs(tmp_path, browser):
         ds.PatientName = EVIL
         ds.save_as(f)
     uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
-    hub = Hub(tmp_path / "hub", {"enabled": False}).start()
+    queue, out = cups_printer
+    broker = Broker(tmp_path / "broker").start()
+    hub = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
     try:
-        store = FileHubStore(hub.data_dir)
-        pack(
-            [Source(str(pydicom.dcmread(f).SOPInstanceUID), uid, f) for f in files],
-            tmp_path / "study.radsetu",
-            "clinic-a",
-            65536,
-            3,
-        )
-        assert import_pack(store, str(tmp_path / "study.radsetu"))["verified"]
-        store.close()
+        # the study comes the real way: storescu -> box -> MQTT -> hub
+        box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), printer=queue)
+        storescu(box.dicom_port, files)
+        wait_for(lambda: delivered(box, uid), 60, "the study at the hub")
         r = subprocess.run(
             [sys.executable, "-m", "radsetu", "hub", "user", "add", "dr-rao",
              "--role", "radiologist", "--config", str(hub.config)],
@@ -137,7 +132,7 @@ def test_radiologist_reads_and_signs(tmp_path, browser):
         assert "signed at" in b.find_element(By.ID, "turnaround").text
         b.find_element(By.ID, "turnaround-link").click()
         WebDriverWait(b, 10).until(
-            lambda d: "clinic-a" in d.find_element(By.ID, "turnaround-table").text
+            lambda d: "test-box" in d.find_element(By.ID, "turnaround-table").text
         )
         b.save_screenshot(str(shots / "turnaround.png"))
 
@@ -155,8 +150,16 @@ def test_radiologist_reads_and_signs(tmp_path, browser):
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 400
         assert all(p.stat().st_size > 5000 for p in shots.iterdir())
+
+        # and the clinic's printer prints it: the report and then its addendum
+        rid = report["report_id"]
+        done = wait_for(lambda: len(printed(out, rid)) == 2 and printed(out, rid), 60, "prints")
+        texts = [pdf_text(p) for p in done]
+        assert any("No intracranial haemorrhage" in t for t in texts)
+        assert any("lacunar infarct" in t for t in texts)
     finally:
         hub.stop()
+        broker.stop()
 
 
 def test_pages_need_a_login(tmp_path):

@@ -3,75 +3,14 @@ and printed through a real CUPS queue (cups-pdf), whose output ``pdftotext`` rea
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 import urllib.error
-from pathlib import Path
 
 import pytest
 
 from devkit.broker import Broker, Hub
-from tests.conftest import storescu
+from tests.conftest import pdf_text, printed, storescu
 from tests.test_sync import delivered, make_study, start_box, wait_for
-
-
-def pdf_text(path: Path) -> str:
-    return subprocess.run(
-        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
-    ).stdout
-
-
-@pytest.fixture(scope="module")
-def cups_printer():
-    """A CUPS queue whose device is cups-pdf; yields (queue, folder its PDFs land in).
-    Starts the scheduler when none runs (there is no systemd here)."""
-    for tool in ("cupsd", "lpadmin", "lp", "pdftotext"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing (make test installs cups and poppler-utils)")
-    started = None
-    if "is running" not in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout:
-        started = subprocess.Popen(["cupsd", "-f"], stderr=subprocess.DEVNULL)
-        wait_for(
-            lambda: (
-                "is running"
-                in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout
-            ),
-            20,
-            "cupsd",
-        )
-    queue = "radsetu-test"
-    subprocess.run(
-        [
-            "lpadmin",
-            "-p",
-            queue,
-            "-E",
-            "-v",
-            "cups-pdf:/",
-            "-P",
-            "/usr/share/ppd/cups-pdf/CUPS-PDF_noopt.ppd",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    out = Path.home() / "PDF"  # cups-pdf's "Out ${HOME}/PDF" for the user who prints
-    yield queue, out
-    subprocess.run(["lpadmin", "-x", queue], capture_output=True)
-    if started is not None:
-        started.terminate()
-        started.wait()
-
-
-def printed(out: Path, report_id: str) -> list[Path]:
-    """The PDFs cups-pdf has finished writing for this report (it writes in place, so a
-    file counts once pdftotext can read it)."""
-    done = []
-    for p in sorted(out.glob(f"radsetu-report-{report_id}-*.pdf")) if out.exists() else []:
-        r = subprocess.run(["pdftotext", str(p), "-"], capture_output=True)
-        if r.returncode == 0:
-            done.append(p)
-    return done
 
 
 @pytest.fixture

@@ -19,17 +19,7 @@ from devkit.box import Box
 from devkit.broker import Broker, Hub
 from devkit.corpus import data_file, dataset_bytes, replicate
 from devkit.relay import Relay
-from tests.conftest import acked_files, storescu
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.conftest import acked_files, storescu, wait_for
 
 
 @pytest.fixture
