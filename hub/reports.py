@@ -159,10 +159,18 @@ def _finish(store: FileHubStore, r: dict[str, Any]) -> None:
 
 
 def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
+    study = store.db.execute(
+        "SELECT patient_name, patient_id, modality, description, acquired_at "
+        "FROM hub_studies WHERE study_uid=?",
+        [r["study_uid"]],
+    ).fetchone()
+    name, pid, modality, description, acquired = study or ("", "", "", "", "")
     blocks: list[tuple[str, str]] = [
         ("title", "Radiology report" + (" - ADDENDUM" if r["version"] > 1 else "")),
         ("line", f"Clinic: {r['box_id']}"),
-        ("line", f"Study: {r['study_uid']}"),
+        ("line", f"Patient: {name or '-'} (ID {pid or '-'})"),
+        ("line", f"Study: {modality} {description} {acquired or ''}".rstrip()),
+        ("line", f"Study UID: {r['study_uid']}"),
         ("line", f"Report: {r['report_id']} version {r['version']}"),
     ]
     if r.get("critical"):

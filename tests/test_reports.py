@@ -86,6 +86,8 @@ def test_signed_report_is_printed_at_the_box(tmp_path, site, boxes, cups_printer
     files_out = wait_for(lambda: printed(out, r["report_id"]), 60, "the printed PDF")
     text = pdf_text(files_out[0])
     assert "right lower lobe" in text and "Dr Rao" in text and uid in text
+    patient = box.api(f"/api/studies/{uid}")
+    assert patient["patient_id"] in text and "Patient:" in text and "CT" in text
     (at_box,) = box.api("/api/reports")["reports"]
     assert at_box["print_count"] == 1 and at_box["printed_at"] and at_box["findings"] == findings
     # a reprint prints once more
