@@ -40,9 +40,19 @@ def browser(tmp_path):
     driver.quit()
 
 
+def until(driver, cond, timeout: float = 10):  # type: ignore[no-untyped-def]
+    """Wait for ``cond``; an element replaced by the next page in the meantime (a click
+    that navigates) is looked for again, not an error."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ignored = (StaleElementReferenceException, NoSuchElementException)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(cond)
+
+
 def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     # a real CT study (slices of 693_UNCI with new UIDs), its patient named with HTML
     files = replicate(data_file("693_UNCI.dcm"), tmp_path / "ct", 3)
@@ -75,7 +85,7 @@ def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
         b.find_element(By.ID, "username").send_keys("dr-rao")
         b.find_element(By.ID, "password").send_keys("wrong password!")
         b.find_element(By.ID, "login").click()
-        WebDriverWait(b, 10).until(lambda d: "Wrong user name or password" in d.page_source)
+        until(b, lambda d: "Wrong user name or password" in d.page_source)
         b.find_element(By.ID, "username").send_keys("dr-rao")
         b.find_element(By.ID, "password").send_keys("correct horse battery")
         b.find_element(By.ID, "login").click()
@@ -91,26 +101,20 @@ def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
                 "return i.complete && i.naturalWidth > 0 ? i.naturalWidth : 0"
             )
 
-        assert WebDriverWait(b, 10).until(image_loaded) == 512
+        assert until(b, image_loaded) == 512
         first = b.find_element(By.ID, "image").get_attribute("data-sop")
         Select(b.find_element(By.ID, "preset")).select_by_value("brain")
-        WebDriverWait(b, 10).until(
-            lambda d: "preset=brain" in d.find_element(By.ID, "image").get_attribute("src")
-        )
-        WebDriverWait(b, 10).until(image_loaded)
+        until(b, lambda d: "preset=brain" in d.find_element(By.ID, "image").get_attribute("src"))
+        until(b, image_loaded)
         b.find_element(By.ID, "next").click()
-        WebDriverWait(b, 10).until(
-            lambda d: d.find_element(By.ID, "image").get_attribute("data-sop") != first
-        )
+        until(b, lambda d: d.find_element(By.ID, "image").get_attribute("data-sop") != first)
         assert "2 / 3" in b.find_element(By.ID, "position").text
         assert "preset=brain" in b.find_element(By.ID, "image").get_attribute("src")
-        WebDriverWait(b, 10).until(lambda d: "Modality" in d.find_element(By.ID, "tags").text)
+        until(b, lambda d: "Modality" in d.find_element(By.ID, "tags").text)
         b.save_screenshot(str(shots / "viewer.png"))
 
         b.find_element(By.ID, "claim").click()
-        WebDriverWait(b, 10).until(
-            lambda d: "Being read by dr-rao" in d.find_element(By.ID, "claim-state").text
-        )
+        until(b, lambda d: "Being read by dr-rao" in d.find_element(By.ID, "claim-state").text)
         findings = b.find_element(By.ID, "findings")
         # the CT template (693_UNCI has no body part): where the draft starts
         assert findings.get_attribute("value").startswith("Technique:")
@@ -118,22 +122,18 @@ def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
         findings.send_keys("No intracranial haemorrhage. No midline shift.")
         b.find_element(By.ID, "impression").send_keys("Normal CT head.")
         b.find_element(By.ID, "sign").click()
-        WebDriverWait(b, 10).until(
-            lambda d: "Signed by dr-rao" in d.find_element(By.ID, "report-state").text
-        )
+        until(b, lambda d: "Signed by dr-rao" in d.find_element(By.ID, "report-state").text)
         b.save_screenshot(str(shots / "signed.png"))
 
         # an addendum amends the signed report
         b.find_element(By.ID, "addendum").send_keys("Addendum: small old lacunar infarct.")
         b.find_element(By.ID, "add-addendum").click()
-        WebDriverWait(b, 10).until(lambda d: "Addendum 1: Signed by dr-rao" in d.page_source)
+        until(b, lambda d: "Addendum 1: Signed by dr-rao" in d.page_source)
         assert "small old lacunar infarct" in b.page_source
         b.find_element(By.ID, "turnaround").click()
         assert "signed at" in b.find_element(By.ID, "turnaround").text
         b.find_element(By.ID, "turnaround-link").click()
-        WebDriverWait(b, 10).until(
-            lambda d: "test-box" in d.find_element(By.ID, "turnaround-table").text
-        )
+        until(b, lambda d: "test-box" in d.find_element(By.ID, "turnaround-table").text)
         b.save_screenshot(str(shots / "turnaround.png"))
 
         report, _addendum = hub.api(f"/api/studies/{uid}/reports")["reports"]
