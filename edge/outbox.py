@@ -305,12 +305,6 @@ class Outbox:
         log.info("transfer %s of study %s verified at the hub", transfer_id, row[0])
         self.settle(row[0])
 
-    def forget_unknown(self, transfer_id: str) -> None:
-        """Drop a cached pack file handle (the transfer is finished or abandoned)."""
-        f = self._files.pop(transfer_id, None)
-        if f is not None:
-            f.close()
-
 
 def backlog(db: Any) -> dict[str, Any]:
     """Studies not yet delivered, their bytes, and the oldest one's arrival."""

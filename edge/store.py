@@ -495,20 +495,6 @@ class Store:
             log.info("study %s: quiet for %ss, ready to send", uid, self.quiet_seconds)
         return uids
 
-    def set_priority(self, study_uid: str, priority: str, reason: str) -> bool:
-        """A person raised (or lowered) a study's priority; False if no such study.
-        The sync agent reads it before handing out its next chunk."""
-        if priority not in ("stat", "routine"):
-            raise ValueError(f"priority must be stat or routine, not {priority!r}")
-        with self._lock:
-            cur = self.db.execute(
-                "UPDATE studies SET priority=?, priority_reason=? WHERE study_uid=?",
-                [priority, reason, study_uid],
-            )
-        if cur.rowcount:
-            log.info("study %s: priority set to %s (%s)", study_uid, priority, reason)
-        return bool(cur.rowcount)
-
     # -- retention ----------------------------------------------------------------
 
     def purge_for_space(self, need_bytes: int) -> int:

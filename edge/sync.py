@@ -166,8 +166,9 @@ class Agent:
 
     def start(self) -> Agent:
         self.outbox.clean()
+        current = self.outbox.priorities()
         for row in self.outbox.unfinished():
-            self._queue(row["transfer_id"], row["seq"], row["acked"])
+            self._queue(row["transfer_id"], row["seq"], row["acked"], current)
         for name, target in (("packer", self._packer_loop), ("sync", self._run)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -188,14 +189,15 @@ class Agent:
             t.join(timeout=10)
         self.outbox.close()
 
-    def _queue(self, transfer_id: str, seq: int, acked_json: str | None = None) -> None:
+    def _queue(
+        self, transfer_id: str, seq: int, acked_json: str | None, current: dict[str, Priority]
+    ) -> None:
         manifest = self.outbox.manifest(transfer_id)
         self.uplink.queue(manifest, seq)
         if acked_json:
             t = self.uplink.transfers[transfer_id]
             t.acked = RangeSet.from_json(json.loads(acked_json), manifest.chunk_count)
-        current = self.outbox.priorities().get(transfer_id, manifest.priority)
-        self.uplink.set_priority(transfer_id, current)
+        self.uplink.set_priority(transfer_id, current.get(transfer_id, manifest.priority))
 
     # -- packer thread ------------------------------------------------------------
 

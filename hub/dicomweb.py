@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from flask import Blueprint, Response, abort, current_app, g, request
+from flask import Blueprint, Response, abort, request
 
-from hub.store import FileHubStore
+from hub.web import request_store as _store
 
 dicomweb = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 
@@ -30,19 +30,6 @@ INSTANCE_TAGS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Col
 # query keys a client may match on, at each level
 MATCH = {"PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyInstanceUID",
          "ModalitiesInStudy", "Modality", "SeriesInstanceUID", "SOPInstanceUID"}  # fmt: skip
-
-
-def _store() -> FileHubStore:
-    if "dw_store" not in g:
-        g.dw_store = FileHubStore(current_app.config["RADSETU"].data_dir)
-    return g.dw_store
-
-
-@dicomweb.teardown_app_request
-def _close(_exc: BaseException | None) -> None:
-    store = g.pop("dw_store", None)
-    if store is not None:
-        store.close()
 
 
 def _headers(study_uid: str | None = None) -> Iterator[tuple[Path, pydicom.Dataset]]:

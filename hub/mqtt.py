@@ -204,9 +204,8 @@ class Ingest:
         if not isinstance(status, dict):
             raise RemoteProtocolError("status must be a JSON object")
         online = status.get("online") is True
-        was = {b["box_id"]: b["online"] for b in self.store.boxes()}.get(box_id, False)
-        self.store.put_box_status(box_id, status, online=online)
-        if online and not was:
+        was_online = self.store.put_box_status(box_id, status, online=online)
+        if online and not was_online:
             reports.box_online(self.store, box_id)
 
 

@@ -50,10 +50,6 @@ class Window:
     source: str  # "preset brain", "dataset", "auto"
 
 
-def open_instance(path: Path) -> pydicom.Dataset:
-    return pydicom.dcmread(path)
-
-
 def frame_count(ds: pydicom.Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
@@ -115,7 +111,7 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
 
 def render(path: Path, frame: int = 0, preset: str | None = None) -> tuple[bytes, dict[str, Any]]:
     """PNG bytes of one frame, and what was done (window, size)."""
-    ds = open_instance(path)
+    ds = pydicom.dcmread(path)
     stored = stored_frame(ds, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if stored.ndim == 3:  # colour: shown as it is

@@ -18,7 +18,6 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from edge.config import Config
-from hub.store import FileHubStore
 from hub.web import create_app
 
 log = logging.getLogger("radsetu.hub")
@@ -69,7 +68,6 @@ def _watch_ingest(config: Config, stop: threading.Event) -> None:
 
 
 def serve(config: Config) -> int:
-    FileHubStore(config.data_dir).close()  # create and migrate once, before the workers
     stop = threading.Event()
     watcher = threading.Thread(
         target=_watch_ingest, args=(config, stop), daemon=True, name="ingest-watch"

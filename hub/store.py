@@ -136,27 +136,31 @@ class HubStore(Protocol):
     ) -> None: ...
     def put_instance(self, row: dict[str, Any], data: bytes) -> None: ...
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
-    def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> None: ...
+    def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool: ...
     def touch_box(self, box_id: str, rejection: str | None = None) -> None: ...
 
 
 class FileHubStore:
     """The default: chunks and instances as files under ``root``, the index in SQLite."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, prepare: bool = True):
+        """``prepare``: make the folders and apply the migrations (once per process;
+        the web app's per-request connections skip it)."""
         self.root = Path(root)
         self.chunks = self.root / "chunks"
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
-        for d in (self.root, self.chunks, self.objects, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+        if prepare:
+            for d in (self.root, self.chunks, self.objects, self.tmp):
+                d.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.root / "hub.db", timeout=30, isolation_level=None, check_same_thread=False
         )
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        migrations.apply(self.db)
+        if prepare:
+            migrations.apply(self.db)
 
     def close(self) -> None:
         self.db.conn.close()
@@ -214,9 +218,11 @@ class FileHubStore:
             },
         )
 
-    def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> None:
-        """A box's retained status (or its last will); the hub stamps its own time."""
+    def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool:
+        """A box's retained status (or its last will); the hub stamps its own time.
+        Returns whether the box was online before."""
         now = utcnow()
+        before = self.db.execute("SELECT online FROM boxes WHERE box_id=?", [box_id]).fetchone()
         self.db.execute(
             """INSERT INTO boxes(box_id, online, status, status_at, first_seen, last_seen)
                VALUES (?,?,?,?,?,?)
@@ -225,6 +231,7 @@ class FileHubStore:
                    last_seen=excluded.last_seen""",
             [box_id, int(online), json.dumps(status), now, now, now],
         )
+        return bool(before and before[0])
 
     def touch_box(self, box_id: str, rejection: str | None = None) -> None:
         """The box was heard from (and, with ``rejection``, sent something refused)."""

@@ -19,7 +19,6 @@ from flask import (
     abort,
     current_app,
     flash,
-    g,
     redirect,
     render_template,
     request,
@@ -31,22 +30,10 @@ from hub import reading, reports, users
 from hub.render import PRESETS
 from hub.store import FileHubStore
 from hub.templates import template
+from hub.web import request_store as _store
 
 ui = Blueprint("ui", __name__, template_folder="pages")
 READERS = ("radiologist", "admin")
-
-
-def _store() -> FileHubStore:
-    if "ui_store" not in g:
-        g.ui_store = FileHubStore(current_app.config["RADSETU"].data_dir)
-    return g.ui_store
-
-
-@ui.teardown_app_request
-def _close(_exc: BaseException | None) -> None:
-    store = g.pop("ui_store", None)
-    if store is not None:
-        store.close()
 
 
 def _csrf() -> str:
@@ -157,79 +144,79 @@ def read(study_uid: str) -> Any:
     )
 
 
-@ui.post("/read/<study_uid>/claim")
-@reader_required
-def claim(study_uid: str) -> Any:
-    _check_csrf()
-    try:
-        reading.claim(_store(), study_uid, session["user"])
-    except reports.ReportError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("ui.read", study_uid=study_uid))
+def study_form(rule: str) -> Any:
+    """A form posted about a study by a reader: the login and the CSRF token are
+    checked here for every such form, a refusal (ReportError) is shown on the page,
+    and the view returns the flash message and where to go (the study by default)."""
+
+    def decorate(view: Any) -> Any:
+        @ui.post(rule, endpoint=view.__name__)
+        @reader_required
+        @wraps(view)
+        def wrapped(study_uid: str) -> Any:
+            _check_csrf()
+            target = url_for("ui.read", study_uid=study_uid)
+            try:
+                message, target = view(_store(), study_uid) or (None, target)
+                if message:
+                    flash(message, "ok")
+            except reports.ReportError as exc:
+                flash(str(exc), "error")
+            return redirect(target)
+
+        return wrapped
+
+    return decorate
 
 
-@ui.post("/read/<study_uid>/report")
-@reader_required
-def save_report(study_uid: str) -> Any:
-    _check_csrf()
-    store = _store()
+@study_form("/read/<study_uid>/claim")
+def claim(store: FileHubStore, study_uid: str) -> Any:
+    reading.claim(store, study_uid, session["user"])
+
+
+@study_form("/read/<study_uid>/report")
+def save_report(store: FileHubStore, study_uid: str) -> Any:
     body = {
         "findings": request.form.get("findings", ""),
         "impression": request.form.get("impression", ""),
         "radiologist": session["user"],
         "critical": request.form.get("critical") == "on",
     }
-    try:
-        found = reports.for_study(store, study_uid)
-        if found and found[-1]["state"] == "draft":
-            r = reports.update_draft(store, found[-1]["report_id"], body)
-        else:
-            r = reports.create_draft(store, study_uid, body)
-        if request.form.get("action") == "sign":
-            reading.claim(store, study_uid, session["user"])
-            reports.sign(store, r["report_id"], session["user"])
-            flash("Signed: the report is on its way to the clinic.", "ok")
-        else:
-            flash("Draft saved.", "ok")
-    except reports.ReportError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("ui.read", study_uid=study_uid))
+    found = reports.for_study(store, study_uid)
+    if found and found[-1]["state"] == "draft":
+        r = reports.update_draft(store, found[-1]["report_id"], body)
+    else:
+        r = reports.create_draft(store, study_uid, body)
+    here = url_for("ui.read", study_uid=study_uid)
+    if request.form.get("action") != "sign":
+        return "Draft saved.", here
+    reading.claim(store, study_uid, session["user"])
+    reports.sign(store, r["report_id"], session["user"])
+    return "Signed: the report is on its way to the clinic.", here
 
 
-@ui.post("/read/<study_uid>/pass-on")
-@reader_required
-def pass_on(study_uid: str) -> Any:
-    _check_csrf()
-    try:
-        reading.assign(_store(), study_uid, request.form.get("subspecialty", ""))
-        flash(f"Passed on to {request.form.get('subspecialty')}.", "ok")
-    except reports.ReportError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("ui.worklist"))
+@study_form("/read/<study_uid>/pass-on")
+def pass_on(store: FileHubStore, study_uid: str) -> Any:
+    sub = request.form.get("subspecialty", "")
+    reading.assign(store, study_uid, sub)
+    return f"Passed on to {sub}.", url_for("ui.worklist")
 
 
-@ui.post("/read/<study_uid>/addendum")
-@reader_required
-def addendum(study_uid: str) -> Any:
-    _check_csrf()
-    store = _store()
+@study_form("/read/<study_uid>/addendum")
+def addendum(store: FileHubStore, study_uid: str) -> Any:
     signed = [r for r in reports.for_study(store, study_uid) if r["state"] == "signed"]
-    try:
-        if not signed:
-            raise reports.ReportError("sign the report before adding an addendum", 409)
-        reports.add_addendum(
-            store,
-            signed[-1]["report_id"],
-            {
-                "findings": request.form.get("findings", ""),
-                "radiologist": session["user"],
-                "critical": request.form.get("critical") == "on",
-            },
-        )
-        flash("Addendum signed: it goes to the clinic too.", "ok")
-    except reports.ReportError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("ui.read", study_uid=study_uid))
+    if not signed:
+        raise reports.ReportError("sign the report before adding an addendum", 409)
+    reports.add_addendum(
+        store,
+        signed[-1]["report_id"],
+        {
+            "findings": request.form.get("findings", ""),
+            "radiologist": session["user"],
+            "critical": request.form.get("critical") == "on",
+        },
+    )
+    return "Addendum signed: it goes to the clinic too.", url_for("ui.read", study_uid=study_uid)
 
 
 @ui.get("/turnaround")

@@ -18,9 +18,11 @@ api = Blueprint("hub_api", __name__, url_prefix="/api")
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 
-def _store() -> FileHubStore:
+def request_store() -> FileHubStore:
+    """The store for this request (API, pages and DICOMweb alike); closed at its end.
+    The app prepared the store once when it was made."""
     if "store" not in g:
-        g.store = FileHubStore(current_app.config["RADSETU"].data_dir)
+        g.store = FileHubStore(current_app.config["RADSETU"].data_dir, prepare=False)
     return g.store
 
 
@@ -32,14 +34,14 @@ def _close(_exc: BaseException | None) -> None:
 
 @api.get("/studies")
 def studies() -> Any:
-    return jsonify({"studies": list(_store().studies())})
+    return jsonify({"studies": list(request_store().studies())})
 
 
 @api.get("/studies/<study_uid>")
 def study(study_uid: str) -> Any:
     if not _UID.match(study_uid):
         abort(404)
-    instances = _store().study(study_uid)
+    instances = request_store().study(study_uid)
     if not instances:
         abort(404)
     return jsonify(
@@ -61,7 +63,7 @@ def report_error(exc: reports.ReportError) -> Any:
 
 @api.get("/studies/<study_uid>/reports")
 def study_reports(study_uid: str) -> Any:
-    return jsonify({"reports": reports.for_study(_store(), study_uid)})
+    return jsonify({"reports": reports.for_study(request_store(), study_uid)})
 
 
 @api.post("/studies/<study_uid>/reports")
@@ -69,42 +71,42 @@ def new_report(study_uid: str) -> Any:
     """A draft: ``{"findings": ..., "impression": ..., "radiologist": ..., "critical": false}``."""
     if not _UID.match(study_uid):
         abort(404)
-    return jsonify(reports.create_draft(_store(), study_uid, _body())), 201
+    return jsonify(reports.create_draft(request_store(), study_uid, _body())), 201
 
 
 @api.get("/reports/<report_id>")
 def report(report_id: str) -> Any:
-    return jsonify(reports.get(_store(), report_id))
+    return jsonify(reports.get(request_store(), report_id))
 
 
 @api.put("/reports/<report_id>")
 def edit_report(report_id: str) -> Any:
-    return jsonify(reports.update_draft(_store(), report_id, _body()))
+    return jsonify(reports.update_draft(request_store(), report_id, _body()))
 
 
 @api.post("/reports/<report_id>/sign")
 def sign_report(report_id: str) -> Any:
     body = request.get_json(silent=True) or {}
     who = body.get("radiologist") if isinstance(body, dict) else None
-    return jsonify(reports.sign(_store(), report_id, who if isinstance(who, str) else None))
+    return jsonify(reports.sign(request_store(), report_id, who if isinstance(who, str) else None))
 
 
 @api.post("/reports/<report_id>/addenda")
 def addendum(report_id: str) -> Any:
-    return jsonify(reports.add_addendum(_store(), report_id, _body())), 201
+    return jsonify(reports.add_addendum(request_store(), report_id, _body())), 201
 
 
 @api.get("/reports/<report_id>/pdf")
 def report_pdf(report_id: str) -> Any:
-    r = reports.get(_store(), report_id)
+    r = reports.get(request_store(), report_id)
     if not r["pdf_path"]:
         abort(404)
-    return send_file(_store().root / r["pdf_path"], mimetype="application/pdf")
+    return send_file(request_store().root / r["pdf_path"], mimetype="application/pdf")
 
 
 def _instance_path(study_uid: str, sop_uid: str) -> Any:
     row = (
-        _store()
+        request_store()
         .db.execute(
             "SELECT path FROM instances WHERE study_uid=? AND sop_instance_uid=? "
             "ORDER BY stored_at DESC LIMIT 1",
@@ -114,7 +116,7 @@ def _instance_path(study_uid: str, sop_uid: str) -> Any:
     )
     if row is None:
         abort(404)
-    return _store().root / row[0]
+    return request_store().root / row[0]
 
 
 @api.get("/studies/<study_uid>/instances/<sop_uid>/rendered")
@@ -161,7 +163,7 @@ def worklist() -> Any:
     return jsonify(
         {
             "studies": reading.worklist(
-                _store(),
+                request_store(),
                 modality=a.get("modality", ""),
                 clinic=a.get("clinic", ""),
                 subspecialty=a.get("subspecialty", ""),
@@ -180,12 +182,12 @@ def _who(body: dict[str, Any]) -> str:
 
 @api.post("/studies/<study_uid>/claim")
 def claim(study_uid: str) -> Any:
-    return jsonify(reading.claim(_store(), study_uid, _who(_body())))
+    return jsonify(reading.claim(request_store(), study_uid, _who(_body())))
 
 
 @api.post("/studies/<study_uid>/release")
 def release(study_uid: str) -> Any:
-    return jsonify(reading.release(_store(), study_uid, _who(_body())))
+    return jsonify(reading.release(request_store(), study_uid, _who(_body())))
 
 
 @api.post("/studies/<study_uid>/assign")
@@ -193,31 +195,31 @@ def assign(study_uid: str) -> Any:
     body = _body()
     sub = body.get("subspecialty", "")
     return jsonify(
-        reading.assign(_store(), study_uid, sub if isinstance(sub, str) else "", _who(body))
+        reading.assign(request_store(), study_uid, sub if isinstance(sub, str) else "", _who(body))
     )
 
 
 @api.get("/studies/<study_uid>/turnaround")
 def study_turnaround(study_uid: str) -> Any:
-    return jsonify(reading.turnaround(_store(), study_uid))
+    return jsonify(reading.turnaround(request_store(), study_uid))
 
 
 @api.get("/turnaround")
 def turnaround() -> Any:
     """Median and 90th percentile of each turnaround step, per clinic and priority."""
-    return jsonify({"turnaround": reading.turnaround_summary(_store())})
+    return jsonify({"turnaround": reading.turnaround_summary(request_store())})
 
 
 @api.get("/boxes")
 def boxes() -> Any:
     """Every box the hub has heard from: online (from its status and last will), when
     last seen (the hub's clock), and its own status (backlog, disk, version...)."""
-    return jsonify({"boxes": _store().boxes()})
+    return jsonify({"boxes": request_store().boxes()})
 
 
 @api.get("/transfers")
 def transfers() -> Any:
-    return jsonify({"transfers": _store().transfers()})
+    return jsonify({"transfers": request_store().transfers()})
 
 
 def create_app(cfg: Config | None = None) -> Flask:
@@ -227,6 +229,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     from hub import ui
     from hub.dicomweb import dicomweb
 
+    FileHubStore(cfg.data_dir).close()  # folders and migrations, once per process
     app = json_app(cfg, api, dicomweb)
     ui.install(app, cfg.data_dir)
     app.teardown_appcontext(_close)

@@ -262,10 +262,6 @@ class Uplink:
             if not t.verified
         ]
 
-    def is_acked(self, transfer_id: str, index: int) -> bool:
-        t = self.transfers.get(transfer_id)
-        return t is not None and index in t.acked
-
     def forget(self, transfer_id: str) -> None:
         self.transfers.pop(transfer_id, None)
         for key in [k for k in self.in_flight if k[0] == transfer_id]:
