@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "allowed_callers": [],
         "max_pdu": 262144,
         "stat_callers": [],
+        "engine": "native",
     },
     "web": {
         "host": "127.0.0.1",
@@ -200,6 +201,8 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("store.quiet_seconds: must be 0 or more")
     if v["dicom"]["max_pdu"] and v["dicom"]["max_pdu"] < 4096:
         raise ConfigError("dicom.max_pdu: must be 0 (unlimited) or at least 4096")
+    if d["engine"] not in ("native", "pynetdicom"):
+        raise ConfigError(f"dicom.engine: {d['engine']!r} is not one of native, pynetdicom")
     if v["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level: one of DEBUG, INFO, WARNING, ERROR")
     if v["store"]["retention_days"] < 0:

@@ -117,6 +117,36 @@ def accept_received(
     )
 
 
+def accept_written(
+    store: Store,
+    temp: TempFile,
+    meta: Meta,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    source: str,
+    max_bytes: int,
+    stat: bool = False,
+) -> Accepted:
+    """Keep a temp file the caller wrote (our meta header, then the dataset as it came
+    off the network, hashed on the way): fsync, prove, index."""
+    try:
+        store.ensure_room(0)  # the bytes are on the disk already; keep the reserve intact
+    except BaseException:
+        temp.discard()
+        raise
+    return _finish(
+        store,
+        temp,
+        meta,
+        b"",
+        None,
+        source,
+        max_bytes,
+        stat,
+        expect=(sop_class_uid, sop_instance_uid),
+    )
+
+
 def _finish(
     store: Store,
     temp: TempFile,

@@ -1,4 +1,6 @@
-"""The box's DICOM receiver (pynetdicom): C-ECHO, and C-STORE for every storage class.
+"""What a C-STORE is answered (shared by both receiver engines), and the receiver on
+pynetdicom (``[dicom] engine = "pynetdicom"``; the default is ``edge/receiver.py``):
+C-ECHO, and C-STORE for every storage class.
 
 Each handler returns a DICOM status and never lets an exception escape to pynetdicom:
 a refused instance gets a failure status with the reason logged, and the receiver
@@ -11,6 +13,7 @@ import functools
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ from edge.dicomfile import (
     InvalidInstance,
     read_meta,
 )
-from edge.intake import accept_dataset, accept_received
+from edge.intake import Accepted, accept_dataset, accept_received
 from edge.store import Outcome, Store, StoreFull
 
 log = logging.getLogger("radsetu.dicom")
@@ -83,60 +86,35 @@ def handle_echo(event: Any) -> int:
     return SUCCESS
 
 
-def handle_store(event: Any, store: Store, config: Config) -> int:
-    """Keep one instance; return 0x0000 only once it is durable."""
-    req = event.request
-    calling = event.assoc.requestor.ae_title.strip()
-    sop_uid = str(req.AffectedSOPInstanceUID)
-    stat = (
-        req.Priority == PRIORITY_HIGH
+def is_stat(priority: int, calling: str, config: Config) -> bool:
+    """A C-STORE is STAT when sent with priority HIGH or from a STAT calling AE title."""
+    return (
+        priority == PRIORITY_HIGH
         or calling in config["dicom"]["stat_callers"]
         or calling in config["stat"]["calling_ae_titles"]
     )
-    path = Path(event.dataset_path)
+
+
+def keep_status(accept: Callable[[], Accepted], sop_uid: str, calling: str) -> tuple[int, str]:
+    """Run ``accept`` and turn its outcome into a C-STORE status and, for a refusal, the
+    reason (logged here; the receiver may also send it back as the error comment)."""
     try:
-        with open(path, "rb") as f:
-            received_meta = read_meta(f.read(MAX_META_BYTES))
-            size = os.fstat(f.fileno()).st_size - received_meta.end
-            f.seek(received_meta.end)
-            if received_meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID:
-                accepted = accept_received(
-                    store,
-                    path,
-                    received_meta,
-                    sop_class_uid=str(req.AffectedSOPClassUID),
-                    sop_instance_uid=sop_uid,
-                    source=f"dicom:{calling}",
-                    max_bytes=config["store"]["max_instance_bytes"],
-                    stat=stat,
-                )
-            else:  # pynetdicom wrote a header of its own: copy behind ours
-                accepted = accept_dataset(
-                    store,
-                    f,
-                    size,
-                    sop_class_uid=str(req.AffectedSOPClassUID),
-                    sop_instance_uid=sop_uid,
-                    transfer_syntax=str(event.context.transfer_syntax),
-                    source=f"dicom:{calling}",
-                    max_bytes=config["store"]["max_instance_bytes"],
-                    stat=stat,
-                )
+        accepted = accept()
     except StoreFull as exc:
         log.error("refused %s from %s (0xA700): %s", sop_uid, calling, exc)
-        return OUT_OF_RESOURCES
+        return OUT_OF_RESOURCES, "disk full on the receiving box"
     except InvalidInstance as exc:
         log.warning("refused %s from %s (0xC000): %s", sop_uid, calling, exc.reason)
-        return CANNOT_UNDERSTAND
+        return CANNOT_UNDERSTAND, exc.reason
     except OSError as exc:
         if exc.errno in (28, 122):  # ENOSPC, EDQUOT: the disk filled under us
             log.error("refused %s from %s (0xA700): disk full: %s", sop_uid, calling, exc)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, "disk full on the receiving box"
         log.exception("failed to keep %s from %s", sop_uid, calling)
-        return PROCESSING_FAILURE
+        return PROCESSING_FAILURE, "the box could not write the instance"
     except Exception:  # adapter boundary: the sender gets a failure and may retry
         log.exception("failed to keep %s from %s", sop_uid, calling)
-        return PROCESSING_FAILURE
+        return PROCESSING_FAILURE, "the box could not keep the instance"
     info = accepted.info
     if accepted.outcome is Outcome.DUPLICATE:
         log.info("study %s: %s from %s already stored", info.study_uid, sop_uid, calling)
@@ -149,7 +127,48 @@ def handle_store(event: Any, store: Store, config: Config) -> int:
             accepted.size,
             accepted.outcome.value,
         )
-    return SUCCESS
+    return SUCCESS, ""
+
+
+def handle_store(event: Any, store: Store, config: Config) -> int:
+    """Keep one instance; return 0x0000 only once it is durable."""
+    req = event.request
+    calling = event.assoc.requestor.ae_title.strip()
+    sop_uid = str(req.AffectedSOPInstanceUID)
+    stat = is_stat(req.Priority, calling, config)
+    path = Path(event.dataset_path)
+    max_bytes = config["store"]["max_instance_bytes"]
+
+    def accept() -> Accepted:
+        with open(path, "rb") as f:
+            received_meta = read_meta(f.read(MAX_META_BYTES))
+            size = os.fstat(f.fileno()).st_size - received_meta.end
+            f.seek(received_meta.end)
+            if received_meta.implementation_class_uid == IMPLEMENTATION_CLASS_UID:
+                return accept_received(
+                    store,
+                    path,
+                    received_meta,
+                    sop_class_uid=str(req.AffectedSOPClassUID),
+                    sop_instance_uid=sop_uid,
+                    source=f"dicom:{calling}",
+                    max_bytes=max_bytes,
+                    stat=stat,
+                )
+            # pynetdicom wrote a header of its own: copy behind ours
+            return accept_dataset(
+                store,
+                f,
+                size,
+                sop_class_uid=str(req.AffectedSOPClassUID),
+                sop_instance_uid=sop_uid,
+                transfer_syntax=str(event.context.transfer_syntax),
+                source=f"dicom:{calling}",
+                max_bytes=max_bytes,
+                stat=stat,
+            )
+
+    return keep_status(accept, sop_uid, calling)[0]
 
 
 def handle_conn_open(event: Any) -> None:

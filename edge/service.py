@@ -17,7 +17,7 @@ from typing import Any
 
 from waitress import create_server
 
-from edge import scp
+from edge import receiver, scp
 from edge.config import Config
 from edge.intake import index_existing
 from edge.store import StatRules, Store
@@ -100,7 +100,8 @@ def serve(config: Config) -> int:
     store = open_store(config)
     check_store(store)
     stop = threading.Event()
-    dicom = scp.start(config, store)
+    engine = receiver if config["dicom"]["engine"] == "native" else scp
+    dicom = engine.start(config, store)
     ticker = threading.Thread(
         target=_readiness_loop,
         args=(store, stop, config["store"]["retention_days"]),

@@ -1,17 +1,30 @@
 """The DICOM receiver end to end: dcmtk's storescu/echoscu against a running box."""
 
 import hashlib
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import need, storescu
+from conftest import need, storescu, wait_for
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
+from devkit.box import Box
 from devkit.corpus import SAMPLES, dataset_bytes, pydicom_file, sample_path
-from edge.dicomfile import read_meta
+from edge.dicomfile import build_meta, read_meta
+from wire import dul
+
+
+@pytest.fixture(params=["native", "pynetdicom"])
+def box(tmp_path: Path, request):
+    """Each receiver test runs against both upper layers ([dicom] engine)."""
+    b = Box(tmp_path / "box", quiet_seconds=1)
+    b.start(env={"RADSETU_DICOM_ENGINE": request.param})
+    yield b
+    b.stop()
 
 
 def stored_files(box, by_syntax: bool = False) -> dict:
@@ -98,8 +111,6 @@ def _scu_send_raw(port: int, file_with_meta: Path) -> int:
 
 
 def _with_dataset(tmp: Path, name: str, dataset: bytes) -> Path:
-    from edge.dicomfile import build_meta
-
     p = tmp / name
     p.write_bytes(
         build_meta(CTImageStorage, "1.2.826.0.1.3680043.8.498.1", "1.2.840.10008.1.2.1") + dataset
@@ -212,3 +223,124 @@ def test_disk_full_gives_out_of_resources(make_box, tmp_path):
         b.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _associate(port: int, contexts: list[tuple[int, str, str]]) -> socket.socket:
+    """A raw association (no toolkit): the way a broken or hostile peer would talk."""
+    rq = struct.pack(">HH", 1, 0) + b"RADSETU".ljust(16) + b"RAW_PEER".ljust(16) + bytes(32)
+    rq += dul._item(0x10, dul.APPLICATION_CONTEXT.encode())
+    for cid, abstract, ts in contexts:
+        sub = dul._item(0x30, abstract.encode()) + dul._item(0x40, ts.encode())
+        rq += dul._item(0x20, bytes([cid, 0, 0, 0]) + sub)
+    rq += dul._item(0x50, dul._item(0x51, struct.pack(">L", 16384)))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(dul._pdu(dul.ASSOCIATE_RQ, rq))
+    head = _recv(s, 6)
+    pdu_type, length = dul.pdu_header(head)
+    assert pdu_type == dul.ASSOCIATE_AC
+    _recv(s, length)
+    return s
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _store_command(sop_class: str, sop_uid: str, msg_id: int = 1) -> bytes:
+    el = dul._element
+    body = el(dul.TAG_AFFECTED_SOP_CLASS, dul._ui(sop_class))
+    body += el(dul.TAG_COMMAND_FIELD, dul._us(dul.C_STORE_RQ))
+    body += el(dul.TAG_MESSAGE_ID, dul._us(msg_id))
+    body += el(dul.TAG_PRIORITY, dul._us(0))
+    body += el(dul.TAG_DATASET_TYPE, dul._us(0))
+    body += el(dul.TAG_AFFECTED_SOP_INSTANCE, dul._ui(sop_uid))
+    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+
+def _pdata(cid: int, control: int, data: bytes) -> bytes:
+    return dul._pdu(dul.P_DATA, struct.pack(">LBB", len(data) + 2, cid, control) + data)
+
+
+def _closed_by_box(s: socket.socket) -> bytes:
+    """What the box sent before it closed the connection (an A-ABORT, or nothing)."""
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except ConnectionResetError:  # it closed with our bytes unread: that is a refusal too
+        pass
+    s.close()
+    return data
+
+
+def test_hostile_upper_layer_input(make_box):
+    """Raw bytes at the box's DICOM port, below any toolkit: each is refused with a
+    reason in the log, no temp file is left behind, and the box keeps serving."""
+    b = make_box("raw")
+    b.start()
+    port = b.dicom_port
+    ct = pydicom_file("CT_small.dcm")
+    meta = read_meta(ct.read_bytes()[:65536])
+    ds = dataset_bytes(ct)
+
+    # not DICOM at all
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: box\r\n\r\n")
+    _closed_by_box(s)
+    # a PDU that claims 4 GB
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(struct.pack(">BBL", dul.ASSOCIATE_RQ, 0, 0xFFFFFFF0))
+    _closed_by_box(s)
+    # data for a presentation context that was never accepted
+    s = _associate(port, [(1, meta.sop_class_uid, meta.transfer_syntax)])
+    s.sendall(_pdata(7, 0x03, _store_command(meta.sop_class_uid, meta.sop_instance_uid)))
+    assert _closed_by_box(s)[:1] == bytes([dul.ABORT])
+    # half a dataset, then the connection drops (a modality switched off mid-send)
+    s = _associate(port, [(1, meta.sop_class_uid, meta.transfer_syntax)])
+    s.sendall(_pdata(1, 0x03, _store_command(meta.sop_class_uid, meta.sop_instance_uid)))
+    s.sendall(_pdata(1, 0x00, ds[: len(ds) // 2]))
+    s.close()
+    # a C-STORE whose command names another SOP class than its context
+    s = _associate(port, [(1, meta.sop_class_uid, meta.transfer_syntax)])
+    s.sendall(_pdata(1, 0x03, _store_command("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4")))
+    s.sendall(_pdata(1, 0x02, ds))
+    head = _recv(s, 6)
+    rsp = _recv(s, dul.pdu_header(head)[1])
+    status = dul.command_us(dul.parse_command(rsp[6:]), dul.TAG_STATUS)
+    assert 0xC000 <= status <= 0xCFFF
+    s.sendall(dul._pdu(dul.RELEASE_RQ, bytes(4)))
+    assert _recv(s, 6)[:1] == bytes([dul.RELEASE_RP])
+    s.close()
+
+    wait_for(lambda: "in the middle of instance" in b.log_text(), 10, "the dropped sender")
+    log = b.log_text()
+    assert "claims" in log  # the 4 GB PDU
+    assert "not accepted" in log  # the unknown context
+    assert "negotiated for its presentation context" in log
+    assert b.api("/api/studies")["studies"] == []
+    wait_for(lambda: list((b.data_dir / "tmp").iterdir()) == [], 10, "no temp file left")
+    # and the box still takes a real instance
+    storescu(port, [ct])
+    assert len(b.api("/api/studies")["studies"]) == 1
+
+
+def test_upper_layer_codec_refuses_malformed_pdus():
+    with pytest.raises(dul.ProtocolError):
+        dul.parse_associate_rq(b"\x00\x01" + bytes(20))  # shorter than its header
+    body = struct.pack(">HH", 1, 0) + bytes(64) + b"\x20\x00\x00\x40\x01"  # item overruns
+    with pytest.raises(dul.ProtocolError):
+        dul.parse_associate_rq(body)
+    with pytest.raises(dul.ProtocolError):
+        list(dul.pdvs(memoryview(struct.pack(">LBB", 1000, 1, 3) + b"short")))
+    with pytest.raises(dul.ProtocolError):
+        dul.parse_command(struct.pack("<HHL", 8, 16, 2) + b"xx")  # not group 0000
+    cmd = dul.parse_command(dul.response(dul.C_STORE_RSP, 5, "1.2.3", 0xA700, "1.2.3.4", "full"))
+    assert dul.command_us(cmd, dul.TAG_STATUS) == 0xA700
+    assert dul.command_us(cmd, dul.TAG_RESPONDING_TO) == 5
+    assert dul.command_uid(cmd, dul.TAG_AFFECTED_SOP_INSTANCE) == "1.2.3.4"
