@@ -225,16 +225,12 @@ EPILOG_HUB_USER = (
 
 
 def cmd_hub_user_add(args: argparse.Namespace) -> int:
-    import getpass
-
+    from edge.passwords import read_password
     from hub.store import FileHubStore
     from hub.users import UserError, add
 
     config = _load_hub_config(args.config)
-    if sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.name}: ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
+    password = read_password(args.name)
     store = FileHubStore(config.data_dir)
     try:
         add(store, args.name, args.role, password)
@@ -244,6 +240,54 @@ def cmd_hub_user_add(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"user {args.name} ({args.role}) saved")
+    return 0
+
+
+EPILOG_EDGE_USER = (
+    "example: radsetu edge user add asha --role staff --language kn --config "
+    "/etc/radsetu/edge.toml (asks for the password, or reads it from standard input)"
+)
+
+
+def cmd_edge_user_add(args: argparse.Namespace) -> int:
+    from edge.accounts import AccountError, add_user
+    from edge.passwords import read_password
+    from edge.service import open_store
+
+    config = _load_config(args.config)
+    password = read_password(args.name)
+    store = open_store(config)
+    try:
+        add_user(store.db, args.name, args.role, password, args.language)
+    except AccountError as exc:
+        print(f"radsetu edge user add: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"user {args.name} ({args.role}, {args.language}) saved")
+    return 0
+
+
+EPILOG_HUB_TOKEN = (
+    "example: radsetu hub token add ops-bot --label prometheus --config /etc/radsetu/hub.toml "
+    "(prints the token once; send it as 'Authorization: Bearer <token>')"
+)
+
+
+def cmd_hub_token_add(args: argparse.Namespace) -> int:
+    from hub.access import add_token
+    from hub.store import FileHubStore
+
+    config = _load_hub_config(args.config)
+    store = FileHubStore(config.data_dir)
+    try:
+        token = add_token(store, args.name, args.label)
+    except ValueError as exc:
+        print(f"radsetu hub token add: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(token)
     return 0
 
 
@@ -272,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", help="TOML config file")
     s.set_defaults(func=cmd_edge_check)
+
+    s = sub.add_parser(
+        "user",
+        help="add or change an account for the clinic's page (password from standard input)",
+        epilog=EPILOG_EDGE_USER,
+    )
+    s.add_argument("action", choices=["add"])
+    s.add_argument("name")
+    s.add_argument("--role", default="staff", choices=["staff", "admin"])
+    s.add_argument("--language", default="en", choices=["en", "hi", "kn"])
+    s.add_argument("--config", help="TOML config file (the same one the box serves with)")
+    s.set_defaults(func=cmd_edge_user_add)
 
     s = top.add_parser(
         "pack", help="pack a study into one file (for a USB stick)", epilog=EPILOG_PACK
@@ -339,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--role", required=True, choices=["radiologist", "operator", "admin"])
     s.add_argument("--config", help="the hub's TOML config file")
     s.set_defaults(func=cmd_hub_user_add)
+
+    s = hsub.add_parser(
+        "token",
+        help="make an API token for a hub account (for scripts and Prometheus)",
+        epilog=EPILOG_HUB_TOKEN,
+    )
+    s.add_argument("action", choices=["add"])
+    s.add_argument("name", help="the account the token acts as (its role applies)")
+    s.add_argument("--label", default="", help="what the token is for")
+    s.add_argument("--config", help="the hub's TOML config file")
+    s.set_defaults(func=cmd_hub_token_add)
     return p
 
 

@@ -44,6 +44,8 @@ class Box:
         printer: str = "",
         box_id: str = "test-box",
         data_dir: Path | None = None,
+        clinic: str = "",
+        web: dict[str, object] | None = None,
         **store: object,
     ):
         """Without ``mqtt`` the box does not sync; with it, it syncs to that broker."""
@@ -59,11 +61,13 @@ class Box:
         sync_cfg = {"enabled": mqtt is not None, **(sync or {})}
         lines = [
             f'box_id = "{box_id}"',
+            f"clinic = {json.dumps(clinic)}",
             f'data_dir = "{self.data_dir}"',
             "[dicom]",
             f"port = {self.dicom_port}",
             "[web]",
             f"port = {self.web_port}",
+            *(f"{k} = {json.dumps(v)}" for k, v in (web or {}).items()),
             "[store]",
             *(f"{k} = {json.dumps(v)}" for k, v in store_cfg.items()),
             "[sync]",
@@ -91,6 +95,14 @@ class Box:
         wait_port(self.dicom_port, proc=self.proc)
         wait_port(self.web_port, proc=self.proc)
         return self
+
+    def add_user(self, name: str, password: str, role: str = "staff", language: str = "en") -> None:
+        """An account for the clinic's page, made the way a field engineer would."""
+        subprocess.run(
+            [sys.executable, "-m", "radsetu", "edge", "user", "add", name, "--role", role,
+             "--language", language, "--config", str(self.config)],
+            input=password + "\n", text=True, check=True, capture_output=True,
+        )  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL: what a power cut looks like to the process."""

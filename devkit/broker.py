@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -148,10 +149,36 @@ class Broker:
         return cfg
 
 
+def hub_account(config: Path, name: str, role: str, password: str = "") -> str:
+    """Add an account to the hub with this config file (through the CLI, as an operator
+    would) and return a new API token for it."""
+    cli = [sys.executable, "-m", "radsetu", "hub"]
+    subprocess.run(
+        [*cli, "user", "add", name, "--role", role, "--config", str(config)],
+        input=(password or secrets.token_urlsafe(16)) + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [*cli, "token", "add", name, "--config", str(config)],
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    return out.stdout.strip()
+
+
 class Hub:
     """``radsetu hub serve`` with its own data folder, on a free port."""
 
-    def __init__(self, workdir: Path, mqtt: dict[str, object], workers: int = 1):
+    def __init__(
+        self,
+        workdir: Path,
+        mqtt: dict[str, object],
+        workers: int = 1,
+        sections: dict[str, dict[str, object]] | None = None,
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -165,9 +192,12 @@ class Hub:
             "[mqtt]",
             *(f"{k} = {json.dumps(v)}" for k, v in mqtt.items()),
         ]
+        for name, values in (sections or {}).items():
+            lines += [f"[{name}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
         self.config.write_text("\n".join(lines) + "\n")
         self.log = self.workdir / "hub.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.token = ""
 
     def start(self) -> Hub:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
@@ -180,7 +210,13 @@ class Hub:
         )
         logf.close()
         wait_port(self.web_port, proc=self.proc)
+        if not self.token:
+            self.token = self.add_user("devkit-admin", "admin", secrets.token_urlsafe(16))
         return self
+
+    def add_user(self, name: str, role: str, password: str) -> str:
+        """An account on this hub (through the CLI); returns an API token for it."""
+        return hub_account(self.config, name, role, password)
 
     def kill(self) -> None:
         """SIGKILL to the hub and its ingest, as a power cut would."""
@@ -196,12 +232,18 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
-        """GET, or send ``body`` as JSON (POST unless ``method`` says otherwise)."""
+    def api(
+        self, path: str, body: dict | None = None, method: str | None = None, token: str = ""
+    ) -> dict:
+        """GET, or send ``body`` as JSON (POST unless ``method`` says otherwise), as the
+        devkit's admin (or with ``token``)."""
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.web_port}{path}",
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {token or self.token}",
+            },
             method=method,
         )
         with urllib.request.urlopen(req, timeout=10) as r:

@@ -33,6 +33,7 @@ MQTT_DEFAULTS: dict[str, Any] = {
 
 DEFAULTS: dict[str, Any] = {
     "box_id": "",  # empty: the machine's host name
+    "clinic": "",
     "data_dir": "radsetu-data",
     "log_level": "INFO",
     "dicom": {
@@ -47,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "web": {
         "host": "127.0.0.1",
         "port": 8080,
+        "trust_loopback": True,
+        "max_upload_bytes": 8_000_000_000,
     },
     "store": {
         "reserve_bytes": 2_000_000_000,

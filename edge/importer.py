@@ -238,12 +238,13 @@ def run_import(
     max_total: int,
     max_ratio: int,
     progress_out: TextIO | None = sys.stderr,
+    source: str = "",
 ) -> Summary:
     """Import everything under ``path``; never raises for a bad file, only reports it."""
     summary = Summary()
     todo = list(candidates(path, max_bytes, max_total, max_ratio))
     progress = Progress(len(todo), progress_out) if progress_out else None
-    source = f"import:{path.name or path}"
+    source = source or f"import:{path.name or path}"
     for i, c in enumerate(todo):
         try:
             if c.refused:

@@ -105,7 +105,8 @@ class Outbox:
             [study_uid],
         ).fetchall()
         prio_row = self.db.execute(
-            "SELECT priority, first_received, coalesce(priority_reason, '') FROM studies "
+            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note "
+            "FROM studies "
             "WHERE study_uid=?",
             [study_uid],
         ).fetchone()
@@ -133,7 +134,11 @@ class Outbox:
             follow_up_of=earlier[0] if earlier else None,
             transfer_id=tid,
             # the box's clock, which may be wrong: the hub shows it as the box's
-            extra={"first_received": prio_row[1], "priority_reason": prio_row[2][:500]},
+            extra={
+                "first_received": prio_row[1],
+                "priority_reason": prio_row[2][:500],
+                "clinical_note": prio_row[3][:1000],
+            },
         )
         fsync_dir(self.folder)
         with open(out, "rb") as f:

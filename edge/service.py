@@ -130,8 +130,11 @@ def serve(config: Config) -> int:
     )
     printer.start()
     w = config["web"]
-    web = create_server(create_app(config, agent), host=w["host"], port=w["port"], threads=4)
-    log.info("web API on http://%s:%s/api/studies", w["host"], w["port"])
+    web_store = open_store(config)  # uploads from the clinic's page
+    web = create_server(
+        create_app(config, agent, web_store), host=w["host"], port=w["port"], threads=4
+    )
+    log.info("clinic page on http://%s:%s/ (API: /api/studies)", w["host"], w["port"])
 
     def shutdown(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)

@@ -142,6 +142,39 @@ def m003_reports(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m004_clinic(db: sqlite_utils.Database) -> None:
+    """The clinic's page: staff accounts, the append-only audit log, the clinical note,
+    what the hub says of a study (being read), and note/priority changes for the hub."""
+    db.execute("ALTER TABLE studies ADD COLUMN clinical_note TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE studies ADD COLUMN hub_state TEXT")
+    db.execute("ALTER TABLE studies ADD COLUMN hub_state_at TEXT")
+    db.execute("ALTER TABLE studies ADD COLUMN update_pending INTEGER NOT NULL DEFAULT 0")
+    db.execute("""
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY, role TEXT NOT NULL, language TEXT NOT NULL,
+            password_hash TEXT NOT NULL, created_at TEXT NOT NULL
+        )""")
+    create_audit_table(db)
+
+
+def create_audit_table(db: sqlite_utils.Database, *extra_columns: str) -> None:
+    """The audit log (box and hub alike): who did what to which study, when, from
+    where. Triggers refuse every UPDATE and DELETE: rows are only ever added."""
+    extra = "".join(f"{c}, " for c in extra_columns)
+    db.execute(f"""
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, username TEXT NOT NULL,
+            {extra}action TEXT NOT NULL, study_uid TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT ''
+        )""")
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+        )
+
+
 @dataclass(frozen=True)
 class StatRules:
     """What makes a study STAT without a person: ``[stat]`` in the config."""

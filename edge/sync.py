@@ -45,6 +45,7 @@ from wire.report import decode_report
 from wire.report import encode_ack as encode_report_ack
 from wire.transfer import TransferVerified, Uplink
 
+HUB_STATES = ("being read",)
 log = logging.getLogger("radsetu.sync")
 
 LOCAL_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
@@ -129,6 +130,10 @@ class Agent:
     def __init__(self, config: Config, store: Store, outbox: Outbox):
         self.config = config
         self.box_id = config.box_id
+        self.study_mids: dict[int, tuple[str, str, str]] = {}
+        self.study_inflight: dict[str, int] = {}
+        self.last_study_check = 0.0
+        self.clinic = str(config["clinic"])
         self.m = config["mqtt"]
         self.s = config["sync"]
         self.store = store
@@ -365,8 +370,10 @@ class Agent:
             [
                 (frames.topic(self.box_id, frames.DOWN_ACK), 1),
                 (frames.topic(self.box_id, frames.DOWN_REPORT), 1),
+                (frames.topic(self.box_id, frames.DOWN_STUDY), 1),
             ]
         )
+        self.study_inflight.clear()  # unconfirmed updates go again
         # the manifests go on the next step, after paho has queued its resends of
         # what was in flight: the hub's answer must come after those copies arrived
         self.resync_due = True
@@ -379,6 +386,9 @@ class Agent:
         if msg.topic.endswith(frames.DOWN_REPORT):
             self.events.append(("report", msg.payload))
             return
+        if msg.topic.endswith(frames.DOWN_STUDY):
+            self.events.append(("study", msg.payload))
+            return
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         self.events.append(("ack", (msg.payload, corr)))
 
@@ -386,6 +396,15 @@ class Agent:
         if rc.is_failure:  # paho counts a refused publish as published: say so
             log.error("the broker refused message %d: %s (ACL or size limit?)", mid, rc)
             self.last_error = f"broker refused a message: {rc}"
+            return
+        done = self.study_mids.pop(mid, None)
+        if done is not None:  # the broker has the update: clear it unless it changed since
+            self.outbox.db.execute(
+                "UPDATE studies SET update_pending=0 WHERE study_uid=? AND priority=? "
+                "AND clinical_note=?",
+                list(done),
+            )
+            self.study_inflight.pop(done[0], None)
 
     # events
 
@@ -401,6 +420,8 @@ class Agent:
                 self._take_ack(*value)
             elif kind == "report":
                 self._take_report(value)
+            elif kind == "study":
+                self._take_study(value)
             elif kind == "printed":
                 assert self.client is not None
                 self.client.publish(
@@ -427,6 +448,39 @@ class Agent:
             encode_report_ack(report["report_id"], report["version"]),
             qos=1,
         )
+
+    def _take_study(self, payload: bytes) -> None:
+        """The hub's word on a study: a radiologist started reading it."""
+        try:
+            msg = json.loads(payload)
+            uid, state = msg["study_uid"], msg["state"]
+            if not isinstance(uid, str) or state not in HUB_STATES:
+                raise ValueError(f"state {state!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed study message from the hub: %s", exc)
+            return
+        self.outbox.db.execute(
+            "UPDATE studies SET hub_state=?, hub_state_at=? WHERE study_uid=?",
+            [state, utcnow(), uid],
+        )
+
+    def _publish_study_updates(self) -> None:
+        """STAT marks and clinical notes made at the clinic after the study was packed
+        go to the hub on their own; cleared once the broker has them (``_on_publish``)."""
+        assert self.client is not None
+        for uid, priority, note in self.outbox.db.execute(
+            "SELECT study_uid, priority, clinical_note FROM studies WHERE update_pending=1"
+        ).fetchall():
+            if uid in self.study_inflight:
+                continue
+            body = {"study_uid": uid, "priority": priority, "clinical_note": note}
+            info = self.client.publish(
+                frames.topic(self.box_id, frames.UP_STUDY),
+                json.dumps(body, separators=(",", ":")),
+                qos=1,
+            )
+            self.study_mids[info.mid] = (uid, priority, note)
+            self.study_inflight[uid] = info.mid
 
     def _take_ack(self, payload: bytes, corr: bytes | None) -> None:
         try:
@@ -540,6 +594,9 @@ class Agent:
                     self._publish_manifest(tid)
             if now - self.last_status >= self.s["status_seconds"]:
                 self._publish_status(now)
+            if now - self.last_study_check >= 1.0:
+                self.last_study_check = now
+                self._publish_study_updates()
 
     def status(self, db: Any = None) -> dict[str, Any]:
         """What the box tells the hub (and its own page) about itself; ``db``: a
@@ -554,6 +611,7 @@ class Agent:
         ]
         return {
             "box_id": self.box_id,
+            "clinic": self.clinic,
             "online": True,
             "link": "up" if self.connected else "down",
             "version": version(),

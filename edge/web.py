@@ -1,4 +1,5 @@
-"""The box's web service (Flask, served by waitress): the read API for now."""
+"""The box's web service (Flask, served by waitress): the API here, the clinic's
+pages in ``edge/clinic.py``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import re
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_file
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_file, session
 from flask.json.provider import DefaultJSONProvider
 
 from edge import catalog
@@ -65,6 +66,16 @@ def set_priority(study_uid: str) -> Any:
     ):
         abort(404)
     log.info("study %s: priority set to %s (%s)", study_uid, body["priority"], reason)
+    from edge.accounts import audit
+
+    audit(
+        _db(),
+        session.get("user", "") or "api",
+        "priority",
+        study_uid,
+        f"{body['priority']}: {reason}",
+        request.remote_addr or "",
+    )
     return jsonify({"study_uid": study_uid, "priority": body["priority"], "reason": reason})
 
 
@@ -160,13 +171,23 @@ def json_app(cfg: edge_config.Config, *blueprints: Blueprint) -> Flask:
     return app
 
 
-def create_app(cfg: edge_config.Config | None = None, agent: Any = None) -> Flask:
-    """Build the box's web app; ``cfg`` defaults to the file in $RADSETU_CONFIG."""
+def create_app(
+    cfg: edge_config.Config | None = None, agent: Any = None, store: Any = None
+) -> Flask:
+    """Build the box's web app (the clinic's page and the API); ``cfg`` defaults to the
+    file in $RADSETU_CONFIG; ``store`` is where uploads are kept."""
     if cfg is None:
         import os
 
         cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
+    if store is None:
+        from edge.service import open_store
+
+        store = open_store(cfg)
+    from edge import clinic
+
     app = json_app(cfg, api)
     app.config["RADSETU_AGENT"] = agent
+    clinic.install(app, cfg.data_dir, store)
     app.teardown_appcontext(_close_db)
     return app

@@ -23,6 +23,12 @@ DEFAULTS: dict[str, Any] = {
         "client_id": "radsetu-hub-1",
         "shared_group": "hub",
     },
+    "alerts": {
+        "offline_seconds": 600,
+        "backlog_growth_seconds": 1800,
+        "low_disk_bytes": 5_000_000_000,
+        "stall_seconds": 900,
+    },
 }
 
 
@@ -34,6 +40,9 @@ def _validate(v: dict[str, Any]) -> None:
     if v["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("log_level: one of DEBUG, INFO, WARNING, ERROR")
     validate_mqtt(v["mqtt"], "mqtt")
+    for key, value in v["alerts"].items():
+        if not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"alerts.{key}: a number, 0 or more")
     for key in ("client_id", "shared_group"):
         value = v["mqtt"][key]
         if not value or any(c in value for c in "/+#$ "):

@@ -127,6 +127,7 @@ def take_chunk(
             _save(store, r, source, **counts)
             return r.ack()
         data = bytes(data)
+        store.count_traffic(r.manifest.box_id, len(data))
         events = r.receive(index, data)  # checks length and hash; raises out of range
         if any(isinstance(ev, ChunkAccepted) for ev in events):
             # durable before the reception that counts it as held is saved

@@ -25,8 +25,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import Config
+from edge.store import utcnow
 from edge.sync import connect_properties, mqtt_client
-from hub import reports
+from hub import reading, reports
 from hub.ingest import take_chunk, take_manifest
 from hub.store import FileHubStore
 from wire import frames
@@ -139,6 +140,13 @@ class Ingest:
         try:
             for box_id, message in reports.due(self.store, time.time(), REPORT_RETRY_SECONDS):
                 self.client.publish(frames.topic(box_id, frames.DOWN_REPORT), message, qos=1)
+            for nid, box_id, uid, state in self.store.db.execute(
+                "SELECT id, box_id, study_uid, state FROM notices WHERE sent_at IS NULL "
+                "ORDER BY id LIMIT 100"
+            ).fetchall():
+                body = json.dumps({"study_uid": uid, "state": state}, separators=(",", ":"))
+                self.client.publish(frames.topic(box_id, frames.DOWN_STUDY), body, qos=1)
+                self.store.db.execute("UPDATE notices SET sent_at=? WHERE id=?", [utcnow(), nid])
         except Exception:  # the next round tries again
             log.exception("sending reports failed")
 
@@ -161,6 +169,9 @@ class Ingest:
                 rid, version, was_printed = decode_report_ack(msg.payload)
                 if reports.acked(self.store, box_id, rid, version, was_printed):
                     log.info("box %s has report %s version %d", box_id, rid, version)
+                return
+            if leaf == frames.UP_STUDY:
+                self._study_update(box_id, msg.payload)
                 return
             if leaf == frames.UP_MANIFEST:
                 ack = take_manifest(self.store, msg.payload, source, box_id=box_id)
@@ -190,6 +201,21 @@ class Ingest:
             json.dumps(ack, separators=(",", ":")),
             qos=1,
             properties=props,
+        )
+
+    def _study_update(self, box_id: str, payload: bytes) -> None:
+        if len(payload) > 8192:
+            raise RemoteProtocolError(f"study update of {len(payload)} bytes is too large")
+        try:
+            body = json.loads(payload)
+            uid, prio, note = body["study_uid"], body["priority"], body["clinical_note"]
+            if not (isinstance(uid, str) and isinstance(note, str) and 0 < len(uid) <= 64):
+                raise ValueError("study_uid and clinical_note must be text")
+            here = reading.clinic_update(self.store, box_id, uid, prio, note)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteProtocolError(f"malformed study update: {exc}") from exc
+        log.info(
+            "box %s: study %s is %s%s", box_id, uid, prio, "" if here else " (before the study)"
         )
 
     def _status(self, box_id: str, payload: bytes) -> None:

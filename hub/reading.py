@@ -75,6 +75,44 @@ def study_verified(store: FileHubStore, m: Manifest) -> None:
             "now": utcnow(),
         },
     )
+    note = extra.get("clinical_note")
+    if isinstance(note, str) and note:
+        store.db.execute(
+            "UPDATE hub_studies SET clinical_note=? WHERE study_uid=? AND clinical_note=''",
+            [note[:1000], m.study_uid],
+        )
+    hint = store.db.execute(
+        "SELECT priority, clinical_note FROM study_hints WHERE study_uid=? AND box_id=?",
+        [m.study_uid, m.box_id],
+    ).fetchone()
+    if hint is not None:  # the clinic's word came before the study did
+        clinic_update(store, m.box_id, m.study_uid, hint[0], hint[1])
+        store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [m.study_uid])
+
+
+def clinic_update(
+    store: FileHubStore, box_id: str, study_uid: str, priority: str, note: str
+) -> bool:
+    """The clinic marked the study STAT or wrote its clinical note (``up/study``). A study
+    not here yet keeps the word until it comes. Returns whether the study is here."""
+    if priority not in ("stat", "routine"):
+        raise ValueError(f"priority {priority!r}")
+    cur = store.db.execute(
+        "UPDATE hub_studies SET clinical_note=?, "
+        "priority=CASE WHEN ?='stat' THEN 'stat' ELSE priority END, "
+        "priority_reason=CASE WHEN ?='stat' AND priority!='stat' THEN 'marked by the clinic' "
+        "ELSE priority_reason END WHERE study_uid=? AND box_id=?",
+        [note[:1000], priority, priority, study_uid, box_id],
+    )
+    if cur.rowcount:
+        return True
+    store.db.execute(
+        "INSERT INTO study_hints(study_uid, box_id, priority, clinical_note, at) "
+        "VALUES (?,?,?,?,?) ON CONFLICT(study_uid) DO UPDATE SET priority=excluded.priority, "
+        "clinical_note=excluded.clinical_note, at=excluded.at",
+        [study_uid, box_id, priority, note[:1000], utcnow()],
+    )
+    return False
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -114,7 +152,8 @@ def worklist(
     for row in store.db.query(q, args):
         row = dict(row)
         row["waiting_seconds"] = _seconds(row["verified_at"], now)
-        row["clinical_note"] = row.pop("priority_reason") if row["priority"] == "stat" else ""
+        reason = row.pop("priority_reason") if row["priority"] == "stat" else ""
+        row["clinical_note"] = row["clinical_note"] or reason
         out.append(row)
     return out
 
@@ -137,7 +176,12 @@ def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, An
     if not cur.rowcount:
         s = _study(store, study_uid)
         raise ReportError(f"{s['claimed_by']} is reading this study", 409)
-    return _study(store, study_uid)
+    s = _study(store, study_uid)
+    store.db.execute(  # the clinic's page shows "being read"
+        "INSERT INTO notices(box_id, study_uid, state, created_at) VALUES (?,?,?,?)",
+        [s["box_id"], study_uid, "being read", utcnow()],
+    )
+    return s
 
 
 def release(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from edge.store import utcnow, write_durably
+from edge.store import create_audit_table, utcnow, write_durably
 
 migrations = Migrations("radsetu.hub.store")
 
@@ -124,6 +125,48 @@ def m006_users(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m007_access_and_fleet(db: sqlite_utils.Database) -> None:
+    """API tokens for scripts, the append-only audit log, and each box's history (its
+    status over time, and the bytes that reached the hub per minute) for the
+    operators' charts and alerts."""
+    db.execute("""
+        CREATE TABLE api_tokens (
+            token_sha256 TEXT PRIMARY KEY, username TEXT NOT NULL, label TEXT NOT NULL,
+            created_at TEXT NOT NULL, last_used_at TEXT
+        )""")
+    create_audit_table(db, "role TEXT NOT NULL")
+    db.execute("""
+        CREATE TABLE box_history (
+            box_id TEXT NOT NULL, at REAL NOT NULL, online INTEGER NOT NULL,
+            backlog_studies INTEGER, backlog_bytes INTEGER, disk_free INTEGER
+        )""")
+    db.execute("CREATE INDEX box_history_box ON box_history(box_id, at)")
+    db.execute("""
+        CREATE TABLE box_traffic (
+            box_id TEXT NOT NULL, minute INTEGER NOT NULL, bytes INTEGER NOT NULL,
+            PRIMARY KEY (box_id, minute)
+        )""")
+
+
+@migrations()
+def m008_clinic_word(db: sqlite_utils.Database) -> None:
+    """The clinic's clinical note on a study (and STAT or a note that came before the
+    study did), and the hub's word back to the box (a radiologist is reading it)."""
+    db.execute("ALTER TABLE hub_studies ADD COLUMN clinical_note TEXT NOT NULL DEFAULT ''")
+    db.execute("""
+        CREATE TABLE study_hints (
+            study_uid TEXT PRIMARY KEY, box_id TEXT NOT NULL, priority TEXT NOT NULL,
+            clinical_note TEXT NOT NULL, at TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE notices (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, box_id TEXT NOT NULL,
+            study_uid TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
+            sent_at TEXT
+        )""")
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 
@@ -138,6 +181,7 @@ class HubStore(Protocol):
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
     def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool: ...
     def touch_box(self, box_id: str, rejection: str | None = None) -> None: ...
+    def count_traffic(self, box_id: str, nbytes: int) -> None: ...
 
 
 class FileHubStore:
@@ -222,7 +266,13 @@ class FileHubStore:
         """A box's retained status (or its last will); the hub stamps its own time.
         Returns whether the box was online before."""
         now = utcnow()
-        before = self.db.execute("SELECT online FROM boxes WHERE box_id=?", [box_id]).fetchone()
+        before = self.db.execute(
+            "SELECT online, status FROM boxes WHERE box_id=?", [box_id]
+        ).fetchone()
+        if not online and before is not None:
+            # a last will says little: keep the last figures the box gave (its backlog
+            # is still there) under what the will says
+            status = {**json.loads(before[1] or "{}"), **status}
         self.db.execute(
             """INSERT INTO boxes(box_id, online, status, status_at, first_seen, last_seen)
                VALUES (?,?,?,?,?,?)
@@ -231,7 +281,27 @@ class FileHubStore:
                    last_seen=excluded.last_seen""",
             [box_id, int(online), json.dumps(status), now, now, now],
         )
+        self.db.execute(
+            "INSERT INTO box_history(box_id, at, online, backlog_studies, backlog_bytes, "
+            "disk_free) VALUES (?,?,?,?,?,?)",
+            [
+                box_id,
+                time.time(),
+                int(online),
+                status.get("backlog_studies"),
+                status.get("backlog_bytes"),
+                status.get("disk_free"),
+            ],
+        )
         return bool(before and before[0])
+
+    def count_traffic(self, box_id: str, nbytes: int) -> None:
+        """Bytes of chunks that reached the hub from a box, per minute (throughput)."""
+        self.db.execute(
+            "INSERT INTO box_traffic(box_id, minute, bytes) VALUES (?,?,?) "
+            "ON CONFLICT(box_id, minute) DO UPDATE SET bytes = bytes + excluded.bytes",
+            [box_id, int(time.time() // 60), nbytes],
+        )
 
     def touch_box(self, box_id: str, rejection: str | None = None) -> None:
         """The box was heard from (and, with ``rejection``, sent something refused)."""

@@ -5,7 +5,6 @@ shows as text), a little JavaScript for the viewer, no plug-in.
 
 from __future__ import annotations
 
-import os
 import secrets
 from datetime import timedelta
 from functools import wraps
@@ -19,6 +18,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -26,7 +26,8 @@ from flask import (
     url_for,
 )
 
-from hub import reading, reports, users
+from edge.passwords import local_next, session_key
+from hub import access, reading, reports, users
 from hub.render import PRESETS
 from hub.store import FileHubStore
 from hub.templates import template
@@ -72,13 +73,16 @@ def login() -> Any:
             current_app.logger.warning(
                 "failed login for %r from %s", name[:64], request.remote_addr
             )
+            access.audit(_store(), "login_failed", detail=name[:64])
             flash("Wrong user name or password.", "error")
         else:
             session.clear()
             session.permanent = True
             session.update(user=name, role=role)
-            nxt = request.args.get("next", "")
-            return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/")
+            g.user, g.role = name, role
+            access.audit(_store(), "login")
+            home = url_for("ops.fleet_page" if role == "operator" else "ui.worklist")
+            return redirect(local_next(request.args.get("next", "")) or home)
     return _page("Log in", "login.html")
 
 
@@ -129,6 +133,7 @@ def read(study_uid: str) -> Any:
     instances = _instances(store, study_uid)
     body_part = instances[0]["body_part"] if instances else ""
     draft = report or {**template(study["modality"], body_part), "critical": False}
+    access.audit(store, "view", study_uid)
     return _page(
         study["patient_name"],
         "read.html",
@@ -158,6 +163,10 @@ def study_form(rule: str) -> Any:
             target = url_for("ui.read", study_uid=study_uid)
             try:
                 message, target = view(_store(), study_uid) or (None, target)
+                action = view.__name__
+                if action == "save_report" and request.form.get("action") == "sign":
+                    action = "sign"
+                access.audit(_store(), action, study_uid)
                 if message:
                     flash(message, "ok")
             except reports.ReportError as exc:
@@ -233,17 +242,7 @@ def turnaround() -> Any:
 def install(app: Flask, data_dir: Path) -> None:
     """Register the pages; the session key is made once per hub and kept in its data
     folder (never in the repository), sessions expire after 8 hours."""
-    key_file = Path(data_dir) / "session.key"
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    app.secret_key = key_file.read_text().strip()
+    app.secret_key = session_key(data_dir)
     app.config.update(
         PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
         SESSION_COOKIE_HTTPONLY=True,

@@ -10,8 +10,8 @@ from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, sen
 
 from edge.config import Config
 from edge.web import json_app
+from hub import access, reading, reports
 from hub import config as hub_config
-from hub import reading, reports
 from hub.store import FileHubStore
 
 api = Blueprint("hub_api", __name__, url_prefix="/api")
@@ -88,12 +88,30 @@ def edit_report(report_id: str) -> Any:
 def sign_report(report_id: str) -> Any:
     body = request.get_json(silent=True) or {}
     who = body.get("radiologist") if isinstance(body, dict) else None
-    return jsonify(reports.sign(request_store(), report_id, who if isinstance(who, str) else None))
+    who = who if isinstance(who, str) and who else None
+    # an admin's script may sign for the draft's radiologist; a radiologist signs as themself
+    signer = _acting_for(who) if who or g.role != "admin" else None
+    signed = reports.sign(request_store(), report_id, signer)
+    access.audit(request_store(), "sign", signed.get("study_uid", ""), f"report {report_id}")
+    return jsonify(signed)
+
+
+def _acting_for(named: str | None) -> str:
+    """Who signs or claims: the caller; an admin (or a script's admin token) may name
+    the radiologist it acts for."""
+    if named and named != g.user and g.role != "admin":
+        raise reports.ReportError(f"{g.user} cannot act for {named}", 403)
+    return named or str(g.user)
 
 
 @api.post("/reports/<report_id>/addenda")
 def addendum(report_id: str) -> Any:
-    return jsonify(reports.add_addendum(request_store(), report_id, _body())), 201
+    body = _body()
+    if body.get("radiologist") or g.role != "admin":
+        body["radiologist"] = _acting_for(body.get("radiologist") or None)
+    made = reports.add_addendum(request_store(), report_id, body)
+    access.audit(request_store(), "addendum", made.get("study_uid", ""), f"to report {report_id}")
+    return jsonify(made), 201
 
 
 @api.get("/reports/<report_id>/pdf")
@@ -101,6 +119,7 @@ def report_pdf(report_id: str) -> Any:
     r = reports.get(request_store(), report_id)
     if not r["pdf_path"]:
         abort(404)
+    access.audit(request_store(), "view_report", r.get("study_uid", ""), f"report {report_id}")
     return send_file(request_store().root / r["pdf_path"], mimetype="application/pdf")
 
 
@@ -177,12 +196,14 @@ def _who(body: dict[str, Any]) -> str:
     who = body.get("radiologist", "")
     if not isinstance(who, str) or len(who) > 200:
         raise reports.ReportError("radiologist must be a name")
-    return who
+    return _acting_for(who or None)
 
 
 @api.post("/studies/<study_uid>/claim")
 def claim(study_uid: str) -> Any:
-    return jsonify(reading.claim(request_store(), study_uid, _who(_body())))
+    claimed = reading.claim(request_store(), study_uid, _who(_body()))
+    access.audit(request_store(), "claim", study_uid)
+    return jsonify(claimed)
 
 
 @api.post("/studies/<study_uid>/release")
@@ -222,6 +243,23 @@ def transfers() -> Any:
     return jsonify({"transfers": request_store().transfers()})
 
 
+@api.get("/fleet")
+def fleet() -> Any:
+    """The operators' dashboard as JSON: a row per box and the open alerts (the same
+    figures as /fleet and /metrics)."""
+    from hub import fleet as fleet_
+
+    return jsonify(fleet_.fleet(request_store(), current_app.config["RADSETU"]["alerts"]))
+
+
+@api.get("/audit")
+def audit() -> Any:
+    """The audit log, newest first (admins): ``?action=sign&limit=100``."""
+    limit = min(int(request.args.get("limit", 500) or 500), 5000)
+    rows = access.audit_rows(request_store(), limit, request.args.get("action", ""))
+    return jsonify({"audit": rows})
+
+
 def create_app(cfg: Config | None = None) -> Flask:
     """Build the hub's app; ``cfg`` defaults to the file in $RADSETU_HUB_CONFIG."""
     if cfg is None:
@@ -230,7 +268,10 @@ def create_app(cfg: Config | None = None) -> Flask:
     from hub.dicomweb import dicomweb
 
     FileHubStore(cfg.data_dir).close()  # folders and migrations, once per process
-    app = json_app(cfg, api, dicomweb)
+    from hub.ops import admin, ops
+
+    app = json_app(cfg, api, dicomweb, ops, admin)
     ui.install(app, cfg.data_dir)
+    app.before_request(lambda: access.check(request_store))
     app.teardown_appcontext(_close)
     return app

@@ -3,13 +3,15 @@
 Starts Mosquitto on a free port, the hub (`radsetu hub serve`: API and MQTT ingest) and
 a box (`radsetu edge serve`), each with a throwaway data folder. Sends a CT study (20
 slices made from pydicom-data's real 693_UNCI.dcm with new UIDs) and a real MR instance
-to the box with dcmtk's storescu, waits until the hub has verified every instance, and
-prints what happened and the URLs to open. With --keep everything stays up until Ctrl-C.
+to the box with dcmtk's storescu, waits until the hub has verified every instance, has a
+radiologist sign a report on the CT and waits until it is back at the box, then prints
+what happened and the URLs to open. With --keep everything stays up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -99,13 +101,39 @@ def main() -> int:
                     f"in {tr['chunk_count']} chunks; at the hub: "
                     f"{'every SHA-256 equal' if same else 'MISMATCH'}"
                 )
+            # a radiologist reports the CT; the report travels back to the box
+            ct = next(s for s in studies if s["modality"] == "CT")
+            password = secrets.token_urlsafe(12)  # a throwaway demo: shown, never kept
+            hub.add_user("dr-demo", "radiologist", password)
+            box.add_user("reception", password, role="admin")
+            hub.add_user("ops-demo", "operator", password)
+            t = time.monotonic()
+            rep = hub.api(
+                f"/api/studies/{ct['study_uid']}/reports",
+                {"findings": "No acute intracranial abnormality.", "impression": "Normal CT.",
+                 "radiologist": "dr-demo"},
+            )  # fmt: skip
+            hub.api(f"/api/reports/{rep['report_id']}/sign", {"radiologist": "dr-demo"})
+            back = wait(
+                "the report back at the box",
+                lambda: [r for r in box.api("/api/reports")["reports"]
+                         if r["report_id"] == rep["report_id"]],
+            )  # fmt: skip
+            print(
+                f"  report {rep['report_id']} signed at the hub and kept by the box in "
+                f'{time.monotonic() - t:.1f} s: "{back[0]["impression"]}" '
+                f"(PDF: http://127.0.0.1:{box.web_port}/api/reports/{rep['report_id']}/pdf)"
+            )
             (b,) = hub.api("/api/boxes")["boxes"]
             print(
                 f"\nthe hub sees box {b['box_id']}: {'online' if b['online'] else 'offline'}, "
                 f"backlog {b['status'].get('backlog_studies')} studies, last sync "
                 f"{b['status'].get('last_sync')}"
             )
-            print("\nopen:")
+            print(f"\nopen (user names below, password {password}):")
+            print(f"  the clinic's page    http://127.0.0.1:{box.web_port}/  (reception)")
+            print(f"  the reading room     http://127.0.0.1:{hub.web_port}/  (dr-demo)")
+            print(f"  the fleet            http://127.0.0.1:{hub.web_port}/fleet  (ops-demo)")
             print(f"  the box's studies    http://127.0.0.1:{box.web_port}/api/studies")
             print(f"  the box's sync       http://127.0.0.1:{box.web_port}/api/sync")
             print(f"  the hub's studies    http://127.0.0.1:{hub.web_port}/api/studies")
@@ -135,7 +163,7 @@ def main() -> int:
                 if part is not None:
                     part.stop()
             broker.stop()
-    print("\ndemo done: the study went from storescu to the box to the hub, verified")
+    print("\ndemo done: storescu -> box -> hub, verified; the report came back to the box")
     return 0
 
 

@@ -210,3 +210,54 @@ def printed(out: Path, report_id: str) -> list[Path]:
         if r.returncode == 0:
             done.append(p)
     return done
+
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+PHONE, DESKTOP = (390, 844), (1280, 1000)
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """Headless Chromium through selenium (Debian's chromium and chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for tool in ("chromium", "chromedriver"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing (make test installs chromium and chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+                f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def until(driver, cond, timeout: float = 10):  # type: ignore[no-untyped-def]
+    """Wait for ``cond``; an element replaced by the next page in the meantime (a click
+    that navigates) is looked for again, not an error."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ignored = (StaleElementReferenceException, NoSuchElementException)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(cond)
+
+
+def screenshots(driver, name: str) -> list[Path]:  # type: ignore[no-untyped-def]
+    """The page as it is, at phone (390 px) and desktop width, into test-artifacts/
+    (not committed); the window goes back to desktop width."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    out = []
+    for label, (w, h) in (("phone", PHONE), ("desktop", DESKTOP)):
+        driver.set_window_size(w, h)
+        driver.execute_script("window.scrollTo(0, 0)")
+        path = SCREENSHOTS / f"{name}-{label}.png"
+        driver.save_screenshot(str(path))
+        out.append(path)
+    return out

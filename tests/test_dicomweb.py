@@ -32,9 +32,10 @@ def assert_dicom_json(items: list) -> None:  # type: ignore[type-arg]
         pydicom.Dataset.from_json(item)
 
 
-def get(url: str) -> tuple[int, str, bytes]:
+def get(token: str, url: str) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(url, timeout=20) as r:
+        with urllib.request.urlopen(req, timeout=20) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read()
@@ -64,7 +65,7 @@ def test_qido_and_wado_over_real_studies(tmp_path, boxes):
             wait_for(lambda uid=uid: delivered(box, uid), 40, "the studies at the hub")
         base = f"http://127.0.0.1:{hub.web_port}/dicomweb"
 
-        status, ctype, body = get(f"{base}/studies")
+        status, ctype, body = get(hub.token, f"{base}/studies")
         assert status == 200 and ctype.startswith("application/dicom+json")
         studies = json.loads(body)
         assert_dicom_json(studies)
@@ -73,36 +74,38 @@ def test_qido_and_wado_over_real_studies(tmp_path, boxes):
         assert by_uid[ct_uid]["00201208"]["Value"] == [3]
         assert by_uid[mr_uid]["00080061"]["Value"] == ["MR"]
 
-        status, _, body = get(f"{base}/studies?ModalitiesInStudy=MR")
+        status, _, body = get(hub.token, f"{base}/studies?ModalitiesInStudy=MR")
         assert [s["0020000D"]["Value"][0] for s in json.loads(body)] == [mr_uid]
-        assert get(f"{base}/studies?PatientID=nobody")[0] == 204
-        assert get(f"{base}/studies?Bogus=1")[0] == 400
+        assert get(hub.token, f"{base}/studies?PatientID=nobody")[0] == 204
+        assert get(hub.token, f"{base}/studies?Bogus=1")[0] == 400
 
-        status, _, body = get(f"{base}/studies/{ct_uid}/series")
+        status, _, body = get(hub.token, f"{base}/studies/{ct_uid}/series")
         series = json.loads(body)
         assert_dicom_json(series)
         series_uid = series[0]["0020000E"]["Value"][0]
-        status, _, body = get(f"{base}/studies/{ct_uid}/series/{series_uid}/instances")
+        status, _, body = get(hub.token, f"{base}/studies/{ct_uid}/series/{series_uid}/instances")
         instances = json.loads(body)
         assert_dicom_json(instances)
         assert len(instances) == 3
 
         at_box = {i["sop_instance_uid"]: i for i in box.api(f"/api/studies/{ct_uid}")["instances"]}
         sop = instances[0]["00080018"]["Value"][0]
-        status, ctype, body = get(f"{base}/studies/{ct_uid}/series/{series_uid}/instances/{sop}")
+        status, ctype, body = get(
+            hub.token, f"{base}/studies/{ct_uid}/series/{series_uid}/instances/{sop}"
+        )
         assert status == 200 and ctype.startswith("multipart/related")
         (data,) = parts(ctype, body)
         sha = at_box[sop]["sha256"]
         stored_at_box = box.data_dir / "objects" / sha[:2] / f"{sha}.dcm"
         assert data == stored_at_box.read_bytes()
 
-        status, ctype, body = get(f"{base}/studies/{ct_uid}")
+        status, ctype, body = get(hub.token, f"{base}/studies/{ct_uid}")
         assert len(parts(ctype, body)) == 3
-        status, _, body = get(f"{base}/studies/{ct_uid}/metadata")
+        status, _, body = get(hub.token, f"{base}/studies/{ct_uid}/metadata")
         meta = json.loads(body)
         assert_dicom_json(meta)
         assert {m["00080018"]["Value"][0] for m in meta} == set(at_box)
-        assert get(f"{base}/studies/1.2.3.4")[0] == 404
+        assert get(hub.token, f"{base}/studies/1.2.3.4")[0] == 404
     finally:
         hub.stop()
         broker.stop()

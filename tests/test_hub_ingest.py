@@ -115,6 +115,7 @@ def test_hub_serve_answers_the_read_api(tmp_path, study):
     import urllib.request
 
     from devkit.box import free_port, wait_port
+    from devkit.broker import hub_account
 
     inst, m, chunks = study
     store = FileHubStore(tmp_path / "hub")
@@ -125,6 +126,7 @@ def test_hub_serve_answers_the_read_api(tmp_path, study):
     port = free_port()
     cfg = tmp_path / "hub.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[web]\nport = {port}\n')
+    token = hub_account(cfg, "script", "admin")
     proc = subprocess.Popen(
         [sys.executable, "-m", "radsetu", "hub", "serve", "--config", str(cfg)],
         stdout=subprocess.DEVNULL,
@@ -136,7 +138,11 @@ def test_hub_serve_answers_the_read_api(tmp_path, study):
         def get(path):
             for _ in range(50):
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+                    req = urllib.request.Request(
+                        f"http://127.0.0.1:{port}{path}",
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    with urllib.request.urlopen(req) as r:
                         return json.load(r)
                 except urllib.error.HTTPError:
                     raise

@@ -3,7 +3,6 @@ find the study, claim it, scroll images with a preset, write and sign a report."
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,41 +12,10 @@ import pytest
 
 from devkit.broker import Broker, Hub
 from devkit.corpus import data_file, replicate
-from tests.conftest import pdf_text, printed, storescu, wait_for
+from tests.conftest import pdf_text, printed, storescu, until, wait_for
 from tests.test_sync import delivered, start_box
 
 EVIL = "<script>window.pwned=1</script>^Evil"
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for tool in ("chromium", "chromedriver"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing (make test installs chromium and chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
-                f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
-
-
-def until(driver, cond, timeout: float = 10):  # type: ignore[no-untyped-def]
-    """Wait for ``cond``; an element replaced by the next page in the meantime (a click
-    that navigates) is looked for again, not an error."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    ignored = (StaleElementReferenceException, NoSuchElementException)
-    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(cond)
 
 
 def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
@@ -150,6 +118,11 @@ def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 400
         assert all(p.stat().st_size > 5000 for p in shots.iterdir())
+        # the hub's audit log has who viewed, claimed, signed and added to the study
+        rows = hub.api("/api/audit")["audit"]
+        mine = {r["action"] for r in rows if r["username"] == "dr-rao" and r["study_uid"] == uid}
+        assert {"view", "claim", "sign", "addendum"} <= mine, mine
+        assert any(r["action"] == "login_failed" for r in rows)
 
         # and the clinic's printer prints it: the report and then its addendum
         rid = report["report_id"]

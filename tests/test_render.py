@@ -12,6 +12,7 @@ import pytest
 
 from devkit.corpus import data_file, pydicom_file
 from edge.config import Config
+from hub import access, users
 from hub import config as hub_config
 from hub.store import FileHubStore
 from hub.web import create_app
@@ -39,7 +40,10 @@ def hub_client(tmp_path):
     cfg = hub_config.load(None, env={"RADSETU_HUB_DATA_DIR": str(tmp_path / "hub")})
     assert isinstance(cfg, Config)
     app = create_app(cfg)
-    yield app.test_client(), put, stored
+    users.add(store, "dr-rao", "radiologist", "correct horse battery")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {access.add_token(store, 'dr-rao')}"
+    yield client, put, stored
     store.close()
 
 

@@ -129,7 +129,7 @@ def test_migrations_rerun_safely(tmp_path):
     s.close()
     s = Store(tmp_path / "d")
     assert rows(s, "SELECT name FROM _sqlite_migrations ORDER BY name") == first
-    assert [n for (n,) in first] == ["m001_index", "m002_sync", "m003_reports"]
+    assert [n for (n,) in first] == ["m001_index", "m002_sync", "m003_reports", "m004_clinic"]
     s.close()
 
 

@@ -33,6 +33,8 @@ UP_CHUNK = "up/chunk"
 DOWN_ACK = "down/ack"
 DOWN_REPORT = "down/report"
 UP_REPORT_ACK = "up/report-ack"
+UP_STUDY = "up/study"  # the clinic marked a study STAT or wrote its clinical note
+DOWN_STUDY = "down/study"  # the hub's word on a study (a radiologist is reading it)
 STATUS = "status"
 
 

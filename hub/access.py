@@ -1,0 +1,151 @@
+"""Who may do what at the hub: every page and API call passes ``check()`` first.
+
+A caller is known by the session cookie (the pages' login) or by an API token
+(``Authorization: Bearer ...``, made with ``radsetu hub token add``). Each endpoint
+names the roles that may use it in ``ROLES``; an endpoint missing there is refused to
+everybody, so a new page cannot be left open by forgetting it. A request that changes
+something with a session cookie must carry the CSRF token (the form's ``csrf`` field
+or an ``X-CSRF-Token`` header); a token caller needs none (no browser sends it by
+itself). Every action worth knowing lands in the append-only audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from flask import abort, g, jsonify, redirect, request, session, url_for
+
+from edge.store import utcnow
+from hub.store import FileHubStore
+
+PUBLIC = ("public",)
+READ = ("radiologist", "admin")
+OPERATE = ("operator", "admin")
+ANYONE = ("radiologist", "operator", "admin")
+ADMIN = ("admin",)
+
+# endpoint -> roles allowed; blueprint-wide defaults after the explicit ones
+ROLES: dict[str, tuple[str, ...]] = {
+    "ui.login": PUBLIC,
+    "ui.logout": PUBLIC,
+    "static": PUBLIC,
+    "hub_api.boxes": OPERATE,
+    "hub_api.transfers": OPERATE,
+    "hub_api.fleet": OPERATE,
+    "hub_api.audit": ADMIN,
+    "ops.metrics": OPERATE,
+}
+BLUEPRINT_ROLES: dict[str, tuple[str, ...]] = {
+    "hub_api": READ,
+    "ui": READ,
+    "dicomweb": READ,
+    "ops": OPERATE,
+    "admin": ADMIN,
+}
+MACHINE_PREFIXES = ("/api/", "/dicomweb/", "/metrics")
+
+
+def roles_for(endpoint: str | None) -> tuple[str, ...] | None:
+    if endpoint is None:
+        return None
+    if endpoint in ROLES:
+        return ROLES[endpoint]
+    return BLUEPRINT_ROLES.get(endpoint.split(".", 1)[0], ())
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_token(store: FileHubStore, username: str, label: str = "") -> str:
+    """A new API token for ``username``; only its hash is kept, so it is shown once."""
+    if store.db.execute("SELECT 1 FROM users WHERE username=?", [username]).fetchone() is None:
+        raise ValueError(f"no user {username!r}: add the user first (radsetu hub user add)")
+    token = "rst_" + secrets.token_urlsafe(32)
+    store.db.execute(
+        "INSERT INTO api_tokens(token_sha256, username, label, created_at) VALUES (?,?,?,?)",
+        [token_hash(token), username, label, utcnow()],
+    )
+    return token
+
+
+def _from_token(store: FileHubStore, header: str) -> tuple[str, str] | None:
+    if not header.startswith("Bearer "):
+        return None
+    row = store.db.execute(
+        "SELECT u.username, u.role FROM api_tokens t JOIN users u USING(username) "
+        "WHERE t.token_sha256=?",
+        [token_hash(header[7:].strip())],
+    ).fetchone()
+    if row is None:
+        return None
+    store.db.execute(
+        "UPDATE api_tokens SET last_used_at=? WHERE token_sha256=?",
+        [utcnow(), token_hash(header[7:].strip())],
+    )
+    return str(row[0]), str(row[1])
+
+
+def _machine() -> bool:
+    return request.path.startswith(MACHINE_PREFIXES)
+
+
+def _refuse(status: int, why: str) -> Any:
+    if _machine() or request.authorization is not None:
+        return jsonify({"error": why}), status
+    if status == 401:
+        return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
+    abort(status, why)
+
+
+def check(store_for_request: Any) -> Any:
+    """The app's ``before_request``: None to go on, else the refusal to send."""
+    allowed = roles_for(request.endpoint)
+    if allowed is None or allowed == PUBLIC:
+        return None  # no such page (404 follows), or the login page itself
+    auth = request.headers.get("Authorization", "")
+    via = "token" if auth else "session"
+    who = _from_token(store_for_request(), auth) if auth else None
+    if who is None and not auth and session.get("user"):
+        who = (str(session["user"]), str(session.get("role", "")))
+    if who is None:
+        return _refuse(401, "log in, or send a valid API token (Authorization: Bearer ...)")
+    g.user, g.role, g.via = who[0], who[1], via
+    if who[1] not in allowed:
+        audit(store_for_request(), "refused", detail=f"{request.method} {request.path}")
+        return _refuse(403, f"a {who[1]} may not use {request.path}")
+    if via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
+        sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token", "")
+        if not sent or not secrets.compare_digest(sent, str(session.get("csrf", ""))):
+            return _refuse(400, "the form is stale or forged (no valid CSRF token): reload it")
+    return None
+
+
+def audit(store: FileHubStore, action: str, study_uid: str = "", detail: str = "") -> None:
+    """Append one row: who (the request's user, or ``system``) did what, when, from where."""
+    user = g.get("user", "") if _in_request() else ""
+    role = g.get("role", "") if _in_request() else ""
+    address = (request.remote_addr or "") if _in_request() else ""
+    store.db.execute(
+        "INSERT INTO audit(at, username, role, action, study_uid, detail, address) "
+        "VALUES (?,?,?,?,?,?,?)",
+        [utcnow(), user or "system", role, action, study_uid, detail[:500], address],
+    )
+
+
+def _in_request() -> bool:
+    from flask import has_request_context
+
+    return has_request_context()
+
+
+def audit_rows(store: FileHubStore, limit: int = 500, action: str = "") -> list[dict[str, Any]]:
+    where, args = ("WHERE action=?", [action]) if action else ("", [])
+    return [
+        dict(r)
+        for r in store.db.query(
+            f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+        )
+    ]
