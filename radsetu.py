@@ -233,6 +233,12 @@ def cmd_hub_user_add(args: argparse.Namespace) -> int:
     password = read_password(args.name)
     store = FileHubStore(config.data_dir)
     try:
+        if (
+            args.if_absent
+            and store.db.execute("SELECT 1 FROM users WHERE username=?", [args.name]).fetchone()
+        ):
+            print(f"user {args.name} exists: left as it is")
+            return 0
         add(store, args.name, args.role, password)
     except UserError as exc:
         print(f"radsetu hub user add: {exc}", file=sys.stderr)
@@ -258,6 +264,12 @@ def cmd_edge_user_add(args: argparse.Namespace) -> int:
     password = read_password(args.name)
     store = open_store(config)
     try:
+        if (
+            args.if_absent
+            and store.db.execute("SELECT 1 FROM users WHERE username=?", [args.name]).fetchone()
+        ):
+            print(f"user {args.name} exists: left as it is")
+            return 0
         add_user(store.db, args.name, args.role, password, args.language)
     except AccountError as exc:
         print(f"radsetu edge user add: {exc}", file=sys.stderr)
@@ -326,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--role", default="staff", choices=["staff", "admin"])
     s.add_argument("--language", default="en", choices=["en", "hi", "kn"])
+    s.add_argument(
+        "--if-absent", action="store_true", help="leave an existing account as it is (provisioning)"
+    )
     s.add_argument("--config", help="TOML config file (the same one the box serves with)")
     s.set_defaults(func=cmd_edge_user_add)
 
@@ -393,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["add"])
     s.add_argument("name")
     s.add_argument("--role", required=True, choices=["radiologist", "operator", "admin"])
+    s.add_argument(
+        "--if-absent", action="store_true", help="leave an existing account as it is (provisioning)"
+    )
     s.add_argument("--config", help="the hub's TOML config file")
     s.set_defaults(func=cmd_hub_user_add)
 

@@ -20,6 +20,7 @@ from waitress import create_server
 from edge import receiver, scp
 from edge.config import Config
 from edge.intake import index_existing
+from edge.notify import Watchdog, notify
 from edge.store import StatRules, Store
 from edge.web import create_app
 
@@ -143,12 +144,30 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+
+    def healthy() -> str | None:
+        for name, thread in (
+            ("the DICOM receiver", getattr(dicom, "thread", None)),
+            ("the readiness clock", ticker),
+            ("the printer", printer if config["print"]["printer"] else None),
+        ):
+            if thread is not None and not thread.is_alive():
+                return f"{name} stopped"
+        try:
+            store.db.execute("SELECT 1 FROM studies LIMIT 1").fetchall()
+        except Exception as exc:  # noqa: BLE001 - any failure is a reason to restart
+            return f"the index does not answer: {exc}"
+        return None
+
+    Watchdog(healthy, stop).start()
+    notify(f"READY=1\nSTATUS=serving DICOM on {config['dicom']['port']}, web on {w['port']}")
     try:
         web.run()
     except OSError:
         if not stop.is_set():
             raise
     finally:
+        notify("STOPPING=1")
         stop.set()
         dicom.shutdown()
         if agent is not None:
