@@ -144,6 +144,18 @@ def test_hub_fleet_pages_show_html_as_text(hub):
         body = c.get(path, headers=auth).get_data(as_text=True)
         assert "<script>window.pwned" not in body, path
     assert "&lt;script&gt;" in c.get("/fleet", headers=auth).get_data(as_text=True)
+    # the table sorts by any column, both ways
+    store.put_box_status("box-2", {"clinic": "B", "backlog_bytes": 9_000_000}, True)
+    order = re.findall(
+        r'tr class="box[^"]*" data-box="([^"]+)"',
+        c.get("/fleet?sort=backlog_bytes&dir=desc", headers=auth).get_data(as_text=True),
+    )
+    assert order == ["box-2", "box-1"]
+    order = re.findall(
+        r'tr class="box[^"]*" data-box="([^"]+)"',
+        c.get("/fleet?sort=backlog_bytes&dir=asc", headers=auth).get_data(as_text=True),
+    )
+    assert order == ["box-1", "box-2"]
     metrics = c.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'clinic="<script>window.pwned=1</script>^Evil"' in metrics  # a label, quoted
 

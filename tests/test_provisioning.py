@@ -1,0 +1,398 @@
+"""Field provisioning: the Ansible tree is lint-clean (production profile) and its
+playbooks parse; the broker role's configuration, run by a real Mosquitto, keeps each
+box to its own topics and refuses clients without the fleet's certificate; and, in a
+throwaway Debian root made with debootstrap, the image stage and the roles really run
+(users, files, units as expected; a second run changes nothing), the first boot makes
+the image a box, and the box answers C-ECHO."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devkit.box import free_port, wait_port
+from devkit.broker import Hub
+from tests.conftest import need, storescu, wait_for
+from tests.test_sync import delivered, make_study, start_box
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "ansible"
+VENV_BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def playbook(*args: str, check: bool = True) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    r = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), *args],
+        cwd=ANSIBLE,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"ansible-playbook {args} failed:\n{r.stdout[-4000:]}\n{r.stderr}")
+    return r
+
+
+def recap(out: str) -> dict[str, int]:
+    line = next(x for x in out.splitlines()[::-1] if " ok=" in x)
+    return {k: int(v) for k, v in (p.split("=") for p in line.split(":", 1)[1].split())}
+
+
+def test_ansible_lint_production_and_syntax():
+    r = subprocess.run(
+        [str(VENV_BIN / "ansible-lint"), "--profile", "production"],
+        cwd=ANSIBLE,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "passed" in (r.stdout + r.stderr)
+    for book in sorted((ANSIBLE / "playbooks").glob("*.yml")):
+        playbook("--syntax-check", str(book.relative_to(ANSIBLE)))
+
+
+def test_scripts_pass_shellcheck():
+    scripts = [
+        *sorted((ROOT / "firmware-image").rglob("*.sh")),
+        ROOT / "firmware-image/stage-radsetu/00-radsetu/files/radsetu-firstboot",
+        *sorted((ROOT / "scripts").glob("*.sh")),
+    ]
+    r = subprocess.run([need("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+# -- the broker as the role makes it --------------------------------------------------
+
+
+SECRETS = {
+    "radsetu_ca_passphrase": "a-test-ca-passphrase",
+    "radsetu_clinic_admin_password": "a-test-password-1",
+    "radsetu_hub_admin_password": "a-test-password-2",
+}
+
+
+def vault(tmp_path: Path) -> list[str]:
+    """The secrets in an Ansible Vault file with a password made now (as in the field:
+    only the encrypted file exists); the arguments that open it."""
+    password = tmp_path / "vault-password"
+    password.write_text(os.urandom(16).hex())
+    plain = tmp_path / "vault.yml"
+    plain.write_text("".join(f"{k}: {v}\n" for k, v in SECRETS.items()))
+    subprocess.run(
+        [str(VENV_BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(password),
+         str(plain)],
+        check=True, capture_output=True, env=env(),
+    )  # fmt: skip
+    assert plain.read_text().startswith("$ANSIBLE_VAULT;")
+    return ["-e", f"@{plain}", "--vault-password-file", str(password)]
+
+
+def inventory(tmp_path: Path, hosts: dict, shared: dict, secrets: bool = True) -> Path:  # type: ignore[type-arg]
+    inv = {"all": {"children": {g: {"hosts": {h: None for h in hs}} for g, hs in hosts.items()}}}
+    inv["all"]["vars"] = {
+        "radsetu_hub_box_id": "hub",
+        "radsetu_pki_dir": str(tmp_path / "pki"),
+        "radsetu_ntp_servers": ["pool.ntp.org"],
+        "radsetu_start_services": False,
+        **(SECRETS if secrets else {}),
+        **shared,
+    }
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(inv))
+    return path
+
+
+def issue(tmp_path: Path, inv: Path, *names: str, extra: tuple[str, ...] = ()) -> None:
+    """Certificates from the fleet CA for more identities (the ca role, as a box gets)."""
+    book = tmp_path / "issue.yml"
+    book.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        + "".join(
+            f"    - ansible.builtin.include_role: {{name: ca}}\n      vars: {{ca_cert_cn: {n}}}\n"
+            for n in names
+        )
+    )
+    playbook("-i", str(inv), str(book), *extra)
+
+
+@pytest.fixture
+def role_broker(tmp_path):
+    """Mosquitto running the configuration the broker role wrote (into a folder)."""
+    port = free_port()
+    etc = tmp_path / "etc-mosquitto"
+    inv = inventory(
+        tmp_path,
+        {"brokers": ["broker-1"]},
+        {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "ansible_become": False,
+            "broker_etc": str(etc),
+            "broker_manage_packages": False,
+            "broker_group": subprocess.run(
+                ["id", "-gn"], capture_output=True, text=True
+            ).stdout.strip(),
+            "broker_listen": "127.0.0.1",
+            "radsetu_broker_host": "localhost",
+            "radsetu_broker_port": port,
+        },
+        secrets=False,
+    )
+    opened = vault(tmp_path)
+    playbook("-i", str(inv), "playbooks/site.yml", *opened)
+    issue(tmp_path, inv, "box-a", "box-b", "hub", extra=tuple(opened))
+    main = tmp_path / "mosquitto.conf"
+    main.write_text(f"user {os.environ.get('USER', 'root')}\npersistence false\n"
+                    f"log_dest stderr\ninclude_dir {etc}/conf.d\n")  # fmt: skip
+    log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([need("mosquitto"), "-c", str(main)], stdout=log, stderr=log)
+    wait_port(port, proc=proc)
+    yield port, tmp_path / "pki", etc
+    proc.terminate()
+    proc.wait()
+    log.close()
+
+
+def client(pki: Path, who: str | None, port: int, ca: Path | None = None):  # type: ignore[no-untyped-def]
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{who}-{time.monotonic_ns()}",
+                    protocol=mqtt.MQTTv5)  # fmt: skip
+    c.tls_set(
+        ca_certs=str(ca or pki / "ca.crt"),
+        certfile=str(pki / f"{who}.crt") if who else None,
+        keyfile=str(pki / f"{who}.key") if who else None,
+    )
+    c.connect("localhost", port, keepalive=10)
+    return c
+
+
+def refused(pki: Path, who: str | None, port: int, ca: Path | None = None) -> bool:
+    """True when the broker never lets this client in (TLS or CONNACK refusal)."""
+    try:
+        c = client(pki, who, port, ca)
+    except (ssl.SSLError, OSError):
+        return True
+    c.loop_start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not c.is_connected():
+        time.sleep(0.1)
+    connected = c.is_connected()
+    c.loop_stop()
+    c.disconnect()
+    return not connected
+
+
+def test_broker_acl_keeps_each_box_to_its_own_topics(role_broker, tmp_path, boxes):
+    port, pki, etc = role_broker
+    conf = (etc / "conf.d" / "radsetu.conf").read_text()
+    assert "allow_anonymous false" in conf and "require_certificate true" in conf
+
+    got: list[str] = []
+    hub = client(pki, "hub", port)
+    hub.on_message = lambda _c, _u, m: got.append(m.topic)
+    hub.subscribe("radsetu/v1/#", qos=1)
+    hub.loop_start()
+
+    suback: list = []  # type: ignore[type-arg]
+    puback: dict = {}  # type: ignore[type-arg]
+    a = client(pki, "box-a", port)
+    a.on_subscribe = lambda _c, _u, _m, codes, _p: suback.extend(codes)
+    a.on_publish = lambda _c, _u, mid, rc, _p: puback.__setitem__(mid, rc)
+    a.loop_start()
+    try:
+        wait_for(lambda: a.is_connected() and hub.is_connected(), 10, "connections")
+        # Mosquitto grants the subscription but never delivers what the ACL forbids
+        a_got: list[str] = []
+        a.on_message = lambda _c, _u, m: a_got.append(m.topic)
+        a.subscribe([("radsetu/v1/box-b/#", 1), ("radsetu/v1/box-a/#", 1)])
+        wait_for(lambda: suback, 10, "the SUBACK")
+        hub.publish("radsetu/v1/box-b/down/report", b"for B only", qos=1).wait_for_publish(5)
+        hub.publish("radsetu/v1/box-a/down/ack", b"for A", qos=1).wait_for_publish(5)
+        wait_for(lambda: "radsetu/v1/box-a/down/ack" in a_got, 10, "A's own message")
+        other = a.publish("radsetu/v1/box-b/up/manifest", b"{}", qos=1).mid
+        own = a.publish("radsetu/v1/box-a/status", b"{}", qos=1).mid
+        wait_for(lambda: other in puback and own in puback, 10, "the PUBACKs")
+        assert puback[other].is_failure and not puback[own].is_failure
+        wait_for(lambda: "radsetu/v1/box-a/status" in got, 10, "box A's own message")
+        time.sleep(0.5)
+        assert "radsetu/v1/box-b/up/manifest" not in got  # A cannot write as B
+        assert not [t for t in a_got if "/box-b/" in t]  # nor read what is B's
+    finally:
+        a.loop_stop()
+        a.disconnect()
+
+    # no certificate, or one from another CA: never connected
+    assert refused(pki, None, port)
+    rogue = tmp_path / "rogue"
+    rogue.mkdir()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=box-a", "-keyout", str(rogue / "box-a.key"),
+         "-out", str(rogue / "box-a.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert refused(rogue, "box-a", port, ca=pki / "ca.crt")
+    assert not refused(pki, "box-b", port)  # the control: a real box gets in
+    hub.loop_stop()
+    hub.disconnect()
+
+    # and box A's own sync works through it, end to end, with a real hub
+    def mqtt_cfg(who: str) -> dict[str, object]:
+        files = {"ca_file": pki / "ca.crt", "cert_file": pki / f"{who}.crt",
+                 "key_file": pki / f"{who}.key"}  # fmt: skip
+        return {
+            "host": "localhost",
+            "port": port,
+            "tls": True,
+            **{k: str(v) for k, v in files.items()},
+        }
+
+    real_hub = Hub(tmp_path / "hub", mqtt_cfg("hub")).start()
+    try:
+        box = start_box(boxes, tmp_path / "box-a", mqtt_cfg("box-a"), box_id="box-a")
+        files, uid = make_study(tmp_path, "study", 2)
+        storescu(box.dicom_port, files)
+        wait_for(lambda: delivered(box, uid), 60, "box A's study at the hub")
+    finally:
+        real_hub.stop()
+
+
+# -- a throwaway Debian root ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory):
+    """RadSetu's wheel and what it needs, for the box's offline install."""
+    wh = tmp_path_factory.mktemp("wheelhouse")
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wh), str(ROOT)], check=True,
+                   capture_output=True)  # fmt: skip
+    (wheel,) = wh.glob("radsetu-*.whl")
+    subprocess.run(
+        [*pip, "download", "--only-binary=:all:", "-d", str(wh), "-c",
+         str(ROOT / "requirements.lock"), str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return wh
+
+
+@pytest.mark.slow
+def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse):
+    root = tmp_path / "rootfs"
+    r = subprocess.run(
+        [str(ROOT / "firmware-image/build-rootfs.sh"), str(root), str(wheelhouse)],
+        env=env(), capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+    in_root = ["chroot", str(root)]
+
+    # the image holds RadSetu, its units, and no box yet
+    assert (root / "opt/radsetu/venv/bin/radsetu").exists()
+    assert not (root / "etc/radsetu/edge.toml").exists()
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert {"radsetu-edge.service", "radsetu-firstboot.service"} <= {
+        p.name for p in wants.iterdir()
+    }
+    units = [
+        root / "etc/systemd/system" / u
+        for u in ("radsetu-edge.service", "radsetu-firstboot.service")
+    ]
+    v = subprocess.run(
+        ["systemd-analyze", f"--root={root}", "verify", *map(str, units)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert v.returncode == 0, v.stderr
+
+    # the first boot, with what a field engineer puts on the boot partition
+    inv = inventory(tmp_path, {}, {})
+    issue(tmp_path, inv, "box-img")
+    boot = root / "boot/firmware/radsetu"
+    boot.mkdir(parents=True)
+    for src, dst in (("ca.crt", "ca.crt"), ("box-img.crt", "box.crt"), ("box-img.key", "box.key")):
+        shutil.copy(tmp_path / "pki" / src, boot / dst)
+    (boot / "box.env").write_text('BOX_ID=box-img\nCLINIC="Test clinic"\nBROKER_HOST=broker.test\n'
+                                  "LAN_CIDR=10.9.0.0/24\n")  # fmt: skip
+    (boot / "admin-password").write_text("first-admin-password\n")
+    r = subprocess.run(
+        [*in_root, "/usr/local/sbin/radsetu-firstboot"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (root / "etc/hostname").read_text().strip() == "box-img"
+    assert not (boot / "box.key").exists() and not (boot / "admin-password").exists()
+    assert 'box_id = "box-img"' in (root / "etc/radsetu/edge.toml").read_text()
+    assert "10.9.0.0/24" in (root / "etc/nftables.conf").read_text()
+
+    # the edge service starts in that root and answers C-ECHO
+    dicom, web = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*in_root, "env", f"RADSETU_DICOM_PORT={dicom}", f"RADSETU_WEB_PORT={web}",
+         "RADSETU_SYNC_ENABLED=false", "runuser", "-u", "radsetu", "--",
+         "/opt/radsetu/venv/bin/radsetu", "edge", "serve", "--config", "/etc/radsetu/edge.toml"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_port(dicom, proc=proc, timeout=60)
+        e = subprocess.run([need("echoscu"), "-aec", "RADSETU", "127.0.0.1", str(dicom)],
+                           capture_output=True, text=True)  # fmt: skip
+        assert e.returncode == 0, e.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    # the full provisioning (broker, hub, edge roles) on the same root, then again
+    inv = inventory(
+        tmp_path,
+        {"brokers": ["rootfs"], "hubs": ["rootfs"], "boxes": ["rootfs"]},
+        {"ansible_host": str(root), "ansible_connection": "community.general.chroot",
+         "ansible_become": False, "edge_box_id": "box-img", "edge_clinic": "Test clinic",
+         "edge_lan_cidr": "10.9.0.0/24", "radsetu_broker_host": "broker.test",
+         "radsetu_broker_port": 8883, "radsetu_wheelhouse": str(wheelhouse)},
+    )  # fmt: skip
+    first = playbook("-i", str(inv), "playbooks/site.yml")
+    assert recap(first.stdout)["failed"] == 0
+    (user,) = [
+        x for x in (root / "etc/passwd").read_text().splitlines() if x.startswith("radsetu:")
+    ]
+    assert user.endswith(":/var/lib/radsetu:/usr/sbin/nologin"), user
+    toml = (root / "etc/radsetu/edge.toml").read_text()
+    assert 'box_id = "box-img"' in toml and "tls = true" in toml
+    assert oct((root / "etc/radsetu/tls/box.key").stat().st_mode & 0o777) == "0o640"
+    assert (
+        "pattern readwrite radsetu/v1/%u/#"
+        in (root / "etc/mosquitto/radsetu/radsetu.acl").read_text()
+    )
+    assert "require_certificate true" in (root / "etc/mosquitto/conf.d/radsetu.conf").read_text()
+    assert "WatchdogSec=30" in (root / "etc/systemd/system/radsetu-edge.service").read_text()
+    assert (root / "etc/systemd/system/radsetu-hub.service").exists()
+    assert {"mosquitto.service", "radsetu-edge.service", "radsetu-hub.service"} <= {
+        p.name for p in wants.iterdir()
+    }
+    units = [
+        root / "etc/systemd/system" / u for u in ("radsetu-edge.service", "radsetu-hub.service")
+    ]
+    v = subprocess.run(["systemd-analyze", f"--root={root}", "verify", *map(str, units)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert v.returncode == 0, v.stderr
+    again = playbook("-i", str(inv), "playbooks/site.yml")
+    assert recap(again.stdout)["changed"] == 0, again.stdout[-3000:]
