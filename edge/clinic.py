@@ -10,6 +10,7 @@ Access for the whole app (pages and ``/api``) is decided in ``check()``.
 from __future__ import annotations
 
 import ipaddress
+import math
 import secrets
 import shutil
 import tempfile
@@ -214,7 +215,7 @@ def studies_view(db: Any, today_only: bool = True) -> list[dict[str, Any]]:
             s["progress"] = {
                 "percent": round(100 * prog["done"] / prog["total"]) if prog["total"] else 0,
                 "left_mb": round((prog["total"] - prog["done"]) / 1e6, 1),
-                "eta_minutes": round(prog["eta"] / 60, 1) if prog["eta"] else None,
+                "eta_minutes": max(1, math.ceil(prog["eta"] / 60)) if prog["eta"] else None,
             }
         out.append(s)
     return out
