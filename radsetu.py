@@ -7,6 +7,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 EPILOG_SERVE = "example: radsetu edge serve --config /etc/radsetu/edge.toml"
 EPILOG_IMPORT = "example: radsetu edge import /media/usb/DICOMDIR --config /etc/radsetu/edge.toml"
@@ -232,6 +233,15 @@ def cmd_hub_user_add(args: argparse.Namespace) -> int:
     config = _load_hub_config(args.config)
     password = read_password(args.name)
     store = FileHubStore(config.data_dir)
+    return _user_add(
+        args, store, lambda: add(store, args.name, args.role, password), UserError, args.role
+    )
+
+
+def _user_add(args: argparse.Namespace, store: Any, add: Any, errors: Any, what: str) -> int:
+    """``radsetu edge|hub user add``: add (or change) the account, or with
+    ``--if-absent`` leave one that exists as it is; a refused name, role or password
+    exits with 2 and says why."""
     try:
         if (
             args.if_absent
@@ -239,13 +249,13 @@ def cmd_hub_user_add(args: argparse.Namespace) -> int:
         ):
             print(f"user {args.name} exists: left as it is")
             return 0
-        add(store, args.name, args.role, password)
-    except UserError as exc:
-        print(f"radsetu hub user add: {exc}", file=sys.stderr)
+        add()
+    except errors as exc:
+        print(f"radsetu {args.area} user add: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
-    print(f"user {args.name} ({args.role}) saved")
+    print(f"user {args.name} ({what}) saved")
     return 0
 
 
@@ -263,21 +273,13 @@ def cmd_edge_user_add(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     password = read_password(args.name)
     store = open_store(config)
-    try:
-        if (
-            args.if_absent
-            and store.db.execute("SELECT 1 FROM users WHERE username=?", [args.name]).fetchone()
-        ):
-            print(f"user {args.name} exists: left as it is")
-            return 0
-        add_user(store.db, args.name, args.role, password, args.language)
-    except AccountError as exc:
-        print(f"radsetu edge user add: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(f"user {args.name} ({args.role}, {args.language}) saved")
-    return 0
+    return _user_add(
+        args,
+        store,
+        lambda: add_user(store.db, args.name, args.role, password, args.language),
+        AccountError,
+        f"{args.role}, {args.language}",
+    )
 
 
 EPILOG_HUB_TOKEN = (

@@ -75,3 +75,34 @@ def test_check_and_second_serve_refuse_while_a_box_runs(tmp_path):
         timeout=30,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_user_add_if_absent_leaves_an_account_alone(tmp_path):
+    """Provisioning runs `user add --if-absent` on every run: the first makes the
+    account, the next ones change nothing; a bad password is refused with exit 2."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    hub_cfg = tmp_path / "hub.toml"
+    hub_cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n')
+    for area, role, conf in (("edge", "admin", cfg), ("hub", "operator", hub_cfg)):
+        cmd = [sys.executable, "-m", "radsetu", area, "user", "add", "ops-1", "--role", role,
+               "--if-absent", "--config", str(conf)]  # fmt: skip
+        first = subprocess.run(cmd, input="first password 1\n", capture_output=True, text=True)
+        assert first.returncode == 0 and "saved" in first.stdout, first.stderr
+        again = subprocess.run(cmd, input="other password 2\n", capture_output=True, text=True)
+        assert again.returncode == 0 and "exists" in again.stdout
+        short = subprocess.run(
+            [*cmd[:-3], "--config", str(conf)], input="short\n", capture_output=True, text=True
+        )
+        assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    from edge import accounts
+    from edge.config import load
+    from edge.service import open_store
+
+    store = open_store(load(cfg))
+    assert accounts.authenticate(store.db, "ops-1", "first password 1") is not None
+    assert accounts.authenticate(store.db, "ops-1", "other password 2") is None
+    store.close()
