@@ -15,6 +15,7 @@ _STUDY_SELECT = """
     SELECT s.study_uid, p.name AS patient_name, p.patient_id, s.study_date, s.study_time,
            s.description, s.accession_number, s.state, s.priority,
            s.first_received, s.last_received, s.ready_at, s.delivered_at, s.priority_reason,
+           s.clinical_note, s.hub_state,
            (SELECT group_concat(DISTINCT modality) FROM series WHERE study_uid=s.study_uid)
                AS modalities,
            (SELECT count(*) FROM instances WHERE study_uid=s.study_uid) AS instances,
@@ -34,9 +35,15 @@ def _study(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def list_studies(db: sqlite_utils.Database, limit: int = 500) -> list[dict[str, Any]]:
-    """Studies newest first, with patient, modality, counts, bytes and state."""
-    cur = db.execute(_STUDY_SELECT + " ORDER BY s.last_received DESC LIMIT ?", [limit])
+def list_studies(
+    db: sqlite_utils.Database, limit: int = 500, since: str = ""
+) -> list[dict[str, Any]]:
+    """Studies newest first (received at ``since`` or later), with patient, modality,
+    counts, bytes and state."""
+    cur = db.execute(
+        _STUDY_SELECT + " WHERE s.last_received >= ? ORDER BY s.last_received DESC LIMIT ?",
+        [since, limit],
+    )
     cols = [c[0] for c in cur.description]
     return [_study(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import secrets
 import shutil
 import tempfile
 import time
@@ -39,7 +38,7 @@ from werkzeug.utils import secure_filename
 
 from edge import accounts, catalog, i18n, importer
 from edge import reports as box_reports
-from edge.passwords import local_next, session_key
+from edge.passwords import csrf_sent, csrf_token, local_next, session_key
 
 clinic = Blueprint("clinic", __name__, template_folder="pages")
 PUBLIC_ENDPOINTS = {"clinic.login", "api.health", "static"}
@@ -59,9 +58,7 @@ def _(message: str, **kw: Any) -> str:
 
 
 def _csrf() -> str:
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return str(session["csrf"])
+    return csrf_token(session)
 
 
 def _audit(action: str, study_uid: str = "", detail: str = "") -> None:
@@ -91,8 +88,7 @@ def check() -> Any:
             return jsonify({"error": "log in first (the clinic's page)"}), 401
         return redirect(url_for("clinic.login", next=request.path))
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token", "")
-        if not sent or not secrets.compare_digest(sent, str(session.get("csrf", ""))):
+        if not csrf_sent(session, request.form, request.headers):
             if is_api or request.accept_mimetypes.best == "application/json":
                 return jsonify({"error": "missing or stale CSRF token: reload the page"}), 400
             abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
@@ -116,8 +112,7 @@ def _page(page: str, title: str, **ctx: Any) -> str:
 @clinic.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if request.method == "POST":
-        sent = request.form.get("csrf", "")
-        if not sent or not secrets.compare_digest(sent, str(session.get("csrf", ""))):
+        if not csrf_sent(session, request.form, request.headers):  # open without a login
             abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
         name = request.form.get("username", "")[:64]
         who = accounts.authenticate(_db(), name, request.form.get("password", ""))
@@ -190,23 +185,22 @@ def where(study: dict[str, Any], sending: dict[str, Any], reported: dict[str, An
     return "received"
 
 
-def studies_view(db: Any, today_only: bool = True) -> list[dict[str, Any]]:
+def today(db: Any) -> list[dict[str, Any]]:
+    """The studies of the last 24 hours, each with where it is."""
+    since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+    return studies_view(db, catalog.list_studies(db, since=since))
+
+
+def studies_view(db: Any, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``studies`` (catalog rows) with where each one is, its step and its progress."""
     sending = _sending(db)
     reported: dict[str, dict[str, Any]] = {}
     for uid, printed in db.execute(
         "SELECT study_uid, max(printed_at IS NOT NULL) FROM reports GROUP BY study_uid"
     ).fetchall():
         reported[uid] = {"printed": bool(printed)}
-    extra = {
-        r[0]: r[1:]
-        for r in db.execute("SELECT study_uid, clinical_note, hub_state FROM studies").fetchall()
-    }
-    since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400)) if today_only else ""
     out = []
-    for s in catalog.list_studies(db):
-        if since and (s["last_received"] or "") < since:
-            continue
-        s["clinical_note"], s["hub_state"] = extra.get(s["study_uid"], ("", None))
+    for s in studies:
         s["where"] = where(s, sending, reported)
         s["where_label"] = _(s["where"])
         s["step"] = STATE_ORDER.index(s["where"])
@@ -286,7 +280,7 @@ def home() -> Any:
     return _page(
         "home.html",
         "Today's studies",
-        studies=studies_view(db),
+        studies=today(db),
         health=health(db),
         steps=[_(s) for s in STATE_ORDER],
     )
@@ -307,7 +301,7 @@ def studies_json() -> Any:
         "step",
         "progress",
     )
-    rows = [{k: s.get(k) for k in keep} for s in studies_view(db)]
+    rows = [{k: s.get(k) for k in keep} for s in today(db)]
     return jsonify({"studies": rows, "health": health(db)})
 
 
@@ -317,11 +311,7 @@ def study(study_uid: str) -> Any:
     found = catalog.get_study(db, study_uid) if catalog.valid_uid(study_uid) else None
     if found is None:
         abort(404)
-    row = db.execute(
-        "SELECT clinical_note, hub_state FROM studies WHERE study_uid=?", [study_uid]
-    ).fetchone()
-    found["clinical_note"], found["hub_state"] = row
-    view = next((s for s in studies_view(db, False) if s["study_uid"] == study_uid), None)
+    (view,) = studies_view(db, [dict(found)])
     _audit("view", study_uid)
     reps = [r for r in box_reports.listing(db) if r["study_uid"] == study_uid]
     return _page(

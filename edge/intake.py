@@ -102,7 +102,6 @@ def accept_received(
     size = path.stat().st_size
     if size > max_bytes:
         raise InvalidInstance(f"{size} bytes is more than the {max_bytes}-byte limit")
-    store.ensure_room(0)  # before hashing: a full disk refuses at once
     temp = TempFile.adopt(path, meta.end)
     return accept_written(
         store, temp, meta, sop_class_uid, sop_instance_uid, source, max_bytes, stat

@@ -9,6 +9,7 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 N, R, P = 2**14, 8, 1
 MIN_LENGTH = 10
@@ -70,3 +71,17 @@ def read_password(name: str) -> str:
     if sys.stdin.isatty():
         return getpass.getpass(f"password for {name}: ")
     return sys.stdin.readline().rstrip("\n")
+
+
+def csrf_token(session: Any) -> str:
+    """The session's CSRF token (made on first use) for the page's forms and scripts."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+def csrf_sent(session: Any, form: Any, headers: Any) -> bool:
+    """Did the request carry its session's CSRF token (form field ``csrf`` or header
+    ``X-CSRF-Token``)? Compared in constant time."""
+    sent = form.get("csrf") or headers.get("X-CSRF-Token", "")
+    return bool(sent) and secrets.compare_digest(str(sent), str(session.get("csrf", "")))

@@ -261,7 +261,7 @@ class Association:
         abstract, ts = self.contexts[ctx_id]
         if field_ == dul.C_ECHO_RQ and not has_dataset:
             log.info("C-ECHO from %s", self.calling)
-            self.respond(ctx_id, dul.C_ECHO_RSP, message_id, abstract, SUCCESS)
+            self.reply(ctx_id, dul.response(dul.C_ECHO_RSP, message_id, abstract, SUCCESS))
             return
         incoming = Incoming(ctx_id, message_id, field_, max_bytes=self.receiver.max_bytes)
         if field_ != dul.C_STORE_RQ:
@@ -301,13 +301,13 @@ class Association:
     def on_dataset(self, incoming: Incoming) -> None:
         abstract, _ = self.contexts[incoming.ctx_id]
         if incoming.command_field != dul.C_STORE_RQ:
-            self.respond(
-                incoming.ctx_id,
+            rsp = dul.response(
                 incoming.command_field | 0x8000,
                 incoming.message_id,
                 abstract,
                 UNRECOGNIZED_OPERATION,
             )
+            self.reply(incoming.ctx_id, rsp)
             return
         if incoming.received == 0 and incoming.error is None:
             incoming.refuse(InvalidInstance("the C-STORE request came without a dataset"))
@@ -329,8 +329,7 @@ class Association:
             )
 
         status, comment = keep_status(accept, incoming.sop_instance_uid, self.calling)
-        self.respond(
-            incoming.ctx_id,
+        rsp = dul.response(
             dul.C_STORE_RSP,
             incoming.message_id,
             incoming.sop_class_uid,
@@ -338,20 +337,10 @@ class Association:
             incoming.sop_instance_uid,
             comment,
         )
+        self.reply(incoming.ctx_id, rsp)
 
-    def respond(
-        self,
-        ctx_id: int,
-        command_field: int,
-        message_id: int,
-        sop_class_uid: str,
-        status: int,
-        sop_instance_uid: str = "",
-        comment: str = "",
-    ) -> None:
-        command = dul.response(
-            command_field, message_id, sop_class_uid, status, sop_instance_uid, comment
-        )
+    def reply(self, ctx_id: int, command: bytes) -> None:
+        """Send a response command set (no dataset follows any response here)."""
         self.send(dul.p_data_command(ctx_id, command))
 
 

@@ -15,8 +15,9 @@ import hashlib
 import secrets
 from typing import Any
 
-from flask import abort, g, jsonify, redirect, request, session, url_for
+from flask import abort, g, has_request_context, jsonify, redirect, request, session, url_for
 
+from edge.passwords import csrf_sent
 from edge.store import utcnow
 from hub.store import FileHubStore
 
@@ -74,16 +75,16 @@ def add_token(store: FileHubStore, username: str, label: str = "") -> str:
 def _from_token(store: FileHubStore, header: str) -> tuple[str, str] | None:
     if not header.startswith("Bearer "):
         return None
+    digest = token_hash(header[7:].strip())
     row = store.db.execute(
         "SELECT u.username, u.role FROM api_tokens t JOIN users u USING(username) "
         "WHERE t.token_sha256=?",
-        [token_hash(header[7:].strip())],
+        [digest],
     ).fetchone()
     if row is None:
         return None
     store.db.execute(
-        "UPDATE api_tokens SET last_used_at=? WHERE token_sha256=?",
-        [utcnow(), token_hash(header[7:].strip())],
+        "UPDATE api_tokens SET last_used_at=? WHERE token_sha256=?", [utcnow(), digest]
     )
     return str(row[0]), str(row[1])
 
@@ -117,28 +118,22 @@ def check(store_for_request: Any) -> Any:
         audit(store_for_request(), "refused", detail=f"{request.method} {request.path}")
         return _refuse(403, f"a {who[1]} may not use {request.path}")
     if via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
-        sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token", "")
-        if not sent or not secrets.compare_digest(sent, str(session.get("csrf", ""))):
+        if not csrf_sent(session, request.form, request.headers):
             return _refuse(400, "the form is stale or forged (no valid CSRF token): reload it")
     return None
 
 
 def audit(store: FileHubStore, action: str, study_uid: str = "", detail: str = "") -> None:
     """Append one row: who (the request's user, or ``system``) did what, when, from where."""
-    user = g.get("user", "") if _in_request() else ""
-    role = g.get("role", "") if _in_request() else ""
-    address = (request.remote_addr or "") if _in_request() else ""
+    inside = has_request_context()
+    user = g.get("user", "") if inside else ""
+    role = g.get("role", "") if inside else ""
+    address = (request.remote_addr or "") if inside else ""
     store.db.execute(
         "INSERT INTO audit(at, username, role, action, study_uid, detail, address) "
         "VALUES (?,?,?,?,?,?,?)",
         [utcnow(), user or "system", role, action, study_uid, detail[:500], address],
     )
-
-
-def _in_request() -> bool:
-    from flask import has_request_context
-
-    return has_request_context()
 
 
 def audit_rows(store: FileHubStore, limit: int = 500, action: str = "") -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def box_page(box_id: str) -> Any:
         abort(404)
     days = min(max(float(request.args.get("days", 7) or 7), 0.1), 90)
     hist = fleet.history(request_store(), box_id, days)
-    transfers = [t for t in request_store().transfers() if t["box_id"] == box_id][:50]
+    transfers = request_store().transfers(box_id, limit=50)
     charts = [
         fleet.svg_chart(
             [(s["at"], s["backlog_bytes"] / 1e6) for s in hist["samples"]], "Backlog", "MB"

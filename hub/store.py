@@ -372,12 +372,14 @@ class FileHubStore:
             )
         )
 
-    def transfers(self) -> list[dict[str, Any]]:
+    def transfers(self, box_id: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        where, args = ("WHERE box_id=?", [box_id]) if box_id else ("", [])
         return list(
             self.db.query(
                 "SELECT transfer_id, box_id, study_uid, priority, state, chunk_count, "
                 "chunks_held, payload_bytes, source, first_seen, updated, verified_at, "
-                "chunks_received, duplicates, resent_held "
-                "FROM transfers ORDER BY updated DESC"
+                f"chunks_received, duplicates, resent_held FROM transfers {where} "
+                "ORDER BY updated DESC LIMIT ?",
+                [*args, limit],
             )
         )
