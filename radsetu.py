@@ -116,7 +116,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             effort = best.pixel_effort
             print(why)
     try:
-        m = pack(
+        result = pack(
             sources,
             Path(args.output),
             box_id,
@@ -126,8 +126,15 @@ def cmd_pack(args: argparse.Namespace) -> int:
             pixel_effort=effort,
         )
     except PackError as exc:
+        for h in getattr(exc, "held", []):
+            print(f"left out {h.source.path}: {h.reason}", file=sys.stderr)
         print(f"radsetu pack: {exc}", file=sys.stderr)
         return 1
+    m = result.manifest
+    for h in result.held:
+        print(f"left out {h.source.path}: {h.reason}", file=sys.stderr)
+    for fb in result.fallbacks:
+        print(f"instance {fb.sop_instance_uid} went as zstd: {fb.reason}", file=sys.stderr)
     ratio = m.payload_bytes / max(m.stream_size, 1)
     codecs = Counter(e.codec for e in m.instances)
     effort = m.codec.get("pixel_effort")
@@ -153,9 +160,11 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     except (RemoteProtocolError, OSError) as exc:
         print(f"radsetu unpack: {exc}", file=sys.stderr)
         return 1
+    versions = len(written) - len({e.sop_instance_uid for e in m.instances})
     print(
-        f"unpacked study {m.study_uid}: {len(written)} instances, every SHA-256 verified, "
+        f"unpacked study {m.study_uid}: {len(written)} instances written, every SHA-256 verified, "
         f"into {args.output}"
+        + (f" ({versions} more versions of an instance named UID.<sha256>.dcm)" if versions else "")
     )
     return 0
 

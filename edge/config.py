@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "windows": [],
         "stat_ignores_windows": True,
         "pixel_effort": 3,
+        "coder_seconds": 120.0,
         "level": 3,
         "status_seconds": 30,
         "reconnect_min_seconds": 1,
@@ -216,7 +217,7 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("sync.chunk_bytes: between 1024 and 8388608")
     if not 1 <= s["window"] <= 20:
         raise ConfigError("sync.window: between 1 and 20 (Mosquitto lets 20 messages be in flight)")
-    for key in ("ack_timeout_seconds", "status_seconds", "reconnect_min_seconds"):
+    for key in ("ack_timeout_seconds", "status_seconds", "reconnect_min_seconds", "coder_seconds"):
         if s[key] <= 0:
             raise ConfigError(f"sync.{key}: must be more than 0")
     if s["reconnect_max_seconds"] < s["reconnect_min_seconds"]:

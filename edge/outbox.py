@@ -13,18 +13,27 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.sneakernet import Source, pack
+from edge.sneakernet import Held, NothingToPack, Source, pack
 from edge.store import Store, fsync_dir, utcnow
 from wire.manifest import Manifest, Priority
 from wire.packfile import MAGIC, header_length, read_manifest
 from wire.ranges import RangeSet
 
 log = logging.getLogger("radsetu.outbox")
+
+HOLD_FIRST_SECONDS = 60.0
+HOLD_MAX_SECONDS = 6 * 3600.0
+
+
+def hold_delay(tries: int) -> float:
+    """How long a held instance or study waits before the next try: 1 min, 2, 4... 6 h."""
+    return min(HOLD_MAX_SECONDS, HOLD_FIRST_SECONDS * 2 ** max(0, tries - 1))
 
 
 @dataclass(frozen=True)
@@ -89,20 +98,85 @@ class Outbox:
     def next_ready(self) -> str | None:
         """The ready study to pack next: STAT first, then the longest waiting."""
         row = self.db.execute(
-            "SELECT study_uid FROM studies WHERE state='ready' "
-            "ORDER BY priority='stat' DESC, ready_at, last_received_ts LIMIT 1"
+            "SELECT study_uid FROM studies s WHERE state='ready' AND NOT EXISTS "
+            "(SELECT 1 FROM held h WHERE h.study_uid = s.study_uid AND h.instance_id = 0 "
+            " AND h.next_try_ts > ?) "
+            "ORDER BY priority='stat' DESC, ready_at, last_received_ts LIMIT 1",
+            [time.time()],
         ).fetchone()
         return row[0] if row else None
 
+    # -- what cannot be packed ------------------------------------------------------
+
+    def hold(self, study_uid: str, instance_id: int, sop_instance_uid: str, reason: str) -> float:
+        """Note that an instance (``instance_id`` 0: the whole study) could not be
+        packed; returns the seconds until it is tried again (a growing back-off)."""
+        now = utcnow()
+        with self.store._lock, self.db.atomic():
+            row = self.db.execute(
+                "SELECT tries FROM held WHERE study_uid=? AND instance_id=?",
+                [study_uid, instance_id],
+            ).fetchone()
+            tries = (row[0] if row else 0) + 1
+            delay = hold_delay(tries)
+            self.db.execute(
+                """INSERT INTO held(study_uid, instance_id, sop_instance_uid, reason, first_at,
+                       last_at, tries, next_try_ts) VALUES (?,?,?,?,?,?,?,?)
+                   ON CONFLICT(study_uid, instance_id) DO UPDATE SET reason=excluded.reason,
+                       last_at=excluded.last_at, tries=excluded.tries,
+                       next_try_ts=excluded.next_try_ts""",
+                [
+                    study_uid,
+                    instance_id,
+                    sop_instance_uid,
+                    reason[:500],
+                    now,
+                    now,
+                    tries,
+                    time.time() + delay,
+                ],
+            )
+        return delay
+
+    def _release(self, study_uid: str, instance_ids: list[int]) -> None:
+        with self.store._lock, self.db.atomic():
+            self.db.conn.executemany(
+                "DELETE FROM held WHERE study_uid=? AND instance_id=?",
+                [(study_uid, i) for i in instance_ids],
+            )
+
+    def retry_due(self, now_ts: float | None = None) -> list[str]:
+        """Studies whose held instances are due for another try go back to ready."""
+        now_ts = time.time() if now_ts is None else now_ts
+        with self.store._lock, self.db.atomic():
+            uids = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT DISTINCT h.study_uid FROM held h JOIN studies s "
+                    "ON s.study_uid = h.study_uid WHERE h.instance_id != 0 "
+                    "AND h.next_try_ts <= ? AND s.state = 'sending'",
+                    [now_ts],
+                ).fetchall()
+            ]
+            for uid in uids:
+                self.db.execute(
+                    "UPDATE studies SET state='ready' WHERE study_uid=? AND state='sending'", [uid]
+                )
+        return uids
+
     def pack_study(self, study_uid: str) -> Packed | None:
         """Pack the study's instances that no transfer carries yet. None when there were
-        none (the study's state is settled instead)."""
+        none (the study's state is settled instead). An instance whose file cannot be
+        read as it was kept is held (``hold``) and the rest goes; a study whose every
+        instance is held makes no transfer."""
         rows = self.db.execute(
-            """SELECT i.id, i.sop_instance_uid, i.path FROM instances i
+            """SELECT i.id, i.sop_instance_uid, i.path, i.sha256 FROM instances i
                WHERE i.study_uid=? AND NOT EXISTS
                    (SELECT 1 FROM transfer_instances ti WHERE ti.instance_id = i.id)
+               AND NOT EXISTS (SELECT 1 FROM held h WHERE h.instance_id = i.id
+                   AND h.next_try_ts > ?)
                ORDER BY i.id""",
-            [study_uid],
+            [study_uid, time.time()],
         ).fetchall()
         prio_row = self.db.execute(
             "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note "
@@ -122,24 +196,46 @@ class Outbox:
         tid = uuid.uuid4().hex
         out = self.folder / f"{tid}.pack"
         effort = self.cfg["pixel_effort"] or None
-        sources = [Source(sop, study_uid, self.store.root / rel) for _, sop, rel in rows]
-        manifest = pack(
-            sources,
-            out,
-            self.box_id,
-            self.cfg["chunk_bytes"],
-            self.cfg["level"],
-            priority,
-            pixel_effort=effort,
-            follow_up_of=earlier[0] if earlier else None,
-            transfer_id=tid,
-            # the box's clock, which may be wrong: the hub shows it as the box's
-            extra={
-                "first_received": prio_row[1],
-                "priority_reason": prio_row[2][:500],
-                "clinical_note": prio_row[3][:1000],
-            },
-        )
+        sources = [
+            Source(sop, study_uid, self.store.root / rel, sha256=sha, key=iid)
+            for iid, sop, rel, sha in rows
+        ]
+        try:
+            result = pack(
+                sources,
+                out,
+                self.box_id,
+                self.cfg["chunk_bytes"],
+                self.cfg["level"],
+                priority,
+                pixel_effort=effort,
+                follow_up_of=earlier[0] if earlier else None,
+                transfer_id=tid,
+                # the box's clock, which may be wrong: the hub shows it as the box's
+                extra={
+                    "first_received": prio_row[1],
+                    "priority_reason": prio_row[2][:500],
+                    "clinical_note": prio_row[3][:1000],
+                },
+                coder_seconds=float(self.cfg["coder_seconds"]),
+            )
+        except NothingToPack as exc:
+            self._hold_all(study_uid, exc.held)
+            self.settle(study_uid)
+            return None
+        manifest = result.manifest
+        self._hold_all(study_uid, result.held)
+        held_keys = {h.source.key for h in result.held}
+        packed_ids = [iid for iid, *_ in rows if iid not in held_keys]
+        self._release(study_uid, [0, *packed_ids])  # 0: a whole-study failure before
+        fallbacks = result.fallbacks
+        for fb in fallbacks:
+            log.warning(
+                "study %s instance %s went without the pixel coder: %s",
+                study_uid,
+                fb.sop_instance_uid,
+                fb.reason,
+            )
         fsync_dir(self.folder)
         with open(out, "rb") as f:
             prefix = f.read(len(MAGIC) + 4)
@@ -147,8 +243,9 @@ class Outbox:
             cur = self.db.execute(
                 """INSERT INTO transfers(transfer_id, study_uid, follow_up_of, state,
                        pack_path, header_bytes, chunk_size, chunk_count, stream_bytes,
-                       payload_bytes, instance_count, created_at)
-                   VALUES (?,?,?,'sending',?,?,?,?,?,?,?,?)""",
+                       payload_bytes, instance_count, created_at, coder_fallbacks,
+                       coder_fallback_reasons)
+                   VALUES (?,?,?,'sending',?,?,?,?,?,?,?,?,?,?)""",
                 [
                     tid,
                     study_uid,
@@ -161,11 +258,15 @@ class Outbox:
                     manifest.payload_bytes,
                     len(manifest.instances),
                     utcnow(),
+                    int(manifest.extra.get("coder_fallbacks", 0)),
+                    json.dumps({f.sop_instance_uid: f.reason for f in fallbacks})
+                    if fallbacks
+                    else None,
                 ],
             )
             self.db.conn.executemany(
                 "INSERT INTO transfer_instances(transfer_id, instance_id) VALUES (?,?)",
-                [(tid, iid) for iid, _, _ in rows],
+                [(tid, iid) for iid in packed_ids],
             )
             self.db.execute(
                 "UPDATE studies SET state='sending' WHERE study_uid=? AND state='ready'",
@@ -173,7 +274,7 @@ class Outbox:
             )
         log.info(
             "study %s packed as transfer %s%s: %d instances, %d bytes -> %d bytes in %d "
-            "chunks (%s)",
+            "chunks (%s)%s%s",
             study_uid,
             tid,
             f" (follow-up of {manifest.follow_up_of})" if manifest.follow_up_of else "",
@@ -182,8 +283,22 @@ class Outbox:
             manifest.stream_size,
             manifest.chunk_count,
             priority.value,
+            f"; {len(fallbacks)} without the pixel coder" if fallbacks else "",
+            f"; {len(result.held)} held" if result.held else "",
         )
         return Packed(tid, study_uid, int(cur.lastrowid or 0), priority)
+
+    def _hold_all(self, study_uid: str, held: list[Held]) -> None:
+        for h in held:
+            delay = self.hold(study_uid, h.source.key or 0, h.source.sop_instance_uid, h.reason)
+            log.error(
+                "study %s instance %s cannot be sent: %s; the rest of the study goes, "
+                "this one is tried again in %.0f min (docs/field-engineer.md: held instances)",
+                study_uid,
+                h.source.sop_instance_uid,
+                h.reason,
+                delay / 60,
+            )
 
     def settle(self, study_uid: str) -> None:
         """A study with nothing left to pack is delivered once every transfer of it
@@ -327,4 +442,34 @@ def backlog(db: Any) -> dict[str, Any]:
         "backlog_studies": row[0],
         "backlog_bytes": pending_bytes,
         "oldest_pending": row[1],
+    }
+
+
+MAX_LISTED_HELD = 10
+
+
+def held_summary(db: Any) -> dict[str, Any]:
+    """What cannot be sent and why, for the box's status and its page: counts, and the
+    first few held instances (or studies) with their reasons."""
+    rows = db.execute(
+        "SELECT study_uid, sop_instance_uid, reason, tries, first_at, instance_id FROM held "
+        "ORDER BY first_at LIMIT ?",
+        [MAX_LISTED_HELD],
+    ).fetchall()
+    counts = db.execute(
+        "SELECT count(*), count(DISTINCT study_uid), coalesce(sum(instance_id != 0), 0) FROM held"
+    ).fetchone()
+    return {
+        "held_studies": counts[1],
+        "held_instances": counts[2],
+        "held": [
+            {
+                "study_uid": r[0],
+                "sop_instance_uid": r[1],
+                "reason": r[2],
+                "tries": r[3],
+                "since": r[4],
+            }
+            for r in rows
+        ],
     }

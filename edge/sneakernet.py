@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
 from edge.intake import verify
+from edge.store import fsync_dir
+from wire import pixels
 from wire.adaptive import Profile, choose, delivery_seconds
-from wire.codec import InstanceBytes, InstanceVerified, Packer, Unpacker
+from wire.codec import (
+    Fallback,
+    ImageCoder,
+    InstanceBytes,
+    InstanceVerified,
+    Packer,
+    Unpacker,
+    default_image_coder,
+)
 from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest, Priority
 from wire.packfile import MAGIC, header, header_length, read_manifest
@@ -34,6 +45,75 @@ class Source:
     sop_instance_uid: str
     study_uid: str
     path: Path
+    sha256: str | None = None  # what the file must hash to (the store knows it)
+    key: int | None = None  # the caller's own id for it (the box's instance row)
+
+
+@dataclass(frozen=True)
+class Held:
+    """An instance left out of a pack because its file cannot be read as it was kept."""
+
+    source: Source
+    reason: str
+
+
+@dataclass(frozen=True)
+class PackResult:
+    manifest: Manifest
+    held: list[Held] = field(default_factory=list)  # left out, each with the reason
+
+    @property
+    def fallbacks(self) -> list[Fallback]:
+        """Instances the pixel coder could not take (they went as zstd or raw)."""
+        reasons = self.manifest.extra.get("coder_fallback_reasons") or {}
+        return [Fallback(uid, why) for uid, why in reasons.items()]
+
+
+class NothingToPack(PackError):
+    """Every instance was left out; ``held`` says why for each."""
+
+    def __init__(self, message: str, held: list[Held]):
+        super().__init__(message)
+        self.held = held
+
+
+class _Unreadable(Exception):
+    def __init__(self, source: Source, reason: str):
+        super().__init__(reason)
+        self.source, self.reason = source, reason
+
+
+class BoundedCoder:
+    """The pixel coder with a time limit per instance. A coder that overruns is left
+    to finish on its own (its thread is a daemon) and is not used again by this
+    coder: the rest of the transfer goes as zstd."""
+
+    def __init__(self, seconds: float, coder: ImageCoder = default_image_coder):
+        self.seconds = seconds
+        self.coder = coder
+        self.timed_out = False
+
+    def __call__(self, data: bytes, effort: int, level: int) -> bytes | None:
+        if self.timed_out:
+            raise TimeoutError("off for the rest of this transfer after a time-out")
+        result: list[bytes | None] = []
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(self.coder(data, effort, level))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                error.append(exc)
+
+        worker = threading.Thread(target=run, name="pixel-coder", daemon=True)
+        worker.start()
+        worker.join(self.seconds)
+        if worker.is_alive():
+            self.timed_out = True
+            raise TimeoutError(f"took longer than {self.seconds:g} s")
+        if error:
+            raise error[0]
+        return result[0]
 
 
 def sources_from_folder(folder: Path) -> tuple[list[Source], list[tuple[str, str]]]:
@@ -74,9 +154,16 @@ def pack(
     follow_up_of: str | None = None,
     transfer_id: str | None = None,
     extra: dict[str, str] | None = None,
-) -> Manifest:
+    coder_seconds: float = 120.0,
+) -> PackResult:
     """Write one pack file; the chunks go to a temp file first, since the manifest
-    (with every chunk's hash) is known only at the end."""
+    (with every chunk's hash) is known only at the end.
+
+    One instance never stops its study: a file that is gone, cannot be read, or no
+    longer hashes to its ``sha256`` is left out (``PackResult.held`` says which and
+    why) and the rest is packed; a pixel coder that fails on an instance leaves it to
+    zstd. Raises PackError for what a person must fix, NothingToPack when every
+    instance was left out."""
     sources = list(sources)
     studies = {s.study_uid for s in sources}
     if not sources:
@@ -86,28 +173,69 @@ def pack(
             f"{len(studies)} studies found ({', '.join(sorted(studies)[:3])}...): "
             "pack one study at a time"
         )
-    packer = Packer(
-        box_id=box_id,
-        study_uid=studies.pop(),
-        transfer_id=transfer_id or uuid.uuid4().hex,
-        priority=priority,
-        chunk_size=chunk_size,
-        level=level,
-        pixel_effort=pixel_effort,
-        follow_up_of=follow_up_of,
-        extra=extra,
+    transfer_id = transfer_id or uuid.uuid4().hex
+    coder = BoundedCoder(coder_seconds)
+    held: list[Held] = []
+    while sources:
+        packer = Packer(
+            box_id=box_id,
+            study_uid=sources[0].study_uid,
+            transfer_id=transfer_id,
+            priority=priority,
+            chunk_size=chunk_size,
+            level=level,
+            pixel_effort=pixel_effort,
+            follow_up_of=follow_up_of,
+            extra=extra,
+            image_coder=coder,
+        )
+        try:
+            manifest = _write(packer, sources, out)
+        except _Unreadable as exc:
+            # rare (a damaged card, a file removed by hand): start again without it
+            held.append(Held(exc.source, exc.reason))
+            sources = [s for s in sources if s is not exc.source]
+            continue
+        return PackResult(manifest, held)
+    raise NothingToPack(
+        f"nothing to pack: none of the {len(held)} instances can be read ({held[0].reason})",
+        held,
     )
+
+
+def _write(packer: Packer, sources: list[Source], out: Path) -> Manifest:
     body = out.with_name(out.name + ".chunks.part")
     try:
         with open(body, "wb") as chunks_out:
             for s in sources:
-                packer.begin_instance(s.sop_instance_uid, size=s.path.stat().st_size)
-                with open(s.path, "rb") as f:
-                    while block := f.read(BLOCK):
+                try:
+                    size = s.path.stat().st_size
+                    f = open(s.path, "rb")  # noqa: SIM115 - closed below
+                except FileNotFoundError as exc:
+                    raise _Unreadable(s, f"file {s.path.name} is missing") from exc
+                except OSError as exc:
+                    raise _Unreadable(s, f"file {s.path.name} cannot be opened: {exc}") from exc
+                with f:
+                    packer.begin_instance(s.sop_instance_uid, size=size)
+                    while True:
+                        try:
+                            block = f.read(BLOCK)
+                        except OSError as exc:
+                            raise _Unreadable(
+                                s, f"file {s.path.name} cannot be read: {exc}"
+                            ) from exc
+                        if not block:
+                            break
                         packer.feed(block)
                         for c in packer.chunks():
                             chunks_out.write(c)
-                packer.end_instance()
+                entry = packer.end_instance()
+                if s.sha256 is not None and entry.sha256 != s.sha256:
+                    raise _Unreadable(
+                        s,
+                        f"file {s.path.name} is damaged: its SHA-256 is {entry.sha256[:12]}, "
+                        f"it was {s.sha256[:12]} when kept",
+                    )
             manifest, last = packer.finish()
             for c in last:
                 chunks_out.write(c)
@@ -126,7 +254,10 @@ def pack(
 
 def unpack(pack_file: Path, out_dir: Path) -> tuple[Manifest, list[Path]]:
     """Verify and unpack; raises RemoteProtocolError naming the chunk or instance that
-    does not match. Nothing unverified is left in ``out_dir``."""
+    does not match. Nothing unverified is left in ``out_dir``, and no file is
+    overwritten by other bytes: a second version of an instance (same SOP Instance
+    UID, other bytes) is written as ``UID.<sha256 prefix>.dcm`` beside ``UID.dcm``.
+    Returns the files written, one per instance."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with open(pack_file, "rb") as f:
@@ -157,7 +288,7 @@ def unpack(pack_file: Path, out_dir: Path) -> tuple[Manifest, list[Path]]:
                         os.fsync(current.fileno())
                         current.close()
                         current = None
-                        final = out_dir / f"{uid}.dcm"
+                        final = _free_name(out_dir, uid, ev.entry.sha256, written)
                         os.replace(tmp, final)
                         written.append(final)
             except RemoteProtocolError:
@@ -167,7 +298,26 @@ def unpack(pack_file: Path, out_dir: Path) -> tuple[Manifest, list[Path]]:
                 raise
         if f.read(1):
             raise RemoteProtocolError(f"{pack_file}: bytes after the last chunk")
+    if written:
+        fsync_dir(out_dir)
     return manifest, written
+
+
+def _free_name(out_dir: Path, uid: str, sha256: str, taken: list[Path]) -> Path:
+    """``UID.dcm`` unless another version holds that name (written now, or there
+    before with other bytes): then ``UID.<first 16 of its SHA-256>.dcm``."""
+    plain = out_dir / f"{uid}.dcm"
+    if plain not in taken and (not plain.exists() or _file_sha256(plain) == sha256):
+        return plain
+    return out_dir / f"{uid}.{sha256[:16]}.dcm"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            h.update(block)
+    return h.hexdigest()
 
 
 def measure_profiles(sample: bytes, efforts: tuple[int, ...] = (3, 8)) -> list[Profile]:
@@ -176,8 +326,6 @@ def measure_profiles(sample: bytes, efforts: tuple[int, ...] = (3, 8)) -> list[P
     import time
 
     import zstandard
-
-    from wire import pixels
 
     profiles = []
     t = time.perf_counter()

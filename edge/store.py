@@ -158,6 +158,26 @@ def m004_clinic(db: sqlite_utils.Database) -> None:
     create_audit_table(db)
 
 
+@migrations()
+def m005_held(db: sqlite_utils.Database) -> None:
+    """Instances (or whole studies, instance_id 0) that could not be packed for a
+    reason that will not pass by itself, with a growing back-off; and how many
+    instances of each transfer went without the pixel coder."""
+    db.execute("""
+        CREATE TABLE held (
+            study_uid TEXT NOT NULL,
+            instance_id INTEGER NOT NULL,   -- instances.id, or 0: the study as a whole
+            sop_instance_uid TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL,
+            first_at TEXT NOT NULL, last_at TEXT NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 1,
+            next_try_ts REAL NOT NULL,      -- seconds since the epoch
+            PRIMARY KEY (study_uid, instance_id)
+        )""")
+    db.execute("ALTER TABLE transfers ADD COLUMN coder_fallbacks INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE transfers ADD COLUMN coder_fallback_reasons TEXT")
+
+
 def create_audit_table(db: sqlite_utils.Database, *extra_columns: str) -> None:
     """The audit log (box and hub alike): who did what to which study, when, from
     where. Triggers refuse every UPDATE and DELETE: rows are only ever added."""
@@ -396,6 +416,7 @@ class Store:
                 [info.sop_instance_uid, info.transfer_syntax, temp.dataset_sha256],
             ).fetchone()
             if dup:
+                self._restore_held(dup[0], temp)
                 temp.discard()
                 return Outcome.DUPLICATE
             final = self.object_path(temp.sha256)
@@ -411,6 +432,26 @@ class Store:
                     raise StoreFull(f"Disk full while writing the index: {exc}") from exc
                 raise
             return outcome
+
+    def _restore_held(self, instance_id: int, temp: TempFile) -> None:
+        """The same instance again while the kept copy could not be packed (gone or
+        damaged): the new bytes replace the file if they are the very bytes that were
+        kept, and the packer tries it at once. Called with the lock held."""
+        row = self.db.execute(
+            "SELECT i.sha256, i.path FROM held h JOIN instances i ON i.id = h.instance_id "
+            "WHERE h.instance_id=?",
+            [instance_id],
+        ).fetchone()
+        if row is None or row[0] != temp.sha256:
+            return
+        final = self.root / row[1]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.link(temp.path, final.with_suffix(".restored"))
+        os.replace(final.with_suffix(".restored"), final)
+        fsync_dir(final.parent)
+        with self.db.atomic():
+            self.db.execute("UPDATE held SET next_try_ts=0 WHERE instance_id=?", [instance_id])
+            self._repair("restored", f"{row[1]}: the instance was sent again; file restored")
 
     def _unlink_unindexed(self, final: Path, sha256: str) -> None:
         # another row may share the file (same bytes, other identity is impossible,

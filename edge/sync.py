@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 
 from edge import reports
 from edge.config import Config, parse_window
-from edge.outbox import Outbox, backlog
+from edge.outbox import Outbox, backlog, held_summary
 from edge.store import Store, utcnow
 from wire import frames
 from wire.errors import RemoteProtocolError
@@ -162,7 +162,6 @@ class Agent:
         self.status_seq = 0
         self.last_sync: str | None = None
         self.last_error: str | None = None
-        self.pack_failures: dict[str, float] = {}
         self._lock = threading.Lock()  # guards the figures read by the web API
         self.totals = {"chunks_sent": 0, "chunks_resent": 0, "bytes_sent": 0}
         self._pending: list[tuple[str, int, int]] = []  # a copy for other threads
@@ -210,9 +209,8 @@ class Agent:
         while not self.stop_event.is_set():
             uid = None
             try:
+                self.outbox.retry_due()
                 uid = self.outbox.next_ready()
-                if uid is not None and self.pack_failures.get(uid, 0) > time.monotonic():
-                    uid = None
                 if uid is None:
                     self.stop_event.wait(0.5)
                     continue
@@ -220,12 +218,22 @@ class Agent:
                 if packed is not None:
                     self.events.append(("packed", packed))
             except Exception as exc:
-                # the study stays ready and is tried again later; others go meanwhile
-                log.exception("packing study %s failed; trying again in 60 s", uid)
+                # the study waits with a growing back-off, shown on the clinic's page
+                # and the fleet dashboard; the rest of the outbox goes meanwhile
                 self.last_error = f"packing {uid}: {exc}"
+                log.exception("packing study %s failed", uid)
                 if uid:
-                    self.pack_failures[uid] = time.monotonic() + 60
+                    self._hold_study(uid, f"packing failed: {exc}")
                 self.stop_event.wait(1)
+
+    def _hold_study(self, uid: str, reason: str) -> None:
+        try:
+            delay = self.outbox.hold(uid, 0, "", reason)
+        except Exception:  # the index itself is failing (disk full?): wait and see
+            log.exception("could not note the failure of study %s", uid)
+            self.stop_event.wait(60)
+            return
+        log.warning("study %s: trying to pack it again in %.0f s", uid, delay)
 
     # -- agent thread -------------------------------------------------------------
 
@@ -616,6 +624,7 @@ class Agent:
             "link": "up" if self.connected else "down",
             "version": version(),
             **backlog(db if db is not None else self.outbox.db),
+            **held_summary(db if db is not None else self.outbox.db),
             "last_sync": self.last_sync,
             "disk_free": self.store.free_bytes(),
             "reserve_bytes": self.store.reserve_bytes,

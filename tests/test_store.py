@@ -129,7 +129,13 @@ def test_migrations_rerun_safely(tmp_path):
     s.close()
     s = Store(tmp_path / "d")
     assert rows(s, "SELECT name FROM _sqlite_migrations ORDER BY name") == first
-    assert [n for (n,) in first] == ["m001_index", "m002_sync", "m003_reports", "m004_clinic"]
+    assert [n for (n,) in first] == [
+        "m001_index",
+        "m002_sync",
+        "m003_reports",
+        "m004_clinic",
+        "m005_held",
+    ]
     s.close()
 
 

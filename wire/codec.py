@@ -16,7 +16,7 @@ The caller owns all I/O: it feeds bytes in and writes the chunks that come out.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,24 @@ from wire.manifest import InstanceEntry, Manifest, Priority
 
 CODECS = ("zstd", "raw", "dicom-jxl")
 DEFAULT_LEVEL = 3
+MAX_LISTED_FALLBACKS = 20
+
+# (file bytes, effort, zstd level) -> a dicom-jxl record, or None when the file is not
+# an image it codes. It may raise anything: a codec is an optimisation, never a gate.
+ImageCoder = Callable[[bytes, int, int], "bytes | None"]
+
+
+def default_image_coder(data: bytes, effort: int, level: int) -> bytes | None:
+    # no check inside: the packer decodes the whole record and compares every byte
+    return pixels.encode(data, effort, level, check=False)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """An instance the pixel coder could not take; it went as zstd (or raw)."""
+
+    sop_instance_uid: str
+    reason: str
 
 
 class _Record:
@@ -38,6 +56,7 @@ class _Record:
         level: int,
         offset: int,
         pixel_effort: int | None = None,
+        image_coder: ImageCoder = default_image_coder,
     ):
         if codec not in CODECS:
             raise LocalProtocolError(f"unknown codec {codec!r}")
@@ -45,6 +64,8 @@ class _Record:
         self.codec = codec
         self.level = level
         self.pixel_effort = pixel_effort
+        self.image_coder = image_coder
+        self.fallback: str | None = None  # why the pixel coder was not used, if it failed
         self.offset = offset
         self.size = 0
         self.encoded = 0
@@ -66,7 +87,7 @@ class _Record:
         if self._whole is not None:
             whole = bytes(self._whole)
             self._whole = None
-            out = pixels.encode(whole, self.pixel_effort or 3, self.level)
+            out = self._code_image(whole)
             if out is None and pixels.already_compressed(whole):
                 self.codec, out = "raw", whole  # JPEG & co. gain nothing from zstd
             elif out is None:  # not an image it can code: plain zstd
@@ -75,6 +96,27 @@ class _Record:
         else:
             out = self._z.flush() if self._z else b""
         self.encoded += len(out)
+        return out
+
+    def _code_image(self, whole: bytes) -> bytes | None:
+        """The dicom-jxl record, or None (with ``self.fallback`` set when the coder
+        failed rather than declined). The record is used only if it decodes to the
+        very same bytes."""
+        try:
+            out = self.image_coder(whole, self.pixel_effort or 3, self.level)
+        except Exception as exc:  # noqa: BLE001 - the codec's boundary: anything goes to zstd
+            self.fallback = f"pixel coder failed: {type(exc).__name__}: {exc}"[:300]
+            return None
+        if out is None:
+            return None  # not an image it codes (colour, compressed...): not a fault
+        try:
+            same = pixels.decode(out, len(whole)) == whole
+        except Exception as exc:  # noqa: BLE001 - as above
+            self.fallback = f"pixel coder's record does not decode: {exc}"[:300]
+            return None
+        if not same:
+            self.fallback = "pixel coder's record does not decode to the same bytes"
+            return None
         return out
 
 
@@ -93,6 +135,7 @@ class Packer:
         follow_up_of: str | None = None,
         pixel_effort: int | None = None,
         extra: dict[str, Any] | None = None,
+        image_coder: ImageCoder = default_image_coder,
     ):
         self.box_id, self.study_uid, self.transfer_id = box_id, study_uid, transfer_id
         self.extra = dict(extra or {})
@@ -100,6 +143,8 @@ class Packer:
         self.chunk_size = chunk_size
         self.level = level
         self.pixel_effort = pixel_effort
+        self.image_coder = image_coder
+        self.fallbacks: list[Fallback] = []
         self._buf = bytearray()
         self._ready: list[bytes] = []
         self._hashes: list[str] = []
@@ -120,7 +165,14 @@ class Packer:
         if codec is None:
             fits = size is None or size <= pixels.MAX_PIXEL_BYTES
             codec = "dicom-jxl" if self.pixel_effort is not None and fits else "zstd"
-        self._rec = _Record(sop_instance_uid, codec, self.level, self._stream, self.pixel_effort)
+        self._rec = _Record(
+            sop_instance_uid,
+            codec,
+            self.level,
+            self._stream,
+            self.pixel_effort,
+            self.image_coder,
+        )
 
     def feed(self, data: bytes) -> None:
         if self._rec is None:
@@ -141,6 +193,8 @@ class Packer:
             codec=rec.codec,
         )
         self._entries.append(entry)
+        if rec.fallback is not None:
+            self.fallbacks.append(Fallback(rec.sop_instance_uid, rec.fallback))
         self._rec = None
         return entry
 
@@ -173,6 +227,12 @@ class Packer:
         params: dict[str, Any] = {"name": "records-v1", "level": self.level}
         if self.pixel_effort is not None:
             params["pixel_effort"] = self.pixel_effort
+        extra = dict(self.extra)
+        if self.fallbacks:  # the hub shows them beside the transfer's figures
+            extra["coder_fallbacks"] = len(self.fallbacks)
+            extra["coder_fallback_reasons"] = {
+                f.sop_instance_uid: f.reason for f in self.fallbacks[:MAX_LISTED_FALLBACKS]
+            }
         manifest = Manifest(
             codec=params,
             chunk_size=self.chunk_size,
@@ -184,7 +244,7 @@ class Packer:
             transfer_id=self.transfer_id,
             priority=self.priority,
             follow_up_of=self.follow_up_of,
-            extra=self.extra,
+            extra=extra,
         )
         return manifest, self.chunks()
 

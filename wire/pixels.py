@@ -96,12 +96,15 @@ def encode(data: bytes, effort: int, zstd_level: int = 3, check: bool = True) ->
     code = 1 if bits == 8 else (3 if signed else 2)
     pixels = np.frombuffer(data, dtype=_DTYPES[code], count=length * 8 // bits, offset=start)
     low, high = int(pixels.min()), int(pixels.max())
-    out_type = np.uint8 if bits == 8 else np.uint16
-    if low == 0 and pixels.dtype.kind == "u":
+    depth = max((high - low).bit_length(), 1)
+    # values that fit in 8 bits are coded as 8-bit samples: libjxl refuses a 16-bit
+    # buffer that declares 8 bits or fewer (JXL_ENC_ERR_GENERIC), and a byte per
+    # sample is what the values need anyway
+    out_type = np.uint8 if bits == 8 or depth <= 8 else np.uint16
+    if low == 0 and pixels.dtype == out_type:
         image = pixels.reshape(frames * rows, cols)  # as it is: no copy
     else:
         image = (pixels.astype(np.int32) - low).astype(out_type).reshape(frames * rows, cols)
-    depth = max((high - low).bit_length(), 1)
     coded = imagecodecs.jpegxl_encode(
         image, lossless=True, effort=effort, bitspersample=depth, numthreads=1
     )
