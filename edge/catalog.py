@@ -61,9 +61,19 @@ def get_study(db: sqlite_utils.Database, study_uid: str) -> dict[str, Any] | Non
         for r in db.query(
             """SELECT i.sop_instance_uid, i.version, i.flagged, i.series_uid,
                       se.modality, i.sop_class_uid, i.transfer_syntax, i.instance_number,
-                      i.sha256, i.size, i.source, i.received_at
+                      i.sha256, i.size, i.source, i.received_at, h.reason AS held_reason
                FROM instances i JOIN series se ON se.series_uid = i.series_uid
+               LEFT JOIN held h ON h.instance_id = i.id
                WHERE i.study_uid = ? ORDER BY i.series_uid, i.instance_number, i.id""",
+            [study_uid],
+        )
+    ]
+    # what cannot be sent and why (instance_id 0: the study as a whole)
+    study["held"] = [
+        dict(r)
+        for r in db.query(
+            "SELECT sop_instance_uid, reason, tries, first_at, last_at FROM held "
+            "WHERE study_uid = ? ORDER BY instance_id",
             [study_uid],
         )
     ]
@@ -79,11 +89,14 @@ def transfers(
     for r in db.query(
         f"""SELECT transfer_id, study_uid, follow_up_of, state, chunk_count, chunk_size,
                    stream_bytes, payload_bytes, instance_count, acked, chunks_sent,
-                   chunks_resent, created_at, first_sent_at, verified_at
+                   chunks_resent, created_at, first_sent_at, verified_at, coder_fallbacks,
+                   coder_fallback_reasons
             FROM transfers {where} ORDER BY seq DESC LIMIT ?""",
         [*args, limit],
     ):
         r = dict(r)
+        # instances that went without the pixel coder, and why (uid -> reason)
+        r["coder_fallback_reasons"] = json.loads(r["coder_fallback_reasons"] or "{}")
         ranges = json.loads(r.pop("acked"))
         r["chunks_acked"] = sum(e - s for s, e in ranges)
         rows.append(r)

@@ -199,8 +199,10 @@ def studies_view(db: Any, studies: list[dict[str, Any]]) -> list[dict[str, Any]]
         "SELECT study_uid, max(printed_at IS NOT NULL) FROM reports GROUP BY study_uid"
     ).fetchall():
         reported[uid] = {"printed": bool(printed)}
+    held = _held_by_study(db)
     out = []
     for s in studies:
+        s["problem"] = held.get(s["study_uid"])
         s["where"] = where(s, sending, reported)
         s["where_label"] = _(s["where"])
         s["step"] = STATE_ORDER.index(s["where"])
@@ -212,6 +214,24 @@ def studies_view(db: Any, studies: list[dict[str, Any]]) -> list[dict[str, Any]]
                 "eta_minutes": max(1, math.ceil(prog["eta"] / 60)) if prog["eta"] else None,
             }
         out.append(s)
+    return out
+
+
+def _held_by_study(db: Any) -> dict[str, str]:
+    """A sentence per study that has something the box cannot send, and why."""
+    out: dict[str, str] = {}
+    for uid, n, reason in db.execute(
+        "SELECT study_uid, sum(instance_id != 0), min(reason) FROM held GROUP BY study_uid"
+    ).fetchall():
+        out[uid] = (
+            _(
+                "%(n)s images cannot be sent (%(reason)s). Call your field engineer.",
+                n=n,
+                reason=reason,
+            )
+            if n
+            else _("This study cannot be packed (%(reason)s). It is tried again.", reason=reason)
+        )
     return out
 
 
@@ -247,6 +267,17 @@ def health(db: Any) -> list[tuple[str, str]]:
                 ),
             )
         )
+        if st["held_studies"]:
+            lines.append(
+                (
+                    "bad",
+                    _(
+                        "%(n)s studies have images that cannot be sent. "
+                        "Call your field engineer.",
+                        n=st["held_studies"],
+                    ),
+                )
+            )
         last = _local_time(st.get("last_sync"))
         lines.append(
             (
@@ -300,6 +331,7 @@ def studies_json() -> Any:
         "where_label",
         "step",
         "progress",
+        "problem",
     )
     rows = [{k: s.get(k) for k in keep} for s in today(db)]
     return jsonify({"studies": rows, "health": health(db)})

@@ -71,11 +71,31 @@ def fleet(store: FileHubStore, alerts_cfg: dict[str, Any], now: float | None = N
             "disk_free_bytes": int(st.get("disk_free") or 0),
             "version": str(st.get("version") or ""),
             "rejected": int(row["rejected"] or 0),
+            "held_studies": _count(st.get("held_studies")),
+            "held_instances": _count(st.get("held_instances")),
+            "held": _held(st.get("held")),
         }
         box["alerts"] = _alerts(store, box, alerts_cfg, now)
         alerts.extend(box["alerts"])
         boxes.append(box)
     return {"boxes": boxes, "alerts": alerts, "at": now}
+
+
+def _count(value: Any) -> int:
+    """A count from a box's status; anything but a whole number counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _held(value: Any) -> list[dict[str, str]]:
+    """The box's list of what it cannot send, as text only (it is shown on pages)."""
+    if not isinstance(value, list):
+        return []
+    keys = ("study_uid", "sop_instance_uid", "reason", "since")
+    return [
+        {k: str(item.get(k) or "")[:500] for k in keys}
+        for item in value[:10]
+        if isinstance(item, dict)
+    ]
 
 
 def _alerts(store: FileHubStore, box: dict, cfg: dict[str, Any], now: float) -> list[dict]:
@@ -92,6 +112,24 @@ def _alerts(store: FileHubStore, box: dict, cfg: dict[str, Any], now: float) -> 
             "backlog_growing",
             f"{b}: backlog keeps growing ({box['backlog_bytes'] / 1e6:.1f} MB, "
             f"{box['backlog_studies']} studies)",
+        )
+    if box["held_instances"] or box["held_studies"]:
+        first = box["held"][0] if box["held"] else {}
+        what = (
+            f"{box['held_instances']} instances in {box['held_studies']} studies"
+            if box["held_instances"]
+            else f"{box['held_studies']} studies"
+        )
+        alert(
+            "held",
+            f"{b}: {what} cannot be sent"
+            + (
+                f" (e.g. {first.get('sop_instance_uid') or first.get('study_uid')}: "
+                f"{first.get('reason')})"
+                if first
+                else ""
+            )
+            + "; see docs/field-engineer.md, held instances",
         )
     if box["disk_free_bytes"] and box["disk_free_bytes"] < cfg["low_disk_bytes"]:
         alert("low_disk", f"{b}: only {box['disk_free_bytes'] / 1e9:.1f} GB free")
@@ -159,6 +197,7 @@ METRICS = [
     ("oldest_pending_age_seconds", "gauge", "age of the oldest study not yet delivered"),
     ("throughput_bytes_per_second", "gauge", "bytes per second that reached the hub, last hour"),
     ("disk_free_bytes", "gauge", "free disk on the box"),
+    ("held_instances", "gauge", "instances on the box that cannot be sent (gone or damaged)"),
 ]
 _FIELD = {
     "online": "online",
@@ -168,6 +207,7 @@ _FIELD = {
     "oldest_pending_age_seconds": "oldest_pending_age_seconds",
     "throughput_bytes_per_second": "throughput_bytes_per_second",
     "disk_free_bytes": "disk_free_bytes",
+    "held_instances": "held_instances",
 }
 
 

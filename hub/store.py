@@ -378,7 +378,9 @@ class FileHubStore:
             self.db.query(
                 "SELECT transfer_id, box_id, study_uid, priority, state, chunk_count, "
                 "chunks_held, payload_bytes, source, first_seen, updated, verified_at, "
-                f"chunks_received, duplicates, resent_held FROM transfers {where} "
+                "chunks_received, duplicates, resent_held, "
+                "coalesce(json_extract(manifest, '$.extra.coder_fallbacks'), 0) "
+                f"AS coder_fallbacks FROM transfers {where} "
                 "ORDER BY updated DESC LIMIT ?",
                 [*args, limit],
             )
