@@ -272,8 +272,7 @@ def health(db: Any) -> list[tuple[str, str]]:
                 (
                     "bad",
                     _(
-                        "%(n)s studies have images that cannot be sent. "
-                        "Call your field engineer.",
+                        "%(n)s studies have images that cannot be sent. Call your field engineer.",
                         n=st["held_studies"],
                     ),
                 )

@@ -24,6 +24,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AllStoragePresentationContexts
 
+from common.dicomtext import dicom_text
 from wire.dicom import (  # noqa: F401 - re-exported: edge speaks of these as its own
     MAX_META_BYTES,
     PREAMBLE_AND_PREFIX,
@@ -216,7 +217,7 @@ def _pydicom_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> Instance
             value = ds.get(name)
         except Exception as exc:  # pydicom raises many kinds on garbage values
             raise InvalidInstance(f"{name} cannot be decoded: {exc}") from exc
-        return "" if value is None else str(value).strip()
+        return dicom_text(value).strip()
 
     def number(name: str) -> int | None:
         try:

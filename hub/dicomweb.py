@@ -15,7 +15,9 @@ from typing import Any
 
 import pydicom
 from flask import Blueprint, Response, abort, request
+from pydicom.multival import MultiValue
 
+from common.dicomtext import dicom_text
 from hub.web import request_store as _store
 
 dicomweb = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -58,17 +60,21 @@ def _matches(ds: pydicom.Dataset, params: dict[str, str], level_modalities: set[
             if want not in level_modalities:
                 return False
             continue
-        have = str(ds.get(key, ""))
-        if key == "PatientName" and want.endswith("*"):
-            if not have.upper().startswith(want[:-1].upper()):
-                return False
-        elif key == "StudyDate" and "-" in want:
-            lo, _, hi = want.partition("-")
-            if not ((not lo or have >= lo) and (not hi or have <= hi)):
-                return False
-        elif have != want:
+        raw = ds.get(key, "")
+        # a multi-valued attribute matches when one of its values does (PS3.4 C.2.2.2)
+        haves = [dicom_text(v) for v in raw] if isinstance(raw, MultiValue) else [dicom_text(raw)]
+        if not any(_value_matches(key, have, want) for have in haves):
             return False
     return True
+
+
+def _value_matches(key: str, have: str, want: str) -> bool:
+    if key == "PatientName" and want.endswith("*"):
+        return have.upper().startswith(want[:-1].upper())
+    if key == "StudyDate" and "-" in want:
+        lo, _, hi = want.partition("-")
+        return (not lo or have >= lo) and (not hi or have <= hi)
+    return have == want
 
 
 def _params() -> dict[str, str]:

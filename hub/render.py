@@ -18,6 +18,8 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
 
+from common.dicomtext import dicom_text
+
 # CT presets: (center, width) in HU
 PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40, 80),
@@ -155,4 +157,4 @@ KEY_TAGS = (
 
 def key_tags(path: Path) -> dict[str, str]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return {k: str(ds.get(k)) for k in KEY_TAGS if k in ds}
+    return {k: dicom_text(ds.get(k)) for k in KEY_TAGS if k in ds}

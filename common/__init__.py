@@ -1,0 +1,1 @@
+"""Plumbing both the box and the hub use, importing neither (docs/architecture.md)."""
