@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devkit.box import Box, free_port, wait_port
+from devkit.broker import Broker, Hub
 from edge.dicomfile import read_meta
 
 ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
@@ -261,3 +262,20 @@ def screenshots(driver, name: str) -> list[Path]:  # type: ignore[no-untyped-def
         driver.save_screenshot(str(path))
         out.append(path)
     return out
+
+
+# -- a site: a real Mosquitto and a real hub ----------------------------------------
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, broker: Broker):
+    h = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
+    yield h
+    h.stop()

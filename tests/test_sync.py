@@ -17,73 +17,18 @@ import pytest
 
 from devkit.box import Box
 from devkit.broker import Broker, Hub
-from devkit.corpus import data_file, dataset_bytes, replicate
+from devkit.corpus import dataset_bytes
 from devkit.relay import Relay
 from tests.conftest import acked_files, storescu, wait_for
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def hub(tmp_path: Path, broker: Broker):
-    h = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
-    yield h
-    h.stop()
-
-
-def start_box(boxes: list, path: Path, mqtt: dict, **kw) -> Box:  # type: ignore[type-arg]
-    b = Box(path, mqtt=mqtt, quiet_seconds=kw.pop("quiet_seconds", 1), **kw)
-    boxes.append(b)
-    return b.start()
-
-
-def hub_study(hub: Hub, study_uid: str) -> list[dict]:  # type: ignore[type-arg]
-    try:
-        return hub.api(f"/api/studies/{study_uid}")["instances"]
-    except Exception:  # noqa: BLE001 - 404 until it arrives
-        return []
-
-
-def box_state(box: Box, study_uid: str) -> str:
-    return box.api(f"/api/studies/{study_uid}")["state"]
-
-
-def delivered(box: Box, study_uid: str) -> bool:
-    return box_state(box, study_uid) == "delivered"
-
-
-def assert_same_at_hub(box: Box, hub: Hub, study_uid: str) -> None:
-    """Every instance at the hub once, with the box's SHA-256, and the file's bytes
-    hashing to it."""
-    at_box = sorted(
-        (i["sop_instance_uid"], i["sha256"])
-        for i in box.api(f"/api/studies/{study_uid}")["instances"]
-    )
-    at_hub = hub_study(hub, study_uid)
-    assert sorted((i["sop_instance_uid"], i["sha256"]) for i in at_hub) == at_box
-    for i in at_hub:
-        stored = hub.data_dir / "objects" / i["sha256"][:2] / f"{i['sha256']}.dcm"
-        assert hashlib.sha256(stored.read_bytes()).hexdigest() == i["sha256"]
-
-
-def hub_transfers(hub: Hub, study_uid: str | None = None) -> list[dict]:  # type: ignore[type-arg]
-    rows = hub.api("/api/transfers")["transfers"]
-    return [t for t in rows if study_uid is None or t["study_uid"] == study_uid]
-
-
-def make_study(
-    tmp_path: Path, name: str, count: int, src: str = "693_UNCI.dcm"
-) -> tuple[list[Path], str]:
-    import pydicom
-
-    files = replicate(data_file(src), tmp_path / name, count)
-    return files, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-
+from tests.helpers import (  # noqa: F401 - other test files take these from here still
+    assert_same_at_hub,
+    box_state,
+    delivered,
+    hub_study,
+    hub_transfers,
+    make_study,
+    start_box,
+)
 
 # -- the plain path ---------------------------------------------------------------------
 
