@@ -90,9 +90,12 @@ class _Record:
             out = self._code_image(whole)
             if out is None and pixels.already_compressed(whole):
                 self.codec, out = "raw", whole  # JPEG & co. gain nothing from zstd
-            elif out is None:  # not an image it can code: plain zstd
-                self.codec = "zstd"
-                out = zstandard.ZstdCompressor(level=self.level).compress(whole)
+            else:
+                # plain zstd when the image coder does not apply, and when it does
+                # worse (mostly empty images, where zstd's long matches win)
+                z = zstandard.ZstdCompressor(level=self.level).compress(whole)
+                if out is None or len(z) < len(out):
+                    self.codec, out = "zstd", z
         else:
             out = self._z.flush() if self._z else b""
         self.encoded += len(out)

@@ -15,6 +15,7 @@ before it is used: a codec bug falls back to zstd, it never changes a byte.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import imagecodecs
@@ -63,11 +64,25 @@ def _us(value: bytes | None) -> int | None:
     return struct.unpack("<H", value[:2])[0] if value and len(value) >= 2 else None
 
 
-def encode(data: bytes, effort: int, zstd_level: int = 3, check: bool = True) -> bytes | None:
-    """The ``dicom-jxl`` record of a Part 10 file, or None when it does not apply.
+@dataclass(frozen=True)
+class Image:
+    """The pixel data of a Part 10 file as an image an image coder can take: samples
+    offset by ``low`` so the smallest is 0, in 8-bit words when the values fit."""
 
-    With ``check`` (the default, and what the box uses) the record is decoded again and
-    compared with ``data`` before it is returned."""
+    image: np.ndarray[Any, Any]  # (frames * rows, cols), uint8 or uint16
+    code: int  # the stored word type (_DTYPES)
+    depth: int  # bits the values need
+    low: int
+    rows: int
+    cols: int
+    frames: int
+    start: int  # where the pixel data's value starts in the file
+    length: int
+
+
+def split(data: bytes) -> Image | None:
+    """The image inside a Part 10 file, or None when it is not one this coder takes
+    (compressed, colour, odd or undefined length, other word sizes)."""
     try:
         meta = read_meta(data[:MAX_META_BYTES])
         if meta.transfer_syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
@@ -105,22 +120,40 @@ def encode(data: bytes, effort: int, zstd_level: int = 3, check: bool = True) ->
         image = pixels.reshape(frames * rows, cols)  # as it is: no copy
     else:
         image = (pixels.astype(np.int32) - low).astype(out_type).reshape(frames * rows, cols)
+    return Image(image, code, depth, low, rows, cols, frames, start, length)
+
+
+def encode(data: bytes, effort: int, zstd_level: int = 3, check: bool = True) -> bytes | None:
+    """The ``dicom-jxl`` record of a Part 10 file, or None when it does not apply.
+
+    With ``check`` (the default) the record's image is decoded again and compared
+    before it is returned; the packer checks the whole record itself instead."""
+    img = split(data)
+    if img is None:
+        return None
     coded = imagecodecs.jpegxl_encode(
-        image, lossless=True, effort=effort, bitspersample=depth, numthreads=1
+        img.image, lossless=True, effort=effort, bitspersample=img.depth, numthreads=1
     )
     # never trust a codec with a patient's image: decode and compare the pixels (the
     # rest of the file is zstd, and the whole file's SHA-256 is checked at the hub)
-    if check and not np.array_equal(imagecodecs.jpegxl_decode(coded, numthreads=1), image):
+    if check and not np.array_equal(imagecodecs.jpegxl_decode(coded, numthreads=1), img.image):
         return None
     rest = zstandard.ZstdCompressor(level=zstd_level).compress(
-        data[:start] + data[start + length :]
+        data[: img.start] + data[img.start + img.length :]
     )
-    record = (
-        _HEADER.pack(MAGIC, code, depth, low, rows, cols, frames, start, length, len(rest))
-        + rest
-        + coded
+    header = _HEADER.pack(
+        MAGIC,
+        img.code,
+        img.depth,
+        img.low,
+        img.rows,
+        img.cols,
+        img.frames,
+        img.start,
+        img.length,
+        len(rest),
     )
-    return record
+    return header + rest + coded
 
 
 def decode(record: bytes, max_size: int = 1 << 62) -> bytes:
