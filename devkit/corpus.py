@@ -252,3 +252,46 @@ def _extract(data: bytes, target: Path) -> None:
 if __name__ == "__main__":
     prepare(Path(sys.argv[1]) / "downloads", Path(sys.argv[1]) / "unpacked")
     print(f"corpus unpacked: {sum(1 for _ in (Path(sys.argv[1]) / 'unpacked').rglob('*'))} entries")
+
+
+def derived_files(dest: Path) -> list[CorpusFile]:
+    """Odd kinds no package carries, made from a real CT slice with new UIDs: float and
+    double float pixel data (as in a parametric map), and signed pixels at both
+    extremes of their word."""
+    import numpy as np
+
+    dest.mkdir(parents=True, exist_ok=True)
+    src = data_file("693_UNCI.dcm")
+    out = []
+
+    def fresh() -> pydicom.Dataset:
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        return ds
+
+    ct = pydicom.dcmread(src).pixel_array
+    for name, keyword, dtype in (
+        ("float.dcm", "FloatPixelData", np.float32),
+        ("double.dcm", "DoubleFloatPixelData", np.float64),
+    ):
+        ds = fresh()
+        del ds.PixelData
+        for k in ("PixelRepresentation", "HighBit", "BitsStored"):
+            delattr(ds, k)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.30"
+        ds.BitsAllocated = 32 if dtype is np.float32 else 64
+        setattr(ds, keyword, (ct.astype(dtype) * dtype(0.5)).tobytes())
+        ds.save_as(dest / name, enforce_file_format=True)
+        out.append(CorpusFile("derived from 693_UNCI.dcm", name, dest / name))
+    ds = fresh()
+    a = ct.astype(np.int16)
+    a[0, :8], a[-1, -8:] = -32768, 32767
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 16, 15
+    ds.PixelData = a.tobytes()
+    ds.save_as(dest / "signed_extremes.dcm", enforce_file_format=True)
+    out.append(
+        CorpusFile("derived from 693_UNCI.dcm", "signed_extremes.dcm", dest / "signed_extremes.dcm")
+    )
+    return out

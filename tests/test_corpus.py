@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from devkit.box import Box, free_port, wait_port
-from devkit.corpus import CorpusFile, corpus_files
+from devkit.corpus import CorpusFile, corpus_files, derived_files
 from edge.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
 from edge.sneakernet import pack, sources_from_store, unpack
 from edge.store import reader
@@ -66,9 +66,9 @@ def box_index(data_dir: Path) -> tuple[set[str], set[str], list[str]]:
     return {r[0] for r in rows}, {r[1] for r in rows}, sorted({r[2] for r in rows})
 
 
-@pytest.fixture(scope="module")
-def corpus() -> list[CorpusFile]:
-    return corpus_files()
+@pytest.fixture
+def corpus(tmp_path) -> list[CorpusFile]:
+    return corpus_files() + derived_files(tmp_path / "derived")
 
 
 def test_every_public_dicom_file_gets_through(tmp_path, corpus):
