@@ -29,16 +29,22 @@ def metrics(hub) -> str:  # type: ignore[no-untyped-def]
         return r.read().decode()
 
 
-def test_a_coder_that_gives_up_costs_nothing_but_ratio(tmp_path, broker, hub, boxes):
-    # a coder given a millionth of a second times out on every instance: each one goes
-    # as zstd, the study arrives whole, and the figures say why
-    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), sync={"coder_seconds": 0.000001})
+def send_few_bit_slices(box, hub) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """Send the three slices with storescu; each study arrives whole at the hub."""
     files = [HEUDICONV / name for name in FEW_BITS]
     storescu(box.dicom_port, files)
     studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
     for uid in studies:
         wait_for(lambda uid=uid: delivered(box, uid), 60, f"study {uid} delivered")
         assert_same_at_hub(box, hub, uid)
+    return files
+
+
+def test_a_coder_that_gives_up_costs_nothing_but_ratio(tmp_path, broker, hub, boxes):
+    # a coder given a millionth of a second times out on every instance: each one goes
+    # as zstd, the study arrives whole, and the figures say why
+    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), sync={"coder_seconds": 0.000001})
+    files = send_few_bit_slices(box, hub)
     at_box = box.api("/api/transfers")["transfers"]
     assert sum(t["coder_fallbacks"] for t in at_box) == len(files)
     reasons = [r for t in at_box for r in t["coder_fallback_reasons"].values()]
@@ -50,12 +56,7 @@ def test_a_coder_that_gives_up_costs_nothing_but_ratio(tmp_path, broker, hub, bo
 
 def test_the_same_files_go_through_the_coder(tmp_path, broker, hub, boxes):
     box = start_box(boxes, tmp_path / "box", broker.mqtt_config())
-    files = [HEUDICONV / name for name in FEW_BITS]
-    storescu(box.dicom_port, files)
-    studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
-    for uid in studies:
-        wait_for(lambda uid=uid: delivered(box, uid), 60, f"study {uid} delivered")
-        assert_same_at_hub(box, hub, uid)
+    send_few_bit_slices(box, hub)
     assert sum(t["coder_fallbacks"] for t in box.api("/api/transfers")["transfers"]) == 0
 
 
