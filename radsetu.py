@@ -274,7 +274,7 @@ EPILOG_HUB_USER = (
 
 
 def cmd_hub_user_add(args: argparse.Namespace) -> int:
-    from edge.passwords import read_password
+    from common.passwords import read_password
     from hub.store import FileHubStore
     from hub.users import UserError, add
 
@@ -314,8 +314,8 @@ EPILOG_EDGE_USER = (
 
 
 def cmd_edge_user_add(args: argparse.Namespace) -> int:
+    from common.passwords import read_password
     from edge.accounts import AccountError, add_user
-    from edge.passwords import read_password
     from edge.service import open_store
 
     config = _load_config(args.config)

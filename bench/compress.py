@@ -114,7 +114,7 @@ def ours(instances: list[tuple[str, bytes]], effort: int | None) -> int:
 
 def corpus_studies() -> list[tuple[str, str, list[tuple[str, bytes]]]]:
     """(study UID, modality, instances) of every corpus file the box would keep."""
-    from edge.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
+    from common.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
 
     studies: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
     for f in corpus_files():

@@ -88,7 +88,7 @@ def replicate(src: Path, out_dir: Path, count: int, study_uid: str | None = None
 
 def dataset_bytes(path: Path) -> bytes:
     """The bytes after a Part 10 file's meta header."""
-    from edge.dicomfile import read_meta
+    from common.dicomfile import read_meta
 
     data = Path(path).read_bytes()
     return data[read_meta(data[:65536]).end :]

@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlite_utils
 
-from edge.passwords import MIN_LENGTH, check_password, check_unknown, hash_password
-from edge.store import utcnow
+from common.clock import utcnow
+from common.passwords import MIN_LENGTH, check_password, check_unknown, hash_password
 
 ROLES = ("staff", "admin")
 LANGUAGES = ("en", "hi", "kn")

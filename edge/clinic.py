@@ -36,9 +36,9 @@ from flask import (
 from flask import Request as FlaskRequest
 from werkzeug.utils import secure_filename
 
+from common.passwords import csrf_sent, csrf_token, local_next, session_key
 from edge import accounts, catalog, i18n, importer
 from edge import reports as box_reports
-from edge.passwords import csrf_sent, csrf_token, local_next, session_key
 
 clinic = Blueprint("clinic", __name__, template_folder="pages")
 PUBLIC_ENDPOINTS = {"clinic.login", "api.health", "static"}

@@ -7,29 +7,13 @@ in a section, ``RADSETU_<KEY>`` a top-level key.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import socket
-import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-# the link to the broker; the hub's [mqtt] section starts from the same keys
-MQTT_DEFAULTS: dict[str, Any] = {
-    "host": "localhost",
-    "port": 1883,
-    "tls": False,
-    "ca_file": "",
-    "cert_file": "",
-    "key_file": "",
-    "username": "",
-    "password": "",
-    "keepalive": 30,
-    "session_expiry_seconds": 604800,
-}
+from common.config import Config, ConfigError, config_keys, read_config
+from common.mqtt import MQTT_DEFAULTS, validate_mqtt
 
 DEFAULTS: dict[str, Any] = {
     "box_id": "",  # empty: the machine's host name
@@ -91,97 +75,6 @@ _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 _BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class ConfigError(ValueError):
-    """The configuration file or an override is wrong; the message says which key."""
-
-
-@dataclass(frozen=True)
-class Config:
-    values: dict[str, Any]
-    source: str  # where it came from, for the log
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    @property
-    def box_id(self) -> str:
-        return self.values["box_id"]
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.values["data_dir"])
-
-    def section(self, name: str) -> dict[str, Any]:
-        return self.values[name]
-
-
-def _coerce(name: str, default: Any, raw: Any, from_env: bool) -> Any:
-    """Convert ``raw`` to the type of ``default``; env values arrive as strings."""
-    if isinstance(default, bool):
-        if isinstance(raw, bool):
-            return raw
-        if from_env and str(raw).lower() in {"1", "true", "yes", "on"}:
-            return True
-        if from_env and str(raw).lower() in {"0", "false", "no", "off", ""}:
-            return False
-    elif isinstance(default, int):
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if from_env:
-            try:
-                return int(str(raw).replace("_", ""))
-            except ValueError:
-                pass
-    elif isinstance(default, float):
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if from_env:
-            try:
-                return float(raw)
-            except ValueError:
-                pass
-    elif isinstance(default, list):
-        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
-            return raw
-        if from_env:
-            return [x.strip() for x in str(raw).split(",") if x.strip()]
-    elif isinstance(default, str):
-        if isinstance(raw, str):
-            return raw
-    raise ConfigError(f"{name}: expected {type(default).__name__} (like {default!r}), got {raw!r}")
-
-
-def _merge(defaults: dict[str, Any], given: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out = copy.deepcopy(defaults)
-    for key, raw in given.items():
-        name = f"{prefix}{key}"
-        if key not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise ConfigError(f"{name}: unknown key (known here: {known})")
-        if isinstance(defaults[key], dict):
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{name}: expected a [{name}] table")
-            out[key] = _merge(defaults[key], raw, f"{name}.")
-        else:
-            out[key] = _coerce(name, defaults[key], raw, from_env=False)
-    return out
-
-
-def _apply_env(
-    values: dict[str, Any], env: dict[str, str], defaults: dict[str, Any], prefix: str
-) -> None:
-    for key, default in defaults.items():
-        if isinstance(default, dict):
-            for sub, subdefault in default.items():
-                var = f"{prefix}_{key}_{sub}".upper()
-                if var in env:
-                    values[key][sub] = _coerce(var, subdefault, env[var], from_env=True)
-        else:
-            var = f"{prefix}_{key}".upper()
-            if var in env:
-                values[key] = _coerce(var, default, env[var], from_env=True)
-
-
 def _validate(v: dict[str, Any]) -> None:
     if not v["box_id"]:
         v["box_id"] = socket.gethostname().split(".")[0]
@@ -238,25 +131,6 @@ def _validate(v: dict[str, Any]) -> None:
             raise ConfigError(f"stat.calling_ae_titles: {ae!r} is not a valid AE title")
 
 
-def validate_mqtt(m: dict[str, Any], name: str) -> None:
-    """Checks shared by the box's and the hub's ``[mqtt]`` sections."""
-    if not 0 < m["port"] <= 65535:
-        raise ConfigError(f"{name}.port: {m['port']} is not a TCP port")
-    if m["keepalive"] < 2:
-        raise ConfigError(f"{name}.keepalive: at least 2 seconds")
-    if m["session_expiry_seconds"] < 0:
-        raise ConfigError(f"{name}.session_expiry_seconds: 0 or more")
-    for key in ("ca_file", "cert_file", "key_file"):
-        if m[key] and not Path(m[key]).is_file():
-            raise ConfigError(f"{name}.{key}: {m[key]} does not exist or is not a file")
-    if bool(m["cert_file"]) != bool(m["key_file"]):
-        raise ConfigError(f"{name}.cert_file and {name}.key_file: give both or neither")
-    if (m["cert_file"] or m["ca_file"]) and not m["tls"]:
-        raise ConfigError(f"{name}.tls: certificates are set but tls is false")
-    if m["password"] and not m["username"]:
-        raise ConfigError(f"{name}.password: set without {name}.username")
-
-
 def parse_window(text: str) -> tuple[int, int]:
     """``"HH:MM-HH:MM"`` (local time, may wrap past midnight) as minutes of the day."""
     m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", text.strip())
@@ -277,38 +151,6 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
     return read_config(path, env, DEFAULTS, "RADSETU", _validate)
 
 
-def read_config(
-    path: str | os.PathLike[str] | None,
-    env: dict[str, str] | None,
-    defaults: dict[str, Any],
-    prefix: str,
-    validate: Callable[[dict[str, Any]], None],
-) -> Config:
-    """The TOML + environment + validation steps, for any service's ``defaults``."""
-    env = dict(os.environ) if env is None else env
-    given: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        try:
-            given = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {p} does not exist") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-        source = str(p)
-    values = _merge(defaults, given, "")
-    _apply_env(values, env, defaults, prefix)
-    validate(values)
-    return Config(values=values, source=source)
-
-
 def all_keys(defaults: dict[str, Any] = DEFAULTS) -> list[str]:
-    """Every documented key as ``section.key`` (top-level keys bare)."""
-    keys = []
-    for key, default in defaults.items():
-        if isinstance(default, dict):
-            keys.extend(f"{key}.{sub}" for sub in default)
-        else:
-            keys.append(key)
-    return keys
+    """Every documented key of the box as ``section.key`` (top-level keys bare)."""
+    return config_keys(defaults)

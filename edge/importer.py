@@ -23,7 +23,7 @@ from typing import BinaryIO, TextIO
 
 import pydicom
 
-from edge.dicomfile import InvalidInstance
+from common.dicomfile import InvalidInstance
 from edge.intake import accept_file
 from edge.store import Outcome, Store, StoreFull
 

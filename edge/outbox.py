@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.clock import utcnow
+from common.durable import fsync_dir
 from edge.sneakernet import Held, NothingToPack, Source, pack
-from edge.store import Store, fsync_dir, utcnow
+from edge.store import Store
 from wire.manifest import Manifest, Priority
 from wire.packfile import MAGIC, header_length, read_manifest
 from wire.ranges import RangeSet

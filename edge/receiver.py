@@ -14,8 +14,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from edge.config import Config
-from edge.dicomfile import (
+from common.dicomfile import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
     STORAGE_SOP_CLASSES,
@@ -24,6 +23,7 @@ from edge.dicomfile import (
     build_meta,
     read_meta,
 )
+from edge.config import Config
 from edge.intake import Accepted, accept_written
 from edge.scp import (
     SUCCESS,

@@ -23,7 +23,9 @@ from typing import Any
 
 import sqlite_utils
 
-from edge.store import Store, utcnow, write_durably
+from common.clock import utcnow
+from common.durable import write_durably
+from edge.store import Store
 
 log = logging.getLogger("radsetu.reports")
 

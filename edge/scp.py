@@ -38,8 +38,7 @@ from pynetdicom import AE, _config, dimse_messages, evt, transport
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import Verification
 
-from edge.config import Config
-from edge.dicomfile import (
+from common.dicomfile import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
     MAX_META_BYTES,
@@ -47,6 +46,7 @@ from edge.dicomfile import (
     InvalidInstance,
     read_meta,
 )
+from edge.config import Config
 from edge.intake import Accepted, accept_dataset, accept_received
 from edge.store import Outcome, Store, StoreFull
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from waitress import create_server
 
+from common.dicomfile import index_existing
 from edge import receiver, scp
 from edge.config import Config
-from edge.intake import index_existing
 from edge.notify import Watchdog, notify
 from edge.store import StatRules, Store
 from edge.web import create_app

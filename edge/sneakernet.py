@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
-from edge.intake import verify
-from edge.store import fsync_dir
+from common.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta, verify
+from common.durable import fsync_dir
 from wire import pixels
 from wire.adaptive import Profile, choose, delivery_seconds
 from wire.codec import (

@@ -28,7 +28,10 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from edge.dicomfile import InstanceInfo
+from common.clock import utcnow
+from common.db import create_audit_table, open_db
+from common.dicomfile import InstanceInfo
+from common.durable import fsync_dir
 
 log = logging.getLogger("radsetu.store")
 
@@ -178,23 +181,6 @@ def m005_held(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE transfers ADD COLUMN coder_fallback_reasons TEXT")
 
 
-def create_audit_table(db: sqlite_utils.Database, *extra_columns: str) -> None:
-    """The audit log (box and hub alike): who did what to which study, when, from
-    where. Triggers refuse every UPDATE and DELETE: rows are only ever added."""
-    extra = "".join(f"{c}, " for c in extra_columns)
-    db.execute(f"""
-        CREATE TABLE audit (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, username TEXT NOT NULL,
-            {extra}action TEXT NOT NULL, study_uid TEXT NOT NULL DEFAULT '',
-            detail TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT ''
-        )""")
-    for verb in ("UPDATE", "DELETE"):
-        db.execute(
-            f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
-            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-        )
-
-
 @dataclass(frozen=True)
 class StatRules:
     """What makes a study STAT without a person: ``[stat]`` in the config."""
@@ -221,41 +207,6 @@ class Outcome(Enum):
 
 class StoreFull(Exception):
     """Keeping this instance would take the disk below its reserve."""
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(final: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write ``data`` to a temp file in ``tmp_dir``, fsync it, rename it to ``final``
-    and fsync ``final``'s folder: afterwards the file is whole or absent."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def open_db(path: Path) -> sqlite_utils.Database:
-    """An index connection: WAL, full sync on commit, waits for other writers."""
-    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-    db = sqlite_utils.Database(conn)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
 
 
 # fsync releases the GIL: the disk flush runs while the caller hashes the same file

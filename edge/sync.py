@@ -29,14 +29,16 @@ from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from common.clock import utcnow
+from common.mqtt import connect_properties, mqtt_client
 from edge import reports
 from edge.config import Config, parse_window
 from edge.outbox import Outbox, backlog, held_summary
-from edge.store import Store, utcnow
+from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.manifest import Priority
@@ -62,32 +64,6 @@ def version() -> str:
         return _v("radsetu")
     except PackageNotFoundError:
         return "unknown"
-
-
-def mqtt_client(client_id: str, m: dict[str, Any]) -> mqtt.Client:
-    """A paho client for MQTT v5 with the ``[mqtt]`` section's TLS and credentials;
-    shared by the box and the hub."""
-    c = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-    )
-    if m["tls"]:
-        c.tls_set(
-            ca_certs=m["ca_file"] or None,
-            certfile=m["cert_file"] or None,
-            keyfile=m["key_file"] or None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-    if m["username"]:
-        c.username_pw_set(m["username"], m["password"] or None)
-    return c
-
-
-def connect_properties(m: dict[str, Any]) -> Properties:
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = m["session_expiry_seconds"]
-    return props
 
 
 def in_windows(windows: list[str], now: datetime) -> bool:

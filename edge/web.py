@@ -8,8 +8,8 @@ import re
 from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_file, session
-from flask.json.provider import DefaultJSONProvider
 
+from common.web import json_app
 from edge import catalog
 from edge import config as edge_config
 from edge.store import reader
@@ -139,36 +139,6 @@ def repairs() -> Any:
 def health() -> Any:
     cfg = current_app.config["RADSETU"]
     return jsonify({"box_id": cfg.box_id, "ok": True})
-
-
-class SafeJSONProvider(DefaultJSONProvider):
-    """JSON with ``<``, ``>`` and ``&`` escaped: patient names and descriptions come from
-    modalities and may hold HTML; no browser may ever read them as markup."""
-
-    def dumps(self, obj: Any, **kwargs: Any) -> str:
-        text = super().dumps(obj, **kwargs)
-        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def json_app(cfg: edge_config.Config, *blueprints: Blueprint) -> Flask:
-    """A Flask app that speaks safe JSON, answers 404 in JSON and forbids sniffing;
-    shared by the box's and the hub's web services."""
-    app = Flask(__name__)
-    app.json = SafeJSONProvider(app)
-    app.config["RADSETU"] = cfg
-    for bp in blueprints:
-        app.register_blueprint(bp)
-
-    @app.after_request
-    def no_sniffing(response: Any) -> Any:
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-
-    @app.errorhandler(404)
-    def not_found(_e: Any) -> Any:
-        return jsonify({"error": "not found"}), 404
-
-    return app
 
 
 def create_app(

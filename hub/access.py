@@ -17,8 +17,8 @@ from typing import Any
 
 from flask import abort, g, has_request_context, jsonify, redirect, request, session, url_for
 
-from edge.passwords import csrf_sent
-from edge.store import utcnow
+from common.clock import utcnow
+from common.passwords import csrf_sent
 from hub.store import FileHubStore
 
 PUBLIC = ("public",)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from edge.config import MQTT_DEFAULTS, Config, ConfigError, read_config, validate_mqtt
+from common.config import Config, ConfigError, read_config
+from common.mqtt import MQTT_DEFAULTS, validate_mqtt
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": "radsetu-hub-data",

@@ -24,9 +24,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import Config
-from edge.store import utcnow
-from edge.sync import connect_properties, mqtt_client
+from common.clock import utcnow
+from common.config import Config
+from common.mqtt import connect_properties, mqtt_client
 from hub import reading, reports
 from hub.ingest import take_chunk, take_manifest
 from hub.store import FileHubStore

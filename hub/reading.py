@@ -7,8 +7,8 @@ import statistics
 from datetime import datetime
 from typing import Any
 
-from edge.intake import index_existing
-from edge.store import utcnow
+from common.clock import utcnow
+from common.dicomfile import index_existing
 from hub.reports import ReportError
 from hub.store import FileHubStore
 from wire.manifest import Manifest

@@ -8,7 +8,7 @@ import logging
 import uuid
 from typing import Any
 
-from edge.store import utcnow
+from common.clock import utcnow
 from hub.store import FileHubStore
 from wire import pdf
 from wire.report import encode_report

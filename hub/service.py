@@ -17,7 +17,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from edge.config import Config
+from common.config import Config
 from hub.web import create_app
 
 log = logging.getLogger("radsetu.hub")

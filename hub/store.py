@@ -18,7 +18,9 @@ from typing import Any, Protocol
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from edge.store import create_audit_table, utcnow, write_durably
+from common.clock import utcnow
+from common.db import create_audit_table
+from common.durable import write_durably
 
 migrations = Migrations("radsetu.hub.store")
 

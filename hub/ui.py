@@ -25,7 +25,7 @@ from flask import (
     url_for,
 )
 
-from edge.passwords import csrf_sent, csrf_token, local_next, session_key
+from common.passwords import csrf_sent, csrf_token, local_next, session_key
 from hub import access, reading, reports, users
 from hub.render import PRESETS
 from hub.store import FileHubStore

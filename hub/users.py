@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from edge.passwords import MIN_LENGTH, check_password, check_unknown, hash_password
-from edge.store import utcnow
+from common.clock import utcnow
+from common.passwords import MIN_LENGTH, check_password, check_unknown, hash_password
 from hub.store import FileHubStore
 
 ROLES = ("radiologist", "operator", "admin")

@@ -8,8 +8,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, g, jsonify, request, send_file
 
-from edge.config import Config
-from edge.web import json_app
+from common.config import Config
+from common.web import json_app
 from hub import access, reading, reports
 from hub import config as hub_config
 from hub.store import FileHubStore

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from common.dicomfile import read_meta
 from devkit.box import Box, free_port, wait_port
 from devkit.broker import Broker, Hub
-from edge.dicomfile import read_meta
 
 ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
 

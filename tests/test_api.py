@@ -85,7 +85,7 @@ def test_unknown_is_404_json(client, path):
 
 
 def test_repairs_are_shown(tmp_path):
-    from edge.intake import index_existing
+    from common.dicomfile import index_existing
 
     cfg = load(None, env={"RADSETU_DATA_DIR": str(tmp_path / "d"), "RADSETU_BOX_ID": "b1"})
     store = Store(cfg.data_dir)

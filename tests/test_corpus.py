@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from common.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
 from devkit.box import Box, free_port, wait_port
 from devkit.corpus import CorpusFile, corpus_files, derived_files
-from edge.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta
 from edge.sneakernet import pack, sources_from_store, unpack
 from edge.store import reader
 from hub.ingest import import_pack

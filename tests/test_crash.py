@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from conftest import need, storescu
 
+from common.dicomfile import read_meta
 from devkit.corpus import dataset_bytes, pydicom_file, replicate
-from edge.dicomfile import read_meta
 
 COUNT = 240
 ROUNDS = 3

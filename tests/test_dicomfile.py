@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devkit.corpus import SAMPLES, pydicom_file, sample_path
-from edge.dicomfile import (
+from common.dicomfile import (
     InvalidInstance,
     build_meta,
     check_structure,
     read_info,
     read_meta,
 )
+from devkit.corpus import SAMPLES, pydicom_file, sample_path
 
 WHOLE = [sample_path(o, n) for o, n, _ in SAMPLES] + [
     pydicom_file("CT_small.dcm"),
@@ -110,8 +110,8 @@ def test_fast_identifiers_equal_pydicoms_on_every_corpus_file():
     import data_store
     import pydicom
 
-    from edge.dicomfile import _PLAIN, MAX_META_BYTES, _fast_info, _pydicom_info
-    from edge.dicomfile import check_structure as walk
+    from common.dicomfile import _PLAIN, MAX_META_BYTES, _fast_info, _pydicom_info
+    from common.dicomfile import check_structure as walk
 
     compared = fell_back = 0
     roots = [Path(pydicom.__file__).parent / "data", Path(data_store.__file__).parent / "data"]

@@ -12,9 +12,9 @@ from conftest import need, storescu, wait_for
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
+from common.dicomfile import build_meta, read_meta
 from devkit.box import Box
 from devkit.corpus import SAMPLES, dataset_bytes, pydicom_file, sample_path
-from edge.dicomfile import build_meta, read_meta
 from wire import dul
 
 

@@ -7,9 +7,9 @@ import os
 import pydicom
 import pytest
 
+from common.dicomfile import InvalidInstance, index_existing
 from devkit.corpus import data_file, pydicom_file
-from edge.dicomfile import InvalidInstance
-from edge.intake import accept_file, index_existing
+from edge.intake import accept_file
 from edge.store import Outcome, Store, StoreFull
 
 BIG = 1 << 40
@@ -141,8 +141,8 @@ def test_migrations_rerun_safely(tmp_path):
 
 def test_dataset_from_the_network_gets_our_header_and_keeps_its_bytes(store):
     """The receiver's fallback path: the dataset copied behind a header of ours."""
+    from common.dicomfile import build_meta
     from devkit.corpus import dataset_bytes
-    from edge.dicomfile import build_meta
     from edge.intake import accept_dataset
 
     src = data_file("693_UNCI.dcm")

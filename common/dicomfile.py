@@ -7,6 +7,7 @@ structure to prove that it is whole, and pulls out the identifiers the index nee
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from collections.abc import Callable
@@ -245,3 +246,31 @@ def _checked(info: InstanceInfo) -> InstanceInfo:
     if info.sop_class_uid not in STORAGE_SOP_CLASSES:
         raise InvalidInstance(f"SOP class {info.sop_class_uid} is not a storage SOP class")
     return info
+
+
+def verify(path, meta: Meta, max_bytes: int) -> InstanceInfo:  # type: ignore[no-untyped-def]
+    """Prove the file at ``path`` holds a whole dataset and read its identifiers."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size <= meta.end:
+            raise InvalidInstance("the file holds a meta header but no dataset")
+        reason = None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                found = check_structure(
+                    memoryview(mm)[meta.end :], meta.transfer_syntax, limit=max_bytes
+                )
+            except InvalidInstance as exc:
+                # keep only the text: the traceback's frames hold views of the map,
+                # which must be gone before it closes
+                reason = exc.reason
+        if reason is not None:
+            raise InvalidInstance(reason)
+    return read_info(found, meta)
+
+
+def index_existing(path) -> tuple[InstanceInfo, int]:  # type: ignore[no-untyped-def]
+    """For the store's self-check: identifiers and dataset offset of a stored file."""
+    with open(path, "rb") as f:
+        meta = read_meta(f.read(MAX_META_BYTES))
+    return verify(path, meta, max_bytes=1 << 62), meta.end
