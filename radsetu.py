@@ -34,7 +34,8 @@ def _load_config(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_edge_serve(args: argparse.Namespace) -> int:
-    from edge.service import BoxRunning, serve
+    from edge.boot import BoxRunning
+    from edge.service import serve
 
     config = _load_config(args.config)
     _setup_logging(config["log_level"])
@@ -46,8 +47,8 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_import(args: argparse.Namespace) -> int:
+    from edge.boot import open_store
     from edge.importer import run_import
-    from edge.service import open_store
 
     config = _load_config(args.config)
     _setup_logging("WARNING" if not args.verbose else "INFO")
@@ -72,7 +73,7 @@ def cmd_edge_import(args: argparse.Namespace) -> int:
 
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
-    from edge.service import BoxRunning, check_store, lock_data_dir, open_store
+    from edge.boot import BoxRunning, check_store, lock_data_dir, open_store
 
     config = _load_config(args.config)
     _setup_logging(config["log_level"])
@@ -316,7 +317,7 @@ EPILOG_EDGE_USER = (
 def cmd_edge_user_add(args: argparse.Namespace) -> int:
     from common.passwords import read_password
     from edge.accounts import AccountError, add_user
-    from edge.service import open_store
+    from edge.boot import open_store
 
     config = _load_config(args.config)
     password = read_password(args.name)

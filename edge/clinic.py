@@ -39,6 +39,7 @@ from werkzeug.utils import secure_filename
 from common.passwords import csrf_sent, csrf_token, local_next, session_key
 from edge import accounts, catalog, i18n, importer
 from edge import reports as box_reports
+from edge.db import get_db
 
 clinic = Blueprint("clinic", __name__, template_folder="pages")
 PUBLIC_ENDPOINTS = {"clinic.login", "api.health", "static"}
@@ -47,9 +48,7 @@ SESSION_HOURS = 12  # a clinic's shift
 
 
 def _db():  # type: ignore[no-untyped-def]
-    from edge.web import _db as web_db
-
-    return web_db()
+    return get_db()
 
 
 def _(message: str, **kw: Any) -> str:

@@ -7,69 +7,26 @@ SIGKILL or power cut is what the store's start-up check is for.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from waitress import create_server
 
-from common.dicomfile import index_existing
 from edge import receiver, scp
+from edge.boot import check_store, lock_data_dir, open_store
 from edge.config import Config
 from edge.notify import Watchdog, notify
-from edge.store import StatRules, Store
+from edge.outbox import Outbox
+from edge.reports import Printer
+from edge.store import Store
+from edge.sync import Agent
 from edge.web import create_app
 
 log = logging.getLogger("radsetu.edge")
-
-
-class BoxRunning(Exception):
-    """Another process serves this data folder."""
-
-
-def lock_data_dir(config: Config) -> int:
-    """Take the data folder's lock, held for as long as the process lives. The store's
-    check removes temp files, so it must never run beside a box that is writing them."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(config.data_dir / "box.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise BoxRunning(
-            f"a box is already running on {config.data_dir}: stop it first "
-            "(or give this one another data_dir)"
-        ) from exc
-    return fd
-
-
-def open_store(config: Config) -> Store:
-    s = config["store"]
-    st = config["stat"]
-    return Store(
-        config.data_dir,
-        reserve_bytes=s["reserve_bytes"],
-        quiet_seconds=s["quiet_seconds"],
-        stat_rules=StatRules(tuple(st["modalities"]), tuple(st["description_words"])),
-    )
-
-
-def check_store(store: Store) -> None:
-    report = store.check(index_existing)
-    if report.clean:
-        log.info("store check: clean (%d temp files removed)", report.temp_files_removed)
-    else:
-        log.warning(
-            "store check repaired: %d files indexed, %d rows without files removed, "
-            "%d files quarantined (see the repairs table)",
-            len(report.files_indexed),
-            len(report.rows_removed),
-            len(report.quarantined),
-        )
 
 
 RETENTION_EVERY = 600.0  # seconds between retention sweeps
@@ -93,6 +50,38 @@ def _readiness_loop(store: Store, stop: threading.Event, retention_days: float) 
                 log.exception("retention sweep failed")
 
 
+def _start_agent(config: Config) -> Agent | None:
+    if not config["sync"]["enabled"]:
+        log.info("sync is off ([sync] enabled = false): studies stay on the box")
+        return None
+    # the agent gets its own connection to the index: it writes from its threads
+    sync_store = open_store(config)
+    agent = Agent(config, sync_store, Outbox(sync_store, config.box_id, config["sync"]))
+    return agent.start()
+
+
+def _health_check(
+    config: Config, store: Store, dicom: Any, ticker: threading.Thread, printer: Printer
+) -> Callable[[], str | None]:
+    """What the watchdog asks before it is fed: None, or why the box is not well."""
+
+    def healthy() -> str | None:
+        for name, thread in (
+            ("the DICOM receiver", getattr(dicom, "thread", None)),
+            ("the readiness clock", ticker),
+            ("the printer", printer if config["print"]["printer"] else None),
+        ):
+            if thread is not None and not thread.is_alive():
+                return f"{name} stopped"
+        try:
+            store.db.execute("SELECT 1 FROM studies LIMIT 1").fetchall()
+        except Exception as exc:  # noqa: BLE001 - any failure is a reason to restart
+            return f"the index does not answer: {exc}"
+        return None
+
+    return healthy
+
+
 def serve(config: Config) -> int:
     log.info(
         "box %s starting (config: %s, data: %s)", config.box_id, config.source, config.data_dir
@@ -110,19 +99,7 @@ def serve(config: Config) -> int:
         name="readiness",
     )
     ticker.start()
-    agent = None
-    if config["sync"]["enabled"]:
-        from edge.outbox import Outbox
-        from edge.sync import Agent
-
-        # the agent gets its own connection to the index: it writes from its threads
-        sync_store = open_store(config)
-        agent = Agent(config, sync_store, Outbox(sync_store, config.box_id, config["sync"]))
-        agent.start()
-    else:
-        log.info("sync is off ([sync] enabled = false): studies stay on the box")
-    from edge.reports import Printer
-
+    agent = _start_agent(config)
     print_store = open_store(config)
     printer = Printer(
         print_store,
@@ -144,22 +121,7 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-
-    def healthy() -> str | None:
-        for name, thread in (
-            ("the DICOM receiver", getattr(dicom, "thread", None)),
-            ("the readiness clock", ticker),
-            ("the printer", printer if config["print"]["printer"] else None),
-        ):
-            if thread is not None and not thread.is_alive():
-                return f"{name} stopped"
-        try:
-            store.db.execute("SELECT 1 FROM studies LIMIT 1").fetchall()
-        except Exception as exc:  # noqa: BLE001 - any failure is a reason to restart
-            return f"the index does not answer: {exc}"
-        return None
-
-    Watchdog(healthy, stop).start()
+    Watchdog(_health_check(config, store, dicom, ticker, printer), stop).start()
     notify(f"READY=1\nSTATUS=serving DICOM on {config['dicom']['port']}, web on {w['port']}")
     try:
         web.run()

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, abort, request
 from pydicom.multival import MultiValue
 
 from common.dicomtext import dicom_text
-from hub.web import request_store as _store
+from hub.db import request_store as _store
 
 dicomweb = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 

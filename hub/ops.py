@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request, session
 
+from common.passwords import csrf_token
 from hub import access, fleet
-from hub.web import request_store
+from hub.db import request_store
 
 ops = Blueprint("ops", __name__, template_folder="pages")
 admin = Blueprint("admin", __name__, template_folder="pages")
@@ -34,8 +35,6 @@ def _fleet() -> dict[str, Any]:
 
 @ops.get("/fleet")
 def fleet_page() -> Any:
-    from hub.ui import _csrf
-
     data = _fleet()
     key = request.args.get("sort", "box_id")
     if key not in dict(COLUMNS):
@@ -45,7 +44,7 @@ def fleet_page() -> Any:
     return render_template(
         "fleet.html",
         title="Fleet",
-        csrf=_csrf(),
+        csrf=csrf_token(session),
         data=data,
         columns=COLUMNS,
         sort=key,
@@ -56,8 +55,6 @@ def fleet_page() -> Any:
 
 @ops.get("/fleet/<box_id>")
 def box_page(box_id: str) -> Any:
-    from hub.ui import _csrf
-
     data = _fleet()
     box = next((b for b in data["boxes"] if b["box_id"] == box_id), None)
     if box is None:
@@ -91,7 +88,7 @@ def box_page(box_id: str) -> Any:
     return render_template(
         "box.html",
         title=f"Box {box_id}",
-        csrf=_csrf(),
+        csrf=csrf_token(session),
         box=box,
         transfers=transfers,
         charts=charts,
@@ -110,7 +107,5 @@ def metrics() -> Any:
 
 @admin.get("/admin/audit")
 def audit_page() -> Any:
-    from hub.ui import _csrf
-
     rows = access.audit_rows(request_store(), action=request.args.get("action", ""))
-    return render_template("audit.html", title="Audit log", csrf=_csrf(), rows=rows)
+    return render_template("audit.html", title="Audit log", csrf=csrf_token(session), rows=rows)

@@ -9,7 +9,7 @@ from typing import Any
 
 from common.clock import utcnow
 from common.dicomfile import index_existing
-from hub.reports import ReportError
+from hub.errors import HubError
 from hub.store import FileHubStore
 from wire.manifest import Manifest
 
@@ -161,13 +161,13 @@ def worklist(
 def _study(store: FileHubStore, study_uid: str) -> dict[str, Any]:
     rows = list(store.db.query("SELECT * FROM hub_studies WHERE study_uid=?", [study_uid]))
     if not rows:
-        raise ReportError(f"study {study_uid} is not in the reading room", 404)
+        raise HubError(f"study {study_uid} is not in the reading room", 404)
     return dict(rows[0])
 
 
 def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:
     if not radiologist.strip():
-        raise ReportError("a claim needs the radiologist's name")
+        raise HubError("a claim needs the radiologist's name")
     cur = store.db.execute(
         "UPDATE hub_studies SET claimed_by=?, claimed_at=coalesce(claimed_at, ?) "
         "WHERE study_uid=? AND (claimed_by IS NULL OR claimed_by=?)",
@@ -175,7 +175,7 @@ def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, An
     )
     if not cur.rowcount:
         s = _study(store, study_uid)
-        raise ReportError(f"{s['claimed_by']} is reading this study", 409)
+        raise HubError(f"{s['claimed_by']} is reading this study", 409)
     s = _study(store, study_uid)
     store.db.execute(  # the clinic's page shows "being read"
         "INSERT INTO notices(box_id, study_uid, state, created_at) VALUES (?,?,?,?)",
@@ -187,7 +187,7 @@ def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, An
 def release(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:
     s = _study(store, study_uid)
     if s["claimed_by"] not in (None, radiologist):
-        raise ReportError(f"only {s['claimed_by']} can release this study", 409)
+        raise HubError(f"only {s['claimed_by']} can release this study", 409)
     store.db.execute("UPDATE hub_studies SET claimed_by=NULL WHERE study_uid=?", [study_uid])
     return _study(store, study_uid)
 
@@ -197,7 +197,7 @@ def assign(
 ) -> dict[str, Any]:
     """Pass a study on (for a second opinion, or to a subspecialty): the claim goes."""
     if subspecialty not in SUBSPECIALTIES:
-        raise ReportError(f"subspecialty must be one of {', '.join(SUBSPECIALTIES)}")
+        raise HubError(f"subspecialty must be one of {', '.join(SUBSPECIALTIES)}")
     _study(store, study_uid)
     store.db.execute(
         "UPDATE hub_studies SET subspecialty=?, assigned_to=?, claimed_by=NULL WHERE study_uid=?",

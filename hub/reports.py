@@ -9,6 +9,8 @@ import uuid
 from typing import Any
 
 from common.clock import utcnow
+from hub import reading
+from hub.errors import HubError
 from hub.store import FileHubStore
 from wire import pdf
 from wire.report import encode_report
@@ -18,20 +20,12 @@ log = logging.getLogger("radsetu.hub.reports")
 MAX_TEXT = 20_000
 
 
-class ReportError(Exception):
-    """Something the caller must fix; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
 def _text(body: dict[str, Any], key: str, required: bool = False) -> str:
     value = body.get(key, "")
     if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise ReportError(f"{key} must be text of at most {MAX_TEXT} characters")
+        raise HubError(f"{key} must be text of at most {MAX_TEXT} characters")
     if required and not value.strip():
-        raise ReportError(f"{key} is required")
+        raise HubError(f"{key} is required")
     return value
 
 
@@ -40,7 +34,7 @@ def _study_box(store: FileHubStore, study_uid: str) -> str:
         "SELECT box_id FROM instances WHERE study_uid=? LIMIT 1", [study_uid]
     ).fetchone()
     if row is None:
-        raise ReportError(f"study {study_uid} is not at the hub", 404)
+        raise HubError(f"study {study_uid} is not at the hub", 404)
     return str(row[0])
 
 
@@ -68,7 +62,7 @@ def create_draft(store: FileHubStore, study_uid: str, body: dict[str, Any]) -> d
 def update_draft(store: FileHubStore, report_id: str, body: dict[str, Any]) -> dict[str, Any]:
     current = get(store, report_id)
     if current["state"] != "draft":
-        raise ReportError("a signed report cannot change; add an addendum instead", 409)
+        raise HubError("a signed report cannot change; add an addendum instead", 409)
     fields = {k: _text(body, k) for k in ("findings", "impression", "radiologist") if k in body}
     if "critical" in body:
         fields["critical"] = int(body["critical"] is True)  # type: ignore[assignment]
@@ -84,12 +78,12 @@ def update_draft(store: FileHubStore, report_id: str, body: dict[str, Any]) -> d
 def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) -> dict[str, Any]:
     current = get(store, report_id)
     if current["state"] != "draft":
-        raise ReportError("the report is already signed", 409)
+        raise HubError("the report is already signed", 409)
     who = radiologist or current["radiologist"]
     if not who.strip():
-        raise ReportError("a report is signed by a named radiologist")
+        raise HubError("a report is signed by a named radiologist")
     if not (current["findings"].strip() or current["impression"].strip()):
-        raise ReportError("an empty report cannot be signed")
+        raise HubError("an empty report cannot be signed")
     signed_at = utcnow()
     with store.db.atomic():  # signed, its PDF and its delivery: all or nothing
         store.db.execute(
@@ -98,8 +92,6 @@ def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) ->
             [who, signed_at, report_id],
         )
         _finish(store, {**current, "radiologist": who, "signed_at": signed_at})
-        from hub import reading
-
         reading.mark(store, current["study_uid"], "signed_at")
     log.info("report %s of study %s signed by %s", report_id, current["study_uid"], who)
     return get(store, report_id)
@@ -108,7 +100,7 @@ def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) ->
 def add_addendum(store: FileHubStore, report_id: str, body: dict[str, Any]) -> dict[str, Any]:
     first = get(store, report_id, version=1)
     if first["state"] != "signed":
-        raise ReportError("sign the report before adding an addendum", 409)
+        raise HubError("sign the report before adding an addendum", 409)
     latest = get(store, report_id)
     version = latest["version"] + 1
     row = {
@@ -194,7 +186,7 @@ def get(store: FileHubStore, report_id: str, version: int | None = None) -> dict
         args.append(version)
     rows = list(store.db.query(q + " ORDER BY version DESC LIMIT 1", args))
     if not rows:
-        raise ReportError(f"no report {report_id}", 404)
+        raise HubError(f"no report {report_id}", 404)
     row = dict(rows[0])
     row["critical"] = bool(row["critical"])
     d = store.db.execute(
@@ -271,8 +263,6 @@ def acked(
 ) -> bool:
     """The box has the report (and, with ``printed``, has printed it). True when this
     ack was news."""
-    from hub import reading
-
     row = store.db.execute(
         "SELECT study_uid FROM reports WHERE report_id=? AND version=? AND box_id=?",
         [report_id, version, box_id],

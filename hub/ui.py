@@ -27,10 +27,11 @@ from flask import (
 
 from common.passwords import csrf_sent, csrf_token, local_next, session_key
 from hub import access, reading, reports, users
+from hub.db import request_store as _store
+from hub.errors import HubError
 from hub.render import PRESETS
 from hub.store import FileHubStore
 from hub.templates import template
-from hub.web import request_store as _store
 
 ui = Blueprint("ui", __name__, template_folder="pages")
 
@@ -105,7 +106,7 @@ def read(study_uid: str) -> Any:
     store = _store()
     try:
         study = reading._study(store, study_uid)
-    except reports.ReportError:
+    except HubError:
         abort(404)
     found = reports.for_study(store, study_uid)
     report = found[-1] if found else None
@@ -131,7 +132,7 @@ def read(study_uid: str) -> Any:
 
 def study_form(rule: str) -> Any:
     """A form posted about a study by a reader (hub/access.py has checked the role and
-    the CSRF token): a refusal (ReportError) is shown on the page, the action goes to
+    the CSRF token): a refusal (HubError) is shown on the page, the action goes to
     the audit log, and the view returns the flash message and where to go (the study
     by default)."""
 
@@ -148,7 +149,7 @@ def study_form(rule: str) -> Any:
                 access.audit(_store(), action, study_uid)
                 if message:
                     flash(message, "ok")
-            except reports.ReportError as exc:
+            except HubError as exc:
                 flash(str(exc), "error")
             return redirect(target)
 
@@ -194,7 +195,7 @@ def pass_on(store: FileHubStore, study_uid: str) -> Any:
 def addendum(store: FileHubStore, study_uid: str) -> Any:
     signed = [r for r in reports.for_study(store, study_uid) if r["state"] == "signed"]
     if not signed:
-        raise reports.ReportError("sign the report before adding an addendum", 409)
+        raise HubError("sign the report before adding an addendum", 409)
     reports.add_addendum(
         store,
         signed[-1]["report_id"],

@@ -99,8 +99,8 @@ def test_user_add_if_absent_leaves_an_account_alone(tmp_path):
         )
         assert short.returncode == 2 and "at least 10 characters" in short.stderr
     from edge import accounts
+    from edge.boot import open_store
     from edge.config import load
-    from edge.service import open_store
 
     store = open_store(load(cfg))
     assert accounts.authenticate(store.db, "ops-1", "first password 1") is not None
