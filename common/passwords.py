@@ -4,10 +4,12 @@ be raised later without breaking old ones."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,6 @@ def local_next(target: str) -> str | None:
 
 def read_password(name: str) -> str:
     """A new account's password: asked for on a terminal, else one line of stdin."""
-    import getpass
-    import sys
 
     if sys.stdin.isatty():
         return getpass.getpass(f"password for {name}: ")

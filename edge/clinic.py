@@ -30,6 +30,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_file,
     session,
     url_for,
 )
@@ -444,7 +445,6 @@ def report_view(report_id: str) -> Any:
         abort(404)
     row = _db().execute("SELECT study_uid FROM reports WHERE report_id=?", [report_id]).fetchone()
     _audit("view_report", row[0] if row else "", f"report {report_id}")
-    from flask import send_file
 
     return send_file(path, mimetype="application/pdf")
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
+
 from common.dicomfile import MAX_META_BYTES, InvalidInstance, read_meta, verify
 from common.durable import fsync_dir
+from edge.store import reader
 from wire import pixels
 from wire.adaptive import Profile, choose, delivery_seconds
 from wire.codec import (
@@ -132,7 +136,6 @@ def sources_from_folder(folder: Path) -> tuple[list[Source], list[tuple[str, str
 
 
 def sources_from_store(data_dir: Path, study_uid: str) -> list[Source]:
-    from edge.store import reader
 
     with reader(data_dir) as db:
         rows = db.execute(
@@ -322,9 +325,6 @@ def _file_sha256(path: Path) -> str:
 def measure_profiles(sample: bytes, efforts: tuple[int, ...] = (3, 8)) -> list[Profile]:
     """Ratio and encode speed of each candidate coder on one real instance, on this
     machine now: what ``wire.adaptive.choose`` needs."""
-    import time
-
-    import zstandard
 
     profiles = []
     t = time.perf_counter()

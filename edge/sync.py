@@ -26,6 +26,8 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _v
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -57,8 +59,6 @@ PRIORITY_EVERY = 0.5  # seconds between reads of priorities people may have chan
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _v
 
     try:
         return _v("radsetu")

@@ -8,6 +8,7 @@ index for large hubs is a later step.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,6 @@ def _params() -> dict[str, str]:
 
 
 def _answer(items: list[dict[str, Any]]) -> Response:
-    import json
 
     offset = int(request.args.get("offset", 0) or 0)
     limit = int(request.args.get("limit", 0) or 0)
@@ -211,7 +211,6 @@ def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str) -> Response
 
 @dicomweb.get("/studies/<study_uid>/metadata")
 def study_metadata(study_uid: str) -> Response:
-    import json
 
     items = []
     for path in _select(study_uid):

@@ -12,10 +12,12 @@ import logging
 import threading
 from typing import Any
 
+from hub import reading
 from hub.store import HubStore
 from wire.codec import InstanceBytes, InstanceVerified, Unpacker
 from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest
+from wire.packfile import MAGIC, header_length
 from wire.transfer import ChunkAccepted, ChunkRejected, Reception, State, TransferComplete
 
 log = logging.getLogger("radsetu.hub.ingest")
@@ -184,8 +186,6 @@ def _finish(store: HubStore, r: Reception) -> None:
     r.verified()
     store.drop_chunks(m.transfer_id)
     try:
-        from hub import reading
-
         reading.study_verified(store, m)
     except Exception:  # the study is safe; the reading room's summary can be rebuilt
         log.exception("study %s: could not update the reading room's summary", m.study_uid)
@@ -200,7 +200,6 @@ def _finish(store: HubStore, r: Reception) -> None:
 
 def import_pack(store: HubStore, pack_file: str) -> dict[str, Any]:
     """Ingest a `radsetu pack` file exactly as if its messages had come over MQTT."""
-    from wire.packfile import MAGIC, header_length
 
     source = f"import:{pack_file}"
     with open(pack_file, "rb") as f:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import signal
 import threading
 import time
 from typing import Any
@@ -237,7 +238,6 @@ class Ingest:
 
 def run(config: Config) -> int:
     """``radsetu hub ingest``: run until SIGTERM/SIGINT."""
-    import signal
 
     store = FileHubStore(config.data_dir)
     ingest = Ingest(config, store).start()

@@ -8,7 +8,9 @@ store with other ``mqtt.client_id`` values; they share the load.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -37,8 +39,6 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def _die_with_parent() -> None:
-    import ctypes
-    import signal
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
