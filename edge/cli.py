@@ -17,8 +17,8 @@ from common.passwords import read_password
 from edge import config as edge_config
 from edge.accounts import AccountError, add_user
 from edge.boot import BoxRunning, check_store, lock_data_dir, open_store
+from edge.holds import held_summary
 from edge.importer import run_import
-from edge.outbox import held_summary
 from edge.service import serve
 from edge.sneakernet import PackError, pack, pick_for_link, sources_from_folder, sources_from_store
 from edge.sneakernet import unpack as unpack_file
@@ -207,7 +207,12 @@ def add_commands(top: Any) -> None:
     """``radsetu edge ...`` and the top-level ``pack`` and ``unpack``."""
     edge = top.add_parser("edge", help="the clinic box")
     sub = edge.add_subparsers(dest="command", required=True)
+    _add_service_commands(sub)
+    _add_account_commands(sub)
+    _add_sneakernet_commands(top)
 
+
+def _add_service_commands(sub: Any) -> None:
     s = command(
         sub,
         "serve",
@@ -240,6 +245,8 @@ def add_commands(top: Any) -> None:
     )
     s.add_argument("--config", help="TOML config file")
 
+
+def _add_account_commands(sub: Any) -> None:
     s = command(
         sub,
         "user",
@@ -268,6 +275,8 @@ def add_commands(top: Any) -> None:
     s.add_argument("--retry", action="store_true", help="try every held instance again now")
     s.add_argument("--config", help="TOML config file (the same one the box serves with)")
 
+
+def _add_sneakernet_commands(top: Any) -> None:
     s = command(
         top,
         "pack",

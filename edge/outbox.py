@@ -21,21 +21,14 @@ from typing import Any
 
 from common.clock import utcnow
 from common.durable import fsync_dir
-from edge.sneakernet import Held, NothingToPack, Source, pack
+from edge.holds import Holds
+from edge.sneakernet import NothingToPack, PackResult, Source, pack
 from edge.store import Store
 from wire.manifest import Manifest, Priority
 from wire.packfile import MAGIC, header_length, read_manifest
 from wire.ranges import RangeSet
 
 log = logging.getLogger("radsetu.outbox")
-
-HOLD_FIRST_SECONDS = 60.0
-HOLD_MAX_SECONDS = 6 * 3600.0
-
-
-def hold_delay(tries: int) -> float:
-    """How long a held instance or study waits before the next try: 1 min, 2, 4... 6 h."""
-    return min(HOLD_MAX_SECONDS, HOLD_FIRST_SECONDS * 2 ** max(0, tries - 1))
 
 
 @dataclass(frozen=True)
@@ -58,6 +51,7 @@ class Outbox:
         self._manifests: dict[str, Manifest] = {}
         self._heads: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.holds = Holds(store)
 
     def close(self) -> None:
         for f in self._files.values():
@@ -82,7 +76,7 @@ class Outbox:
             if not (self.store.root / rel).exists():
                 # the file is gone (damaged card?): pack its instances again
                 log.warning("outbox: pack file of transfer %s is missing; packing again", tid)
-                with self.store._lock, self.db.atomic():
+                with self.store.write_lock, self.db.atomic():
                     study = self.db.execute(
                         "SELECT study_uid FROM transfers WHERE transfer_id=?", [tid]
                     ).fetchone()[0]
@@ -108,69 +102,49 @@ class Outbox:
         ).fetchone()
         return row[0] if row else None
 
-    # -- what cannot be packed ------------------------------------------------------
-
-    def hold(self, study_uid: str, instance_id: int, sop_instance_uid: str, reason: str) -> float:
-        """Note that an instance (``instance_id`` 0: the whole study) could not be
-        packed; returns the seconds until it is tried again (a growing back-off)."""
-        now = utcnow()
-        with self.store._lock, self.db.atomic():
-            row = self.db.execute(
-                "SELECT tries FROM held WHERE study_uid=? AND instance_id=?",
-                [study_uid, instance_id],
-            ).fetchone()
-            tries = (row[0] if row else 0) + 1
-            delay = hold_delay(tries)
-            self.db.execute(
-                """INSERT INTO held(study_uid, instance_id, sop_instance_uid, reason, first_at,
-                       last_at, tries, next_try_ts) VALUES (?,?,?,?,?,?,?,?)
-                   ON CONFLICT(study_uid, instance_id) DO UPDATE SET reason=excluded.reason,
-                       last_at=excluded.last_at, tries=excluded.tries,
-                       next_try_ts=excluded.next_try_ts""",
-                [
-                    study_uid,
-                    instance_id,
-                    sop_instance_uid,
-                    reason[:500],
-                    now,
-                    now,
-                    tries,
-                    time.time() + delay,
-                ],
-            )
-        return delay
-
-    def _release(self, study_uid: str, instance_ids: list[int]) -> None:
-        with self.store._lock, self.db.atomic():
-            self.db.conn.executemany(
-                "DELETE FROM held WHERE study_uid=? AND instance_id=?",
-                [(study_uid, i) for i in instance_ids],
-            )
-
-    def retry_due(self, now_ts: float | None = None) -> list[str]:
-        """Studies whose held instances are due for another try go back to ready."""
-        now_ts = time.time() if now_ts is None else now_ts
-        with self.store._lock, self.db.atomic():
-            uids = [
-                r[0]
-                for r in self.db.execute(
-                    "SELECT DISTINCT h.study_uid FROM held h JOIN studies s "
-                    "ON s.study_uid = h.study_uid WHERE h.instance_id != 0 "
-                    "AND h.next_try_ts <= ? AND s.state = 'sending'",
-                    [now_ts],
-                ).fetchall()
-            ]
-            for uid in uids:
-                self.db.execute(
-                    "UPDATE studies SET state='ready' WHERE study_uid=? AND state='sending'", [uid]
-                )
-        return uids
-
     def pack_study(self, study_uid: str) -> Packed | None:
         """Pack the study's instances that no transfer carries yet. None when there were
         none (the study's state is settled instead). An instance whose file cannot be
-        read as it was kept is held (``hold``) and the rest goes; a study whose every
-        instance is held makes no transfer."""
+        read as it was kept is held (``edge.holds``) and the rest goes; a study whose
+        every instance is held makes no transfer."""
+        rows = self._unsent(study_uid)
+        study = self.db.execute(
+            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note "
+            "FROM studies WHERE study_uid=?",
+            [study_uid],
+        ).fetchone()
+        if not rows or study is None:
+            self.settle(study_uid)
+            return None
+        tid = uuid.uuid4().hex
+        out = self.folder / f"{tid}.pack"
+        sources = [
+            Source(sop, study_uid, self.store.root / rel, sha256=sha, key=iid)
+            for iid, sop, rel, sha in rows
+        ]
+        try:
+            result = self._pack(sources, out, tid, study)
+        except NothingToPack as exc:
+            self.holds.hold_all(study_uid, exc.held)
+            self.settle(study_uid)
+            return None
+        self.holds.hold_all(study_uid, result.held)
+        held_keys = {h.source.key for h in result.held}
+        packed_ids = [iid for iid, *_ in rows if iid not in held_keys]
+        self.holds.release(study_uid, [0, *packed_ids])  # 0: a whole-study failure before
+        for fb in result.fallbacks:
+            log.warning(
+                "study %s instance %s went without the pixel coder: %s",
+                study_uid,
+                fb.sop_instance_uid,
+                fb.reason,
+            )
+        seq = self._record(result, out, packed_ids)
+        return Packed(tid, study_uid, seq, result.manifest.priority)
+
+    def _unsent(self, study_uid: str) -> list[tuple[int, str, str, str]]:
+        """(id, SOP Instance UID, path, SHA-256) of each instance no transfer carries,
+        but those held and not yet due again."""
         rows = self.db.execute(
             """SELECT i.id, i.sop_instance_uid, i.path, i.sha256 FROM instances i
                WHERE i.study_uid=? AND NOT EXISTS
@@ -180,68 +154,41 @@ class Outbox:
                ORDER BY i.id""",
             [study_uid, time.time()],
         ).fetchall()
-        prio_row = self.db.execute(
-            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note "
-            "FROM studies "
-            "WHERE study_uid=?",
-            [study_uid],
-        ).fetchone()
-        if not rows or prio_row is None:
-            self.settle(study_uid)
-            return None
-        priority = Priority(prio_row[0])
+        return [tuple(r) for r in rows]
+
+    def _pack(self, sources: list[Source], out: Path, tid: str, study: Any) -> PackResult:
         earlier = self.db.execute(
             "SELECT transfer_id FROM transfers WHERE study_uid=? AND state!='abandoned' "
             "ORDER BY seq DESC LIMIT 1",
-            [study_uid],
+            [sources[0].study_uid],
         ).fetchone()
-        tid = uuid.uuid4().hex
-        out = self.folder / f"{tid}.pack"
-        effort = self.cfg["pixel_effort"] or None
-        sources = [
-            Source(sop, study_uid, self.store.root / rel, sha256=sha, key=iid)
-            for iid, sop, rel, sha in rows
-        ]
-        try:
-            result = pack(
-                sources,
-                out,
-                self.box_id,
-                self.cfg["chunk_bytes"],
-                self.cfg["level"],
-                priority,
-                pixel_effort=effort,
-                follow_up_of=earlier[0] if earlier else None,
-                transfer_id=tid,
-                # the box's clock, which may be wrong: the hub shows it as the box's
-                extra={
-                    "first_received": prio_row[1],
-                    "priority_reason": prio_row[2][:500],
-                    "clinical_note": prio_row[3][:1000],
-                },
-                coder_seconds=float(self.cfg["coder_seconds"]),
-            )
-        except NothingToPack as exc:
-            self._hold_all(study_uid, exc.held)
-            self.settle(study_uid)
-            return None
-        manifest = result.manifest
-        self._hold_all(study_uid, result.held)
-        held_keys = {h.source.key for h in result.held}
-        packed_ids = [iid for iid, *_ in rows if iid not in held_keys]
-        self._release(study_uid, [0, *packed_ids])  # 0: a whole-study failure before
-        fallbacks = result.fallbacks
-        for fb in fallbacks:
-            log.warning(
-                "study %s instance %s went without the pixel coder: %s",
-                study_uid,
-                fb.sop_instance_uid,
-                fb.reason,
-            )
+        priority, first_received, reason, note = study
+        return pack(
+            sources,
+            out,
+            self.box_id,
+            self.cfg["chunk_bytes"],
+            self.cfg["level"],
+            Priority(priority),
+            pixel_effort=self.cfg["pixel_effort"] or None,
+            follow_up_of=earlier[0] if earlier else None,
+            transfer_id=tid,
+            # the box's clock, which may be wrong: the hub shows it as the box's
+            extra={
+                "first_received": first_received,
+                "priority_reason": reason[:500],
+                "clinical_note": note[:1000],
+            },
+            coder_seconds=float(self.cfg["coder_seconds"]),
+        )
+
+    def _record(self, result: PackResult, out: Path, packed_ids: list[int]) -> int:
+        """The transfer's row, after its pack file is durable; returns its queue place."""
+        manifest, fallbacks = result.manifest, result.fallbacks
         fsync_dir(self.folder)
         with open(out, "rb") as f:
             prefix = f.read(len(MAGIC) + 4)
-        with self.store._lock, self.db.atomic():
+        with self.store.write_lock, self.db.atomic():
             cur = self.db.execute(
                 """INSERT INTO transfers(transfer_id, study_uid, follow_up_of, state,
                        pack_path, header_bytes, chunk_size, chunk_count, stream_bytes,
@@ -249,8 +196,8 @@ class Outbox:
                        coder_fallback_reasons)
                    VALUES (?,?,?,'sending',?,?,?,?,?,?,?,?,?,?)""",
                 [
-                    tid,
-                    study_uid,
+                    manifest.transfer_id,
+                    manifest.study_uid,
                     manifest.follow_up_of,
                     str(out.relative_to(self.store.root)),
                     header_length(prefix),
@@ -260,7 +207,7 @@ class Outbox:
                     manifest.payload_bytes,
                     len(manifest.instances),
                     utcnow(),
-                    int(manifest.extra.get("coder_fallbacks", 0)),
+                    len(fallbacks),
                     json.dumps({f.sop_instance_uid: f.reason for f in fallbacks})
                     if fallbacks
                     else None,
@@ -268,44 +215,32 @@ class Outbox:
             )
             self.db.conn.executemany(
                 "INSERT INTO transfer_instances(transfer_id, instance_id) VALUES (?,?)",
-                [(tid, iid) for iid in packed_ids],
+                [(manifest.transfer_id, iid) for iid in packed_ids],
             )
             self.db.execute(
                 "UPDATE studies SET state='sending' WHERE study_uid=? AND state='ready'",
-                [study_uid],
+                [manifest.study_uid],
             )
         log.info(
             "study %s packed as transfer %s%s: %d instances, %d bytes -> %d bytes in %d "
             "chunks (%s)%s%s",
-            study_uid,
-            tid,
+            manifest.study_uid,
+            manifest.transfer_id,
             f" (follow-up of {manifest.follow_up_of})" if manifest.follow_up_of else "",
             len(manifest.instances),
             manifest.payload_bytes,
             manifest.stream_size,
             manifest.chunk_count,
-            priority.value,
+            manifest.priority.value,
             f"; {len(fallbacks)} without the pixel coder" if fallbacks else "",
             f"; {len(result.held)} held" if result.held else "",
         )
-        return Packed(tid, study_uid, int(cur.lastrowid or 0), priority)
-
-    def _hold_all(self, study_uid: str, held: list[Held]) -> None:
-        for h in held:
-            delay = self.hold(study_uid, h.source.key or 0, h.source.sop_instance_uid, h.reason)
-            log.error(
-                "study %s instance %s cannot be sent: %s; the rest of the study goes, "
-                "this one is tried again in %.0f min (docs/field-engineer.md: held instances)",
-                study_uid,
-                h.source.sop_instance_uid,
-                h.reason,
-                delay / 60,
-            )
+        return int(cur.lastrowid or 0)
 
     def settle(self, study_uid: str) -> None:
         """A study with nothing left to pack is delivered once every transfer of it
         is verified, else it is still sending."""
-        with self.store._lock, self.db.atomic():
+        with self.store.write_lock, self.db.atomic():
             open_ = self.db.execute(
                 "SELECT count(*) FROM transfers WHERE study_uid=? AND state='sending'",
                 [study_uid],
@@ -385,7 +320,7 @@ class Outbox:
 
     def record_sent(self, counts: dict[str, tuple[int, int]]) -> None:
         """Add (chunks sent, of which resent) per transfer."""
-        with self.store._lock, self.db.atomic():
+        with self.store.write_lock, self.db.atomic():
             for tid, (sent, resent) in counts.items():
                 self.db.execute(
                     "UPDATE transfers SET chunks_sent=chunks_sent+?, "
@@ -395,7 +330,7 @@ class Outbox:
                 )
 
     def record_acked(self, acked: dict[str, RangeSet]) -> None:
-        with self.store._lock, self.db.atomic():
+        with self.store.write_lock, self.db.atomic():
             for tid, ranges in acked.items():
                 self.db.execute(
                     "UPDATE transfers SET acked=? WHERE transfer_id=? AND state='sending'",
@@ -410,7 +345,7 @@ class Outbox:
         ).fetchone()
         if row is None:
             return
-        with self.store._lock, self.db.atomic():
+        with self.store.write_lock, self.db.atomic():
             self.db.execute(
                 "UPDATE transfers SET state='verified', verified_at=?, acked=? "
                 "WHERE transfer_id=? AND state='sending'",
@@ -444,34 +379,4 @@ def backlog(db: Any) -> dict[str, Any]:
         "backlog_studies": row[0],
         "backlog_bytes": pending_bytes,
         "oldest_pending": row[1],
-    }
-
-
-MAX_LISTED_HELD = 10
-
-
-def held_summary(db: Any) -> dict[str, Any]:
-    """What cannot be sent and why, for the box's status and its page: counts, and the
-    first few held instances (or studies) with their reasons."""
-    rows = db.execute(
-        "SELECT study_uid, sop_instance_uid, reason, tries, first_at, instance_id FROM held "
-        "ORDER BY first_at LIMIT ?",
-        [MAX_LISTED_HELD],
-    ).fetchall()
-    counts = db.execute(
-        "SELECT count(*), count(DISTINCT study_uid), coalesce(sum(instance_id != 0), 0) FROM held"
-    ).fetchone()
-    return {
-        "held_studies": counts[1],
-        "held_instances": counts[2],
-        "held": [
-            {
-                "study_uid": r[0],
-                "sop_instance_uid": r[1],
-                "reason": r[2],
-                "tries": r[3],
-                "since": r[4],
-            }
-            for r in rows
-        ],
     }

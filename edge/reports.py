@@ -40,7 +40,7 @@ def keep(store: Store, report: dict[str, Any], pdf: bytes) -> bool:
         return False
     final = store.root / "reports" / f"{rid}-v{version}.pdf"
     write_durably(final, pdf, store.tmp)
-    with store._lock, db.atomic():
+    with store.write_lock, db.atomic():
         db.execute(
             """INSERT INTO reports(report_id, version, study_uid, critical, body, pdf_path,
                    received_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING""",
@@ -134,7 +134,7 @@ class Printer(threading.Thread):
         ).fetchall()
         for rid, version, rel, _reprint in rows:
             error = self._lp(rid, version, self.store.root / rel)
-            with self.store._lock, db.atomic():
+            with self.store.write_lock, db.atomic():
                 if error is None:
                     if self.on_printed is not None:
                         self.on_printed(rid, version)

@@ -306,7 +306,7 @@ class Store:
         self.objects = self.root / "objects"
         self.quarantine = self.root / "quarantine"
         self.db_path = self.root / "index.db"
-        self._lock = threading.Lock()
+        self.write_lock = threading.Lock()  # every writer of the index takes it
         for folder in (self.root, self.tmp, self.objects, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
         created = False
@@ -360,7 +360,7 @@ class Store:
         if not stat:
             reason = self.stat_rules.match(info)
             stat = reason is not None
-        with self._lock:
+        with self.write_lock:
             dup = self.db.execute(
                 "SELECT id FROM instances WHERE sop_instance_uid=? AND transfer_syntax=? "
                 "AND dataset_sha256=?",
@@ -504,7 +504,7 @@ class Store:
     def mark_ready(self, now_ts: float | None = None) -> list[str]:
         """Studies quiet for ``quiet_seconds`` become ready to send; returns their UIDs."""
         now_ts = time.time() if now_ts is None else now_ts
-        with self._lock, self.db.atomic():
+        with self.write_lock, self.db.atomic():
             rows = self.db.execute(
                 "SELECT study_uid FROM studies WHERE state='receiving' AND last_received_ts <= ?",
                 [now_ts - self.quiet_seconds],
@@ -560,7 +560,7 @@ class Store:
     def purge_study(self, study_uid: str, reason: str) -> int:
         """Delete a delivered study's files and rows, keep the study row as ``purged``
         and record why. Returns the bytes freed (0 if it was not deliverd)."""
-        with self._lock:
+        with self.write_lock:
             row = self.db.execute(
                 "SELECT state FROM studies WHERE study_uid=?", [study_uid]
             ).fetchone()
@@ -624,7 +624,7 @@ class Store:
             except FileNotFoundError:
                 ok = False
             if not ok:
-                with self._lock, self.db.atomic():
+                with self.write_lock, self.db.atomic():
                     self.db.execute("DELETE FROM instances WHERE id=?", [iid])
                     self._repair(
                         "row-without-file",
@@ -658,7 +658,7 @@ class Store:
             f.seek(offset)
             for block in iter(lambda: f.read(1 << 20), b""):
                 dsha.update(block)
-        with self._lock:
+        with self.write_lock:
             exists = self.db.execute(
                 "SELECT 1 FROM instances WHERE sop_instance_uid=? AND transfer_syntax=? "
                 "AND dataset_sha256=?",

@@ -39,7 +39,8 @@ from common.clock import utcnow
 from common.mqtt import connect_properties, mqtt_client
 from edge import reports
 from edge.config import Config, parse_window
-from edge.outbox import Outbox, backlog, held_summary
+from edge.holds import held_summary
+from edge.outbox import Outbox, backlog
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
@@ -185,7 +186,7 @@ class Agent:
         while not self.stop_event.is_set():
             uid = None
             try:
-                self.outbox.retry_due()
+                self.outbox.holds.retry_due()
                 uid = self.outbox.next_ready()
                 if uid is None:
                     self.stop_event.wait(0.5)
@@ -204,7 +205,7 @@ class Agent:
 
     def _hold_study(self, uid: str, reason: str) -> None:
         try:
-            delay = self.outbox.hold(uid, 0, "", reason)
+            delay = self.outbox.holds.hold(uid, 0, "", reason)
         except Exception:  # the index itself is failing (disk full?): wait and see
             log.exception("could not note the failure of study %s", uid)
             self.stop_event.wait(60)

@@ -120,7 +120,10 @@ def add_commands(top: Any) -> None:
         epilog=EPILOG_HUB_INGEST,
     )
     s.add_argument("--config", help="the hub's TOML config file")
+    _add_account_commands(hsub)
 
+
+def _add_account_commands(hsub: Any) -> None:
     s = command(
         hsub,
         "user",

@@ -158,7 +158,7 @@ def worklist(
     return out
 
 
-def _study(store: FileHubStore, study_uid: str) -> dict[str, Any]:
+def reading_study(store: FileHubStore, study_uid: str) -> dict[str, Any]:
     rows = list(store.db.query("SELECT * FROM hub_studies WHERE study_uid=?", [study_uid]))
     if not rows:
         raise HubError(f"study {study_uid} is not in the reading room", 404)
@@ -174,9 +174,9 @@ def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, An
         [radiologist, utcnow(), study_uid, radiologist],
     )
     if not cur.rowcount:
-        s = _study(store, study_uid)
+        s = reading_study(store, study_uid)
         raise HubError(f"{s['claimed_by']} is reading this study", 409)
-    s = _study(store, study_uid)
+    s = reading_study(store, study_uid)
     store.db.execute(  # the clinic's page shows "being read"
         "INSERT INTO notices(box_id, study_uid, state, created_at) VALUES (?,?,?,?)",
         [s["box_id"], study_uid, "being read", utcnow()],
@@ -185,11 +185,11 @@ def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, An
 
 
 def release(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:
-    s = _study(store, study_uid)
+    s = reading_study(store, study_uid)
     if s["claimed_by"] not in (None, radiologist):
         raise HubError(f"only {s['claimed_by']} can release this study", 409)
     store.db.execute("UPDATE hub_studies SET claimed_by=NULL WHERE study_uid=?", [study_uid])
-    return _study(store, study_uid)
+    return reading_study(store, study_uid)
 
 
 def assign(
@@ -198,12 +198,12 @@ def assign(
     """Pass a study on (for a second opinion, or to a subspecialty): the claim goes."""
     if subspecialty not in SUBSPECIALTIES:
         raise HubError(f"subspecialty must be one of {', '.join(SUBSPECIALTIES)}")
-    _study(store, study_uid)
+    reading_study(store, study_uid)
     store.db.execute(
         "UPDATE hub_studies SET subspecialty=?, assigned_to=?, claimed_by=NULL WHERE study_uid=?",
         [subspecialty, radiologist or None, study_uid],
     )
-    return _study(store, study_uid)
+    return reading_study(store, study_uid)
 
 
 def mark(store: FileHubStore, study_uid: str, column: str) -> None:
@@ -216,7 +216,7 @@ def mark(store: FileHubStore, study_uid: str, column: str) -> None:
 
 
 def turnaround(store: FileHubStore, study_uid: str) -> dict[str, Any]:
-    s = _study(store, study_uid)
+    s = reading_study(store, study_uid)
     return {
         "study_uid": study_uid,
         "times": {

@@ -138,7 +138,7 @@ def _finish(store: FileHubStore, r: dict[str, Any]) -> None:
     """Make the signed version's PDF (kept beside the objects) and queue its delivery."""
     data = render_pdf(store, r)
     path = store.root / "reports" / f"{r['report_id']}-v{r['version']}.pdf"
-    store._write(path, data)
+    store.write_file(path, data)
     store.db.execute(
         "UPDATE reports SET pdf_path=? WHERE report_id=? AND version=?",
         [str(path.relative_to(store.root)), r["report_id"], r["version"]],

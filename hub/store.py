@@ -211,11 +211,12 @@ class FileHubStore:
     def close(self) -> None:
         self.db.conn.close()
 
-    def _write(self, final: Path, data: bytes) -> None:
+    def write_file(self, final: Path, data: bytes) -> None:
+        """Write a file of the hub's durably (temp, fsync, rename, fsync of its folder)."""
         write_durably(final, data, self.tmp)
 
     def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
-        self._write(self.chunks / transfer_id / f"{index:08d}", data)
+        self.write_file(self.chunks / transfer_id / f"{index:08d}", data)
 
     def get_chunk(self, transfer_id: str, index: int) -> bytes:
         return (self.chunks / transfer_id / f"{index:08d}").read_bytes()
@@ -341,7 +342,7 @@ class FileHubStore:
         if self.has_instance(row["sop_instance_uid"], row["sha256"]):
             return  # idempotent: the same instance again changes nothing
         final = self.objects / row["sha256"][:2] / f"{row['sha256']}.dcm"
-        self._write(final, data)
+        self.write_file(final, data)
         self.db.execute(
             """INSERT INTO instances(sop_instance_uid, sha256, study_uid, box_id, transfer_id,
                    size, path, stored_at) VALUES (?,?,?,?,?,?,?,?)

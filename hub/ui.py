@@ -105,7 +105,7 @@ def _instances(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
 def read(study_uid: str) -> Any:
     store = _store()
     try:
-        study = reading._study(store, study_uid)
+        study = reading.reading_study(store, study_uid)
     except HubError:
         abort(404)
     found = reports.for_study(store, study_uid)

@@ -120,45 +120,8 @@ class Manifest:
         stream_size = need("stream_size", int)
         if not 0 < chunk_size <= MAX_CHUNK_SIZE or stream_size < 0:
             raise RemoteProtocolError(f"manifest {tid}: chunk_size/stream_size out of range")
-        hashes = need("chunk_sha256", list)
-        expect = -(-stream_size // chunk_size)
-        if len(hashes) != expect or len(hashes) > MAX_CHUNKS or d.get("chunk_count") != expect:
-            raise RemoteProtocolError(
-                f"manifest {tid}: {len(hashes)} chunk hashes for {stream_size} bytes in "
-                f"{chunk_size}-byte chunks (expected {expect})"
-            )
-        if not all(isinstance(h, str) and _HEX64.match(h) for h in hashes):
-            raise RemoteProtocolError(f"manifest {tid}: a chunk hash is not 64 hex digits")
-        entries = []
-        pos = 0
-        for raw_entry in need("instances", list):
-            try:
-                e = InstanceEntry(**raw_entry)
-            except TypeError as exc:
-                raise RemoteProtocolError(f"manifest {tid}: bad instance entry: {exc}") from exc
-            if (
-                not isinstance(e.sop_instance_uid, str)
-                or not _UID.match(e.sop_instance_uid)
-                or not all(
-                    isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                    for x in (e.size, e.offset, e.encoded_size)
-                )
-                or not isinstance(e.sha256, str)
-                or not _HEX64.match(e.sha256)
-                or not isinstance(e.codec, str)
-            ):
-                raise RemoteProtocolError(f"manifest {tid}: malformed instance entry {raw_entry}")
-            if e.offset != pos:
-                raise RemoteProtocolError(
-                    f"manifest {tid}: instance {e.sop_instance_uid} at offset {e.offset}, "
-                    f"expected {pos}"
-                )
-            pos += e.encoded_size
-            entries.append(e)
-        if pos != stream_size:
-            raise RemoteProtocolError(
-                f"manifest {tid}: instances cover {pos} bytes, the stream has {stream_size}"
-            )
+        hashes = _chunk_hashes(tid, need("chunk_sha256", list), d, chunk_size, stream_size)
+        entries = _instance_entries(tid, need("instances", list), stream_size)
         follow = d.get("follow_up_of")
         if follow is not None and (not isinstance(follow, str) or not _ID.match(follow)):
             raise RemoteProtocolError(f"manifest {tid}: follow_up_of is malformed")
@@ -175,3 +138,54 @@ class Manifest:
             follow_up_of=follow,
             extra=extra if isinstance(extra := d.get("extra"), dict) else {},
         )
+
+
+def _chunk_hashes(
+    tid: str, hashes: list[Any], d: dict[str, Any], chunk_size: int, stream_size: int
+) -> list[str]:
+    """The chunk hashes, one per chunk of the stream, each 64 hex digits."""
+    expect = -(-stream_size // chunk_size)
+    if len(hashes) != expect or len(hashes) > MAX_CHUNKS or d.get("chunk_count") != expect:
+        raise RemoteProtocolError(
+            f"manifest {tid}: {len(hashes)} chunk hashes for {stream_size} bytes in "
+            f"{chunk_size}-byte chunks (expected {expect})"
+        )
+    if not all(isinstance(h, str) and _HEX64.match(h) for h in hashes):
+        raise RemoteProtocolError(f"manifest {tid}: a chunk hash is not 64 hex digits")
+    return hashes
+
+
+def _instance_entries(tid: str, raw_entries: list[Any], stream_size: int) -> list[InstanceEntry]:
+    """The instances, each well formed, their records one after the other covering
+    the whole stream."""
+    entries = []
+    pos = 0
+    for raw_entry in raw_entries:
+        try:
+            e = InstanceEntry(**raw_entry)
+        except TypeError as exc:
+            raise RemoteProtocolError(f"manifest {tid}: bad instance entry: {exc}") from exc
+        if (
+            not isinstance(e.sop_instance_uid, str)
+            or not _UID.match(e.sop_instance_uid)
+            or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                for x in (e.size, e.offset, e.encoded_size)
+            )
+            or not isinstance(e.sha256, str)
+            or not _HEX64.match(e.sha256)
+            or not isinstance(e.codec, str)
+        ):
+            raise RemoteProtocolError(f"manifest {tid}: malformed instance entry {raw_entry}")
+        if e.offset != pos:
+            raise RemoteProtocolError(
+                f"manifest {tid}: instance {e.sop_instance_uid} at offset {e.offset}, "
+                f"expected {pos}"
+            )
+        pos += e.encoded_size
+        entries.append(e)
+    if pos != stream_size:
+        raise RemoteProtocolError(
+            f"manifest {tid}: instances cover {pos} bytes, the stream has {stream_size}"
+        )
+    return entries
