@@ -10,7 +10,6 @@ never committed).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
@@ -18,167 +17,25 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
-from sqlite_utils import Migrations
 
 from common.clock import utcnow
-from common.db import create_audit_table, open_db
+from common.db import open_db
 from common.dicomfile import InstanceInfo
 from common.durable import fsync_dir
+from edge import repair
+from edge.repair import CheckReport
+from edge.schema import migrations
+from edge.tempfiles import TempFile
 
 log = logging.getLogger("radsetu.store")
-
-migrations = Migrations("radsetu.edge.store")
-
-
-@migrations()
-def m001_index(db: sqlite_utils.Database) -> None:
-    db.execute("""
-        CREATE TABLE patients (
-            key TEXT PRIMARY KEY,
-            patient_id TEXT NOT NULL, name TEXT NOT NULL,
-            birth_date TEXT NOT NULL, sex TEXT NOT NULL
-        )""")
-    db.execute("""
-        CREATE TABLE studies (
-            study_uid TEXT PRIMARY KEY,
-            patient_key TEXT NOT NULL REFERENCES patients(key),
-            study_date TEXT NOT NULL, study_time TEXT NOT NULL,
-            description TEXT NOT NULL, accession_number TEXT NOT NULL,
-            state TEXT NOT NULL,            -- receiving | ready
-            priority TEXT NOT NULL,         -- routine | stat
-            first_received TEXT NOT NULL, last_received TEXT NOT NULL,
-            last_received_ts REAL NOT NULL, -- seconds since the epoch, for the quiet check
-            ready_at TEXT
-        )""")
-    db.execute("CREATE INDEX studies_state ON studies(state, last_received_ts)")
-    db.execute("""
-        CREATE TABLE series (
-            series_uid TEXT PRIMARY KEY,
-            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
-            modality TEXT NOT NULL, series_number INTEGER, description TEXT NOT NULL
-        )""")
-    db.execute("CREATE INDEX series_study ON series(study_uid)")
-    db.execute("""
-        CREATE TABLE instances (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- doubles as the arrival sequence
-            sop_instance_uid TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            flagged TEXT,                   -- why a person should look, or NULL
-            series_uid TEXT NOT NULL REFERENCES series(series_uid),
-            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
-            sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL,
-            instance_number INTEGER,
-            sha256 TEXT NOT NULL,           -- of the stored file, which is named after it
-            dataset_sha256 TEXT NOT NULL,   -- of the dataset bytes after the meta header
-            size INTEGER NOT NULL, path TEXT NOT NULL,
-            source TEXT NOT NULL, received_at TEXT NOT NULL
-        )""")
-    db.execute(
-        "CREATE UNIQUE INDEX instances_identity "
-        "ON instances(sop_instance_uid, transfer_syntax, dataset_sha256)"
-    )
-    db.execute("CREATE INDEX instances_study ON instances(study_uid)")
-    db.execute("CREATE INDEX instances_sha ON instances(sha256)")
-    db.execute("""
-        CREATE TABLE repairs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
-        )""")
-
-
-@migrations()
-def m002_sync(db: sqlite_utils.Database) -> None:
-    """What the sync agent and retention keep: transfers, what each carries, purges."""
-    db.execute("ALTER TABLE studies ADD COLUMN delivered_at TEXT")
-    db.execute("ALTER TABLE studies ADD COLUMN priority_reason TEXT")
-    db.execute("""
-        CREATE TABLE transfers (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order
-            transfer_id TEXT NOT NULL UNIQUE,
-            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
-            follow_up_of TEXT,
-            state TEXT NOT NULL,            -- sending | verified
-            pack_path TEXT NOT NULL,        -- relative to data_dir; gone once verified
-            header_bytes INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
-            chunk_count INTEGER NOT NULL, stream_bytes INTEGER NOT NULL,
-            payload_bytes INTEGER NOT NULL, instance_count INTEGER NOT NULL,
-            acked TEXT NOT NULL DEFAULT '[]',   -- ranges the hub holds
-            chunks_sent INTEGER NOT NULL DEFAULT 0,
-            chunks_resent INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL, first_sent_at TEXT, verified_at TEXT
-        )""")
-    db.execute("CREATE INDEX transfers_study ON transfers(study_uid)")
-    db.execute("""
-        CREATE TABLE transfer_instances (
-            transfer_id TEXT NOT NULL REFERENCES transfers(transfer_id),
-            instance_id INTEGER NOT NULL,
-            PRIMARY KEY (transfer_id, instance_id)
-        )""")
-    db.execute("CREATE INDEX transfer_instances_instance ON transfer_instances(instance_id)")
-    db.execute("""
-        CREATE TABLE purges (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at TEXT NOT NULL, study_uid TEXT NOT NULL, reason TEXT NOT NULL,
-            instances INTEGER NOT NULL, bytes INTEGER NOT NULL
-        )""")
-
-
-@migrations()
-def m003_reports(db: sqlite_utils.Database) -> None:
-    """Reports that came back from the hub, and their printing."""
-    db.execute("""
-        CREATE TABLE reports (
-            report_id TEXT NOT NULL, version INTEGER NOT NULL,
-            study_uid TEXT NOT NULL, critical INTEGER NOT NULL DEFAULT 0,
-            body TEXT NOT NULL, pdf_path TEXT NOT NULL, received_at TEXT NOT NULL,
-            printed_at TEXT, print_count INTEGER NOT NULL DEFAULT 0,
-            print_error TEXT, reprint INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (report_id, version)
-        )""")
-
-
-@migrations()
-def m004_clinic(db: sqlite_utils.Database) -> None:
-    """The clinic's page: staff accounts, the append-only audit log, the clinical note,
-    what the hub says of a study (being read), and note/priority changes for the hub."""
-    db.execute("ALTER TABLE studies ADD COLUMN clinical_note TEXT NOT NULL DEFAULT ''")
-    db.execute("ALTER TABLE studies ADD COLUMN hub_state TEXT")
-    db.execute("ALTER TABLE studies ADD COLUMN hub_state_at TEXT")
-    db.execute("ALTER TABLE studies ADD COLUMN update_pending INTEGER NOT NULL DEFAULT 0")
-    db.execute("""
-        CREATE TABLE users (
-            username TEXT PRIMARY KEY, role TEXT NOT NULL, language TEXT NOT NULL,
-            password_hash TEXT NOT NULL, created_at TEXT NOT NULL
-        )""")
-    create_audit_table(db)
-
-
-@migrations()
-def m005_held(db: sqlite_utils.Database) -> None:
-    """Instances (or whole studies, instance_id 0) that could not be packed for a
-    reason that will not pass by itself, with a growing back-off; and how many
-    instances of each transfer went without the pixel coder."""
-    db.execute("""
-        CREATE TABLE held (
-            study_uid TEXT NOT NULL,
-            instance_id INTEGER NOT NULL,   -- instances.id, or 0: the study as a whole
-            sop_instance_uid TEXT NOT NULL DEFAULT '',
-            reason TEXT NOT NULL,
-            first_at TEXT NOT NULL, last_at TEXT NOT NULL,
-            tries INTEGER NOT NULL DEFAULT 1,
-            next_try_ts REAL NOT NULL,      -- seconds since the epoch
-            PRIMARY KEY (study_uid, instance_id)
-        )""")
-    db.execute("ALTER TABLE transfers ADD COLUMN coder_fallbacks INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE transfers ADD COLUMN coder_fallback_reasons TEXT")
 
 
 @dataclass(frozen=True)
@@ -209,83 +66,7 @@ class StoreFull(Exception):
     """Keeping this instance would take the disk below its reserve."""
 
 
-# fsync releases the GIL: the disk flush runs while the caller hashes the same file
-_FSYNC_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
-
-
-class TempFile:
-    """A file being written in the store's ``tmp/``: hashes as it goes, fsyncs on close.
-
-    ``dataset_offset`` is where the dataset starts (after the file meta header); the
-    dataset's own SHA-256 is taken from there on, so that the same dataset under two
-    different meta headers is recognised as the same instance.
-    """
-
-    def __init__(self, path: Path, dataset_offset: int | None = None, create: bool = True):
-        self.path = path
-        self.size = 0
-        self.dataset_offset = dataset_offset
-        self._sha = hashlib.sha256()
-        self._dsha = hashlib.sha256()
-        self._f = open(path, "wb") if create else None  # noqa: SIM115 - closed in close()
-
-    @classmethod
-    def adopt(cls, path: Path, dataset_offset: int) -> TempFile:
-        """Take over a complete file already written in the store's ``tmp/`` (by the
-        DICOM receiver): hash it and fsync it, without copying it."""
-        temp = cls(path, dataset_offset, create=False)
-        with open(path, "rb") as f:
-            # the disk flush and the hashing overlap: both release the GIL
-            flushed = _FSYNC_POOL.submit(os.fsync, f.fileno())
-            while block := f.read(1 << 20):
-                temp._update(memoryview(block))
-            flushed.result()
-        return temp
-
-    def write(self, data: bytes | memoryview) -> None:
-        data = memoryview(data)  # slicing below must not copy
-        assert self._f is not None, "write() on an adopted file"
-        self._f.write(data)
-        self._update(data)
-
-    def _update(self, data: memoryview) -> None:
-        self._sha.update(data)
-        start, end = self.size, self.size + len(data)
-        off = self.dataset_offset
-        if off is not None and end > off:
-            self._dsha.update(data[max(off - start, 0) :] if start < off else data)
-        self.size = end
-
-    def close(self) -> None:
-        if self._f is not None and not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-
-    def discard(self) -> None:
-        if self._f is not None and not self._f.closed:
-            self._f.close()
-        self.path.unlink(missing_ok=True)
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()
-
-    @property
-    def dataset_sha256(self) -> str:
-        return self._dsha.hexdigest()
-
-
-@dataclass
-class CheckReport:
-    temp_files_removed: int = 0
-    files_indexed: list[str] = field(default_factory=list)  # files that had no row
-    rows_removed: list[str] = field(default_factory=list)  # rows whose file was gone
-    quarantined: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not (self.files_indexed or self.rows_removed or self.quarantined)
+_DISK_FULL_CODES = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
 
 
 class Store:
@@ -374,11 +155,13 @@ class Store:
             os.replace(temp.path, final)
             fsync_dir(final.parent)
             try:
-                outcome = self._index(
+                outcome = self.index_kept(
                     info, temp.sha256, temp.dataset_sha256, temp.size, final, source, stat
                 )
             except sqlite3.OperationalError as exc:
-                if "full" in str(exc).lower() or "disk" in str(exc).lower():
+                # a full disk shows as SQLITE_FULL, or as an I/O error when the journal
+                # cannot grow (primary result code in the low byte of the extended one)
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _DISK_FULL_CODES:
                     self._unlink_unindexed(final, temp.sha256)
                     raise StoreFull(f"Disk full while writing the index: {exc}") from exc
                 raise
@@ -402,7 +185,7 @@ class Store:
         fsync_dir(final.parent)
         with self.db.atomic():
             self.db.execute("UPDATE held SET next_try_ts=0 WHERE instance_id=?", [instance_id])
-            self._repair("restored", f"{row[1]}: the instance was sent again; file restored")
+            self.log_repair("restored", f"{row[1]}: the instance was sent again; file restored")
 
     def _unlink_unindexed(self, final: Path, sha256: str) -> None:
         # another row may share the file (same bytes, other identity is impossible,
@@ -410,7 +193,7 @@ class Store:
         if not self.db.execute("SELECT 1 FROM instances WHERE sha256=?", [sha256]).fetchone():
             final.unlink(missing_ok=True)
 
-    def _index(
+    def index_kept(
         self,
         info: InstanceInfo,
         sha256: str,
@@ -420,54 +203,16 @@ class Store:
         source: str,
         stat: bool,
     ) -> Outcome:
+        """Commit the row of a file already in ``objects/`` (and its patient, study and
+        series rows): the last step of keeping an instance. The caller holds the write
+        lock."""
         now = utcnow()
-        now_ts = time.time()
-        patient_key = "|".join((info.patient_id, info.patient_name, info.birth_date))
         with self.db.atomic():
             prior = self.db.execute(
                 "SELECT count(*) FROM instances WHERE sop_instance_uid=?",
                 [info.sop_instance_uid],
             ).fetchone()[0]
-            self.db.execute(
-                "INSERT INTO patients(key, patient_id, name, birth_date, sex) "
-                "VALUES (?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
-                [patient_key, info.patient_id, info.patient_name, info.birth_date, info.sex],
-            )
-            self.db.execute(
-                """INSERT INTO studies(study_uid, patient_key, study_date, study_time,
-                       description, accession_number, state, priority, first_received,
-                       last_received, last_received_ts)
-                   VALUES (?,?,?,?,?,?,'receiving',?,?,?,?)
-                   ON CONFLICT(study_uid) DO UPDATE SET
-                       state='receiving', ready_at=NULL,
-                       last_received=excluded.last_received,
-                       last_received_ts=excluded.last_received_ts,
-                       priority=CASE WHEN excluded.priority='stat' THEN 'stat'
-                                     ELSE studies.priority END""",
-                [
-                    info.study_uid,
-                    patient_key,
-                    info.study_date,
-                    info.study_time,
-                    info.study_description,
-                    info.accession_number,
-                    "stat" if stat else "routine",
-                    now,
-                    now,
-                    now_ts,
-                ],
-            )
-            self.db.execute(
-                "INSERT INTO series(series_uid, study_uid, modality, series_number, description) "
-                "VALUES (?,?,?,?,?) ON CONFLICT(series_uid) DO NOTHING",
-                [
-                    info.series_uid,
-                    info.study_uid,
-                    info.modality,
-                    info.series_number,
-                    info.series_description,
-                ],
-            )
+            self._upsert_study(info, stat, now)
             flagged = None
             if prior:
                 flagged = (
@@ -498,6 +243,52 @@ class Store:
                 ],
             )
         return Outcome.NEW_VERSION if prior else Outcome.STORED
+
+    def _upsert_study(self, info: InstanceInfo, stat: bool, now: str) -> None:
+        """The patient, study and series rows an instance belongs to: made on its first
+        instance, the study's arrival times and priority updated on each."""
+        now_ts = time.time()
+        patient_key = "|".join((info.patient_id, info.patient_name, info.birth_date))
+        self.db.execute(
+            "INSERT INTO patients(key, patient_id, name, birth_date, sex) "
+            "VALUES (?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+            [patient_key, info.patient_id, info.patient_name, info.birth_date, info.sex],
+        )
+        self.db.execute(
+            """INSERT INTO studies(study_uid, patient_key, study_date, study_time,
+                   description, accession_number, state, priority, first_received,
+                   last_received, last_received_ts)
+               VALUES (?,?,?,?,?,?,'receiving',?,?,?,?)
+               ON CONFLICT(study_uid) DO UPDATE SET
+                   state='receiving', ready_at=NULL,
+                   last_received=excluded.last_received,
+                   last_received_ts=excluded.last_received_ts,
+                   priority=CASE WHEN excluded.priority='stat' THEN 'stat'
+                                 ELSE studies.priority END""",
+            [
+                info.study_uid,
+                patient_key,
+                info.study_date,
+                info.study_time,
+                info.study_description,
+                info.accession_number,
+                "stat" if stat else "routine",
+                now,
+                now,
+                now_ts,
+            ],
+        )
+        self.db.execute(
+            "INSERT INTO series(series_uid, study_uid, modality, series_number, description) "
+            "VALUES (?,?,?,?,?) ON CONFLICT(series_uid) DO NOTHING",
+            [
+                info.series_uid,
+                info.study_uid,
+                info.modality,
+                info.series_number,
+                info.series_description,
+            ],
+        )
 
     # -- readiness ----------------------------------------------------------------
 
@@ -596,87 +387,12 @@ class Store:
 
     # -- self-check ---------------------------------------------------------------
 
-    def check(self, index_file) -> CheckReport:  # type: ignore[no-untyped-def]
-        """Repair the store after a crash: remove temp files, index files that have no
-        row (``index_file(path)`` parses one into an InstanceInfo and its dataset
-        offset), and drop rows whose file is gone. Every repair is logged and kept in
-        the ``repairs`` table."""
-        report = CheckReport()
-        for p in self.tmp.iterdir():
-            p.unlink(missing_ok=True)
-            report.temp_files_removed += 1
-        if report.temp_files_removed:
-            log.info(
-                "removed %d temp files left by an interrupted write", report.temp_files_removed
-            )
-        known = {r[0] for r in self.db.execute("SELECT DISTINCT sha256 FROM instances")}
-        for sub in sorted(self.objects.iterdir()):
-            for p in sub.iterdir():
-                sha = p.name.removesuffix(".dcm")
-                if sha in known:
-                    continue
-                self._recover(p, sha, index_file, report)
-        rows = self.db.execute("SELECT id, sop_instance_uid, study_uid, path, size FROM instances")
-        for iid, sop, study, rel, size in rows.fetchall():
-            p = self.root / rel
-            try:
-                ok = p.stat().st_size == size
-            except FileNotFoundError:
-                ok = False
-            if not ok:
-                with self.write_lock, self.db.atomic():
-                    self.db.execute("DELETE FROM instances WHERE id=?", [iid])
-                    self._repair(
-                        "row-without-file",
-                        f"study {study} instance {sop}: file {rel} missing or wrong "
-                        "size; row removed, send the instance again",
-                    )
-                report.rows_removed.append(sop)
-        return report
+    def check(self, index_file: Any) -> CheckReport:
+        """Repair the store after a crash (``edge.repair``); ``index_file(path)`` parses
+        one file into its InstanceInfo and dataset offset."""
+        return repair.check(self, index_file)
 
-    def _recover(self, p: Path, sha: str, index_file, report: CheckReport) -> None:  # type: ignore[no-untyped-def]
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        problem = None
-        if h.hexdigest() != sha:
-            problem = "content does not match its name (damaged file)"
-        else:
-            try:
-                info, offset = index_file(p)
-            except Exception as exc:  # anything unparseable goes to quarantine
-                problem = f"cannot be indexed: {exc}"
-        if problem:
-            dest = self.quarantine / p.name
-            os.replace(p, dest)
-            self._repair("quarantined", f"{p.name}: {problem}")
-            report.quarantined.append(p.name)
-            return
-        dsha = hashlib.sha256()
-        with open(p, "rb") as f:
-            f.seek(offset)
-            for block in iter(lambda: f.read(1 << 20), b""):
-                dsha.update(block)
-        with self.write_lock:
-            exists = self.db.execute(
-                "SELECT 1 FROM instances WHERE sop_instance_uid=? AND transfer_syntax=? "
-                "AND dataset_sha256=?",
-                [info.sop_instance_uid, info.transfer_syntax, dsha.hexdigest()],
-            ).fetchone()
-            if exists:  # an older copy of the same dataset is indexed: this one is spare
-                p.unlink()
-                self._repair("duplicate-file", f"{p.name}: same dataset already indexed")
-                return
-            self._index(info, sha, dsha.hexdigest(), p.stat().st_size, p, "recovered", stat=False)
-            self._repair(
-                "file-without-row",
-                f"study {info.study_uid} instance {info.sop_instance_uid}: file had "
-                "no row (interrupted before commit); indexed",
-            )
-        report.files_indexed.append(info.sop_instance_uid)
-
-    def _repair(self, kind: str, detail: str) -> None:
+    def log_repair(self, kind: str, detail: str) -> None:
         log.warning("store repair (%s): %s", kind, detail)
         self.db.execute(
             "INSERT INTO repairs(at, kind, detail) VALUES (?,?,?)", [utcnow(), kind, detail]

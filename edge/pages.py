@@ -1,0 +1,40 @@
+"""The clinic's blueprint and what every page of it uses: the request's index, the
+user's language, the CSRF token, the audit log, rendering. The pages themselves are in
+``edge/clinic.py`` (access, studies, reports), ``edge/uploads.py``; where a study is,
+in ``edge/progress.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, render_template, request, session
+
+from common.passwords import csrf_token
+from edge import accounts, i18n
+from edge.db import get_db
+
+clinic = Blueprint("clinic", __name__, template_folder="pages")
+
+
+def page_db():  # type: ignore[no-untyped-def]
+    return get_db()
+
+
+def _(message: str, **kw: Any) -> str:
+    """The message in the user's language, with ``kw`` filled in."""
+    text = i18n.gettext(session.get("lang", "en"), message)
+    return text % kw if kw else text
+
+
+def page_csrf() -> str:
+    return csrf_token(session)
+
+
+def audit(action: str, study_uid: str = "", detail: str = "") -> None:
+    accounts.audit(
+        page_db(), session.get("user", ""), action, study_uid, detail, request.remote_addr or ""
+    )
+
+
+def render_page(page: str, title: str, **ctx: Any) -> str:
+    return render_template(page, title=_(title), csrf=page_csrf(), languages=i18n.LANGUAGES, **ctx)

@@ -1,0 +1,155 @@
+"""The box's index schema: every table, as sqlite-utils migrations applied at each
+start (re-running is safe). Boxes in the field have these names recorded: never rename
+the set or a step; add a new step instead."""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from common.db import create_audit_table
+
+migrations = Migrations("radsetu.edge.store")
+
+
+@migrations()
+def m001_index(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE patients (
+            key TEXT PRIMARY KEY,
+            patient_id TEXT NOT NULL, name TEXT NOT NULL,
+            birth_date TEXT NOT NULL, sex TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE studies (
+            study_uid TEXT PRIMARY KEY,
+            patient_key TEXT NOT NULL REFERENCES patients(key),
+            study_date TEXT NOT NULL, study_time TEXT NOT NULL,
+            description TEXT NOT NULL, accession_number TEXT NOT NULL,
+            state TEXT NOT NULL,            -- receiving | ready
+            priority TEXT NOT NULL,         -- routine | stat
+            first_received TEXT NOT NULL, last_received TEXT NOT NULL,
+            last_received_ts REAL NOT NULL, -- seconds since the epoch, for the quiet check
+            ready_at TEXT
+        )""")
+    db.execute("CREATE INDEX studies_state ON studies(state, last_received_ts)")
+    db.execute("""
+        CREATE TABLE series (
+            series_uid TEXT PRIMARY KEY,
+            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+            modality TEXT NOT NULL, series_number INTEGER, description TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX series_study ON series(study_uid)")
+    db.execute("""
+        CREATE TABLE instances (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- doubles as the arrival sequence
+            sop_instance_uid TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            flagged TEXT,                   -- why a person should look, or NULL
+            series_uid TEXT NOT NULL REFERENCES series(series_uid),
+            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+            sop_class_uid TEXT NOT NULL, transfer_syntax TEXT NOT NULL,
+            instance_number INTEGER,
+            sha256 TEXT NOT NULL,           -- of the stored file, which is named after it
+            dataset_sha256 TEXT NOT NULL,   -- of the dataset bytes after the meta header
+            size INTEGER NOT NULL, path TEXT NOT NULL,
+            source TEXT NOT NULL, received_at TEXT NOT NULL
+        )""")
+    db.execute(
+        "CREATE UNIQUE INDEX instances_identity "
+        "ON instances(sop_instance_uid, transfer_syntax, dataset_sha256)"
+    )
+    db.execute("CREATE INDEX instances_study ON instances(study_uid)")
+    db.execute("CREATE INDEX instances_sha ON instances(sha256)")
+    db.execute("""
+        CREATE TABLE repairs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
+        )""")
+
+
+@migrations()
+def m002_sync(db: sqlite_utils.Database) -> None:
+    """What the sync agent and retention keep: transfers, what each carries, purges."""
+    db.execute("ALTER TABLE studies ADD COLUMN delivered_at TEXT")
+    db.execute("ALTER TABLE studies ADD COLUMN priority_reason TEXT")
+    db.execute("""
+        CREATE TABLE transfers (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order
+            transfer_id TEXT NOT NULL UNIQUE,
+            study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+            follow_up_of TEXT,
+            state TEXT NOT NULL,            -- sending | verified
+            pack_path TEXT NOT NULL,        -- relative to data_dir; gone once verified
+            header_bytes INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+            chunk_count INTEGER NOT NULL, stream_bytes INTEGER NOT NULL,
+            payload_bytes INTEGER NOT NULL, instance_count INTEGER NOT NULL,
+            acked TEXT NOT NULL DEFAULT '[]',   -- ranges the hub holds
+            chunks_sent INTEGER NOT NULL DEFAULT 0,
+            chunks_resent INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL, first_sent_at TEXT, verified_at TEXT
+        )""")
+    db.execute("CREATE INDEX transfers_study ON transfers(study_uid)")
+    db.execute("""
+        CREATE TABLE transfer_instances (
+            transfer_id TEXT NOT NULL REFERENCES transfers(transfer_id),
+            instance_id INTEGER NOT NULL,
+            PRIMARY KEY (transfer_id, instance_id)
+        )""")
+    db.execute("CREATE INDEX transfer_instances_instance ON transfer_instances(instance_id)")
+    db.execute("""
+        CREATE TABLE purges (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL, study_uid TEXT NOT NULL, reason TEXT NOT NULL,
+            instances INTEGER NOT NULL, bytes INTEGER NOT NULL
+        )""")
+
+
+@migrations()
+def m003_reports(db: sqlite_utils.Database) -> None:
+    """Reports that came back from the hub, and their printing."""
+    db.execute("""
+        CREATE TABLE reports (
+            report_id TEXT NOT NULL, version INTEGER NOT NULL,
+            study_uid TEXT NOT NULL, critical INTEGER NOT NULL DEFAULT 0,
+            body TEXT NOT NULL, pdf_path TEXT NOT NULL, received_at TEXT NOT NULL,
+            printed_at TEXT, print_count INTEGER NOT NULL DEFAULT 0,
+            print_error TEXT, reprint INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (report_id, version)
+        )""")
+
+
+@migrations()
+def m004_clinic(db: sqlite_utils.Database) -> None:
+    """The clinic's page: staff accounts, the append-only audit log, the clinical note,
+    what the hub says of a study (being read), and note/priority changes for the hub."""
+    db.execute("ALTER TABLE studies ADD COLUMN clinical_note TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE studies ADD COLUMN hub_state TEXT")
+    db.execute("ALTER TABLE studies ADD COLUMN hub_state_at TEXT")
+    db.execute("ALTER TABLE studies ADD COLUMN update_pending INTEGER NOT NULL DEFAULT 0")
+    db.execute("""
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY, role TEXT NOT NULL, language TEXT NOT NULL,
+            password_hash TEXT NOT NULL, created_at TEXT NOT NULL
+        )""")
+    create_audit_table(db)
+
+
+@migrations()
+def m005_held(db: sqlite_utils.Database) -> None:
+    """Instances (or whole studies, instance_id 0) that could not be packed for a
+    reason that will not pass by itself, with a growing back-off; and how many
+    instances of each transfer went without the pixel coder."""
+    db.execute("""
+        CREATE TABLE held (
+            study_uid TEXT NOT NULL,
+            instance_id INTEGER NOT NULL,   -- instances.id, or 0: the study as a whole
+            sop_instance_uid TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL,
+            first_at TEXT NOT NULL, last_at TEXT NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 1,
+            next_try_ts REAL NOT NULL,      -- seconds since the epoch
+            PRIMARY KEY (study_uid, instance_id)
+        )""")
+    db.execute("ALTER TABLE transfers ADD COLUMN coder_fallbacks INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE transfers ADD COLUMN coder_fallback_reasons TEXT")
