@@ -14,6 +14,7 @@ from typing import Any
 
 from common.config import Config, ConfigError, config_keys, read_config
 from common.mqtt import MQTT_DEFAULTS, validate_mqtt
+from wire.pacing import parse_window
 
 DEFAULTS: dict[str, Any] = {
     "box_id": "",  # empty: the machine's host name
@@ -129,17 +130,6 @@ def _validate(v: dict[str, Any]) -> None:
     for ae in v["stat"]["calling_ae_titles"]:
         if not _AE_RE.match(ae):
             raise ConfigError(f"stat.calling_ae_titles: {ae!r} is not a valid AE title")
-
-
-def parse_window(text: str) -> tuple[int, int]:
-    """``"HH:MM-HH:MM"`` (local time, may wrap past midnight) as minutes of the day."""
-    m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", text.strip())
-    if not m:
-        raise ValueError(f'{text!r} is not like "22:00-06:00"')
-    a, b = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
-    if a == b:
-        raise ValueError(f"{text!r} is empty (start equals end)")
-    return a, b
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

@@ -16,11 +16,8 @@ missing chunks go. What the hub acknowledged is never sent again, whatever resta
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import random
-import ssl
 import threading
 import time
 import uuid
@@ -31,30 +28,28 @@ from importlib.metadata import version as _v
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common.clock import utcnow
-from common.mqtt import connect_properties, mqtt_client
-from edge import reports
-from edge.config import Config, parse_window
+from edge.config import Config
+from edge.downlink import Downlink
+from edge.events import AckArrived, Event, ReportArrived, ReportPrinted, StudyNoticeArrived
 from edge.holds import held_summary
-from edge.outbox import Outbox, backlog
+from edge.link import Link
+from edge.outbox import Outbox, Packed, backlog
+from edge.packing import PackerLoop
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.manifest import Priority
+from wire.messages import encode_status, parse_ack
+from wire.pacing import TokenBucket, in_windows
 from wire.ranges import RangeSet
-from wire.report import decode_report
-from wire.report import encode_ack as encode_report_ack
 from wire.transfer import TransferVerified, Uplink
 
-HUB_STATES = ("being read",)
 log = logging.getLogger("radsetu.sync")
 
-LOCAL_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
-LOCAL_RETRY_SECONDS = 5.0
 PERSIST_EVERY = 1.0  # seconds between writes of what the hub holds
 PRIORITY_EVERY = 0.5  # seconds between reads of priorities people may have changed
 
@@ -67,65 +62,32 @@ def version() -> str:
         return "unknown"
 
 
-def in_windows(windows: list[str], now: datetime) -> bool:
-    """Is local time ``now`` inside one of the ``"HH:MM-HH:MM"`` windows (none: always)?"""
-    if not windows:
-        return True
-    minute = now.hour * 60 + now.minute
-    for w in windows:
-        a, b = parse_window(w)
-        if (a < b and a <= minute < b) or (a > b and (minute >= a or minute < b)):
-            return True
-    return False
-
-
-class TokenBucket:
-    """The bandwidth cap: bytes may go while the balance is not negative; it refills at
-    ``rate`` bytes a second up to one second's worth. ``rate`` 0: no cap."""
-
-    def __init__(self, rate: float):
-        self.rate = rate
-        self.balance = 0.0
-        self.at = time.monotonic()
-
-    def ready(self, now: float) -> bool:
-        if not self.rate:
-            return True
-        self.balance = min(self.rate, self.balance + (now - self.at) * self.rate)
-        self.at = now
-        return self.balance >= 0
-
-    def spend(self, n: int) -> None:
-        if self.rate:
-            self.balance -= n
-
-    def wait_hint(self) -> float:
-        return 0.0 if not self.rate or self.balance >= 0 else -self.balance / self.rate
-
-
 class Agent:
     def __init__(self, config: Config, store: Store, outbox: Outbox):
         self.config = config
         self.box_id = config.box_id
-        self.study_mids: dict[int, tuple[str, str, str]] = {}
-        self.study_inflight: dict[str, int] = {}
         self.last_study_check = 0.0
         self.clinic = str(config["clinic"])
         self.m = config["mqtt"]
         self.s = config["sync"]
         self.store = store
         self.outbox = outbox
+        self.downlink = Downlink(store, outbox.db, self.box_id, self._current_client)
         self.uplink = Uplink(self.s["window"], float(self.s["ack_timeout_seconds"]))
-        self.bucket = TokenBucket(float(self.s["max_bytes_per_second"]))
+        self.bucket = TokenBucket(float(self.s["max_bytes_per_second"]), time.monotonic())
         self.stop_event = threading.Event()
-        self.events: deque[tuple[str, Any]] = deque()  # from the packer and callbacks
+        self.events: deque[Event] = deque()  # from the packer, the printer and callbacks
         self.threads: list[threading.Thread] = []
         self.client: mqtt.Client | None = None
-        self.connected = False
-        self.connecting_since: float | None = None
-        self.ever_connected = False
-        self.backoff = float(self.s["reconnect_min_seconds"])
-        self.next_attempt = 0.0
+        self.link = Link(
+            self.box_id,
+            self.m,
+            self.s,
+            self.stop_event,
+            on_up=self._link_up,
+            on_down=self.uplink.disconnected,
+            note_error=self._note_error,
+        )
         self.token = b""  # correlation id of this connection's manifests
         self.resync_due = False
         self.manifest_sent: dict[str, float] = {}
@@ -150,7 +112,8 @@ class Agent:
         current = self.outbox.priorities()
         for row in self.outbox.unfinished():
             self._queue(row["transfer_id"], row["seq"], row["acked"], current)
-        for name, target in (("packer", self._packer_loop), ("sync", self._run)):
+        packer = PackerLoop(self.outbox, self.stop_event, self.events.append, self._note_error)
+        for name, target in (("packer", packer.run), ("sync", self._run)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self.threads.append(t)
@@ -180,64 +143,14 @@ class Agent:
             t.acked = RangeSet.from_json(json.loads(acked_json), manifest.chunk_count)
         self.uplink.set_priority(transfer_id, current.get(transfer_id, manifest.priority))
 
-    # -- packer thread ------------------------------------------------------------
-
-    def _packer_loop(self) -> None:
-        while not self.stop_event.is_set():
-            uid = None
-            try:
-                self.outbox.holds.retry_due()
-                uid = self.outbox.next_ready()
-                if uid is None:
-                    self.stop_event.wait(0.5)
-                    continue
-                packed = self.outbox.pack_study(uid)
-                if packed is not None:
-                    self.events.append(("packed", packed))
-            except Exception as exc:
-                # the study waits with a growing back-off, shown on the clinic's page
-                # and the fleet dashboard; the rest of the outbox goes meanwhile
-                self.last_error = f"packing {uid}: {exc}"
-                log.exception("packing study %s failed", uid)
-                if uid:
-                    self._hold_study(uid, f"packing failed: {exc}")
-                self.stop_event.wait(1)
-
-    def _hold_study(self, uid: str, reason: str) -> None:
-        try:
-            delay = self.outbox.holds.hold(uid, 0, "", reason)
-        except Exception:  # the index itself is failing (disk full?): wait and see
-            log.exception("could not note the failure of study %s", uid)
-            self.stop_event.wait(60)
-            return
-        log.warning("study %s: trying to pack it again in %.0f s", uid, delay)
-
     # -- agent thread -------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
-        c = mqtt_client(f"radsetu-box-{self.box_id}", self.m)
-        c.max_inflight_messages_set(self.s["window"] + 4)  # chunks + manifests + status
-        c.will_set(
-            frames.topic(self.box_id, frames.STATUS),
-            json.dumps(
-                {
-                    "box_id": self.box_id,
-                    "online": False,
-                    "link": "down",
-                    "reason": "connection lost",
-                }
-            ),
-            qos=1,
-            retain=True,
-        )
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_publish = self._on_publish
-        return c
+    def _current_client(self) -> mqtt.Client:
+        assert self.client is not None  # the agent's thread handles events only once connected
+        return self.client
 
     def _run(self) -> None:
-        self.client = self._make_client()
+        self.client = self.link.make_client(self._on_message, self._on_publish)
         try:
             while not self.stop_event.is_set():
                 try:
@@ -252,14 +165,8 @@ class Agent:
     def _step(self) -> None:
         assert self.client is not None
         now = time.monotonic()
-        self._maybe_connect(now)
+        self.link.step(now)
         busy = False
-        if self.connected or self.connecting_since is not None:
-            rc = self.client.loop(timeout=0.01)
-            if rc is not MQTTErrorCode.MQTT_ERR_SUCCESS and (
-                self.connected or self.connecting_since is not None
-            ):
-                self._lost(f"network: {mqtt.error_string(rc)}")
         if self.connected and self.resync_due:
             self.resync_due = False
             self.token = uuid.uuid4().bytes
@@ -277,80 +184,15 @@ class Agent:
         elif not busy:
             self.stop_event.wait(min(0.05, self.bucket.wait_hint() or 0.01))
 
-    def _maybe_connect(self, now: float) -> None:
-        assert self.client is not None
-        if self.connecting_since is not None and now - self.connecting_since > max(
-            10.0, 1.5 * self.m["keepalive"]
-        ):
-            self._lost("the broker did not answer CONNECT")
-        if self.connected or self.connecting_since is not None or now < self.next_attempt:
-            return
-        try:
-            if self.ever_connected:
-                self.client.reconnect()
-            else:
-                self.client.connect(
-                    self.m["host"],
-                    self.m["port"],
-                    keepalive=self.m["keepalive"],
-                    clean_start=False,
-                    properties=connect_properties(self.m),
-                )
-                self.ever_connected = True
-            self.connecting_since = now
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            # no route: the box's own link is down and nothing reached the broker, so
-            # looking again soon costs the broker nothing and finds the link sooner
-            local = getattr(exc, "errno", None) in LOCAL_ERRNOS
-            self._retry_later(
-                f"cannot reach the broker {self.m['host']}:{self.m['port']}: {exc}",
-                cap=LOCAL_RETRY_SECONDS if local else None,
-            )
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
-    def _retry_later(self, why: str, cap: float | None = None) -> None:
-        backoff = min(self.backoff, cap) if cap else self.backoff
-        delay = backoff / 2 + random.uniform(0, backoff / 2)  # equal jitter
-        self.next_attempt = time.monotonic() + delay
-        self.backoff = min(self.backoff * 2, float(self.s["reconnect_max_seconds"]))
-        if why != self.last_error:
-            log.warning("%s; trying again in %.1f s", why, delay)
+    def _note_error(self, why: str | None) -> None:
         self.last_error = why
 
-    def _lost(self, why: str) -> None:
-        was = self.connected
-        if not was and self.connecting_since is not None and "refused" not in why:
-            why = (
-                f"the broker closed the connection before accepting the box ({why}): with "
-                "TLS, check [mqtt] cert_file, key_file and ca_file"
-            )
-        self.connected = False
-        self.connecting_since = None
-        self.uplink.disconnected()  # reconnect() closes whatever socket is left
-        if self.stop_event.is_set():
-            return
-        if was:
-            log.warning("link to the broker lost (%s)", why)
-        self._retry_later(why)
-
-    # paho callbacks: they run inside loop(), on this same thread
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
-        self.connecting_since = None
-        if rc.is_failure:
-            self._lost(
-                f"the broker refused the box: {rc} (check [mqtt] username and password, "
-                "or the box's certificate)"
-            )
-            return
-        self.connected = True
-        self.backoff = float(self.s["reconnect_min_seconds"])
-        self.last_error = None
-        log.info(
-            "connected to the broker %s:%s (session %s)",
-            self.m["host"],
-            self.m["port"],
-            "resumed" if flags.session_present else "new",
-        )
+    def _link_up(self, client: mqtt.Client) -> None:
+        """Connected (again): listen on the way down; what was unconfirmed goes again."""
         client.subscribe(
             [
                 (frames.topic(self.box_id, frames.DOWN_ACK), 1),
@@ -358,121 +200,59 @@ class Agent:
                 (frames.topic(self.box_id, frames.DOWN_STUDY), 1),
             ]
         )
-        self.study_inflight.clear()  # unconfirmed updates go again
+        self.downlink.study_inflight.clear()  # unconfirmed updates go again
         # the manifests go on the next step, after paho has queued its resends of
         # what was in flight: the hub's answer must come after those copies arrived
         self.resync_due = True
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if self.connected or self.connecting_since is not None:
-            self._lost(f"disconnected: {rc}")
+    # paho callbacks: they run inside loop(), on the agent's thread
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith(frames.DOWN_REPORT):
-            self.events.append(("report", msg.payload))
+            self.events.append(ReportArrived(msg.payload))
             return
         if msg.topic.endswith(frames.DOWN_STUDY):
-            self.events.append(("study", msg.payload))
+            self.events.append(StudyNoticeArrived(msg.payload))
             return
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-        self.events.append(("ack", (msg.payload, corr)))
+        self.events.append(AckArrived(msg.payload, corr))
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         if rc.is_failure:  # paho counts a refused publish as published: say so
             log.error("the broker refused message %d: %s (ACL or size limit?)", mid, rc)
             self.last_error = f"broker refused a message: {rc}"
             return
-        done = self.study_mids.pop(mid, None)
-        if done is not None:  # the broker has the update: clear it unless it changed since
-            self.outbox.db.execute(
-                "UPDATE studies SET update_pending=0 WHERE study_uid=? AND priority=? "
-                "AND clinical_note=?",
-                list(done),
-            )
-            self.study_inflight.pop(done[0], None)
+        self.downlink.published(mid)
 
     # events
 
     def _drain(self) -> None:
+        """Handle what the packer, the printer and paho's callbacks queued, in order,
+        on the agent's thread."""
         while self.events:
-            kind, value = self.events.popleft()
-            if kind == "packed":
-                self.uplink.queue(self.outbox.manifest(value.transfer_id), value.seq)
-                self.uplink.set_priority(value.transfer_id, value.priority)
+            ev = self.events.popleft()
+            if isinstance(ev, Packed):
+                self.uplink.queue(self.outbox.manifest(ev.transfer_id), ev.seq)
+                self.uplink.set_priority(ev.transfer_id, ev.priority)
                 if self.connected:
-                    self._publish_manifest(value.transfer_id)
-            elif kind == "ack":
-                self._take_ack(*value)
-            elif kind == "report":
-                self._take_report(value)
-            elif kind == "study":
-                self._take_study(value)
-            elif kind == "printed":
-                assert self.client is not None
-                self.client.publish(
-                    frames.topic(self.box_id, frames.UP_REPORT_ACK),
-                    encode_report_ack(*value, printed=True),
-                    qos=1,
-                )
+                    self._publish_manifest(ev.transfer_id)
+            elif isinstance(ev, AckArrived):
+                self._take_ack(ev.payload, ev.correlation)
+            elif isinstance(ev, ReportArrived):
+                self.downlink.take_report(ev.payload)
+            elif isinstance(ev, StudyNoticeArrived):
+                self.downlink.take_study(ev.payload)
+            elif isinstance(ev, ReportPrinted):
+                self.downlink.report_printed(ev.report_id, ev.version)
 
     def report_printed(self, report_id: str, version: int) -> None:
         """From the printer thread: tell the hub (for the turnaround time)."""
-        self.events.append(("printed", (report_id, version)))
-
-    def _take_report(self, payload: bytes) -> None:
-        """Keep a report durably, then acknowledge it (again, if it was kept before)."""
-        assert self.client is not None
-        try:
-            report, pdf = decode_report(payload)
-        except RemoteProtocolError as exc:
-            log.warning("refused a report from the hub: %s", exc)
-            return
-        reports.keep(self.store, report, pdf)
-        self.client.publish(
-            frames.topic(self.box_id, frames.UP_REPORT_ACK),
-            encode_report_ack(report["report_id"], report["version"]),
-            qos=1,
-        )
-
-    def _take_study(self, payload: bytes) -> None:
-        """The hub's word on a study: a radiologist started reading it."""
-        try:
-            msg = json.loads(payload)
-            uid, state = msg["study_uid"], msg["state"]
-            if not isinstance(uid, str) or state not in HUB_STATES:
-                raise ValueError(f"state {state!r}")
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring a malformed study message from the hub: %s", exc)
-            return
-        self.outbox.db.execute(
-            "UPDATE studies SET hub_state=?, hub_state_at=? WHERE study_uid=?",
-            [state, utcnow(), uid],
-        )
-
-    def _publish_study_updates(self) -> None:
-        """STAT marks and clinical notes made at the clinic after the study was packed
-        go to the hub on their own; cleared once the broker has them (``_on_publish``)."""
-        assert self.client is not None
-        for uid, priority, note in self.outbox.db.execute(
-            "SELECT study_uid, priority, clinical_note FROM studies WHERE update_pending=1"
-        ).fetchall():
-            if uid in self.study_inflight:
-                continue
-            body = {"study_uid": uid, "priority": priority, "clinical_note": note}
-            info = self.client.publish(
-                frames.topic(self.box_id, frames.UP_STUDY),
-                json.dumps(body, separators=(",", ":")),
-                qos=1,
-            )
-            self.study_mids[info.mid] = (uid, priority, note)
-            self.study_inflight[uid] = info.mid
+        self.events.append(ReportPrinted(report_id, version))
 
     def _take_ack(self, payload: bytes, corr: bytes | None) -> None:
         try:
-            ack = json.loads(payload)
-            if not isinstance(ack, dict) or not isinstance(ack.get("transfer_id"), str):
-                raise ValueError("no transfer_id")
-        except ValueError as exc:
+            ack = parse_ack(payload)
+        except RemoteProtocolError as exc:
             log.warning("ignoring a malformed ack from the hub: %s", exc)
             return
         tid = ack["transfer_id"]
@@ -581,7 +361,7 @@ class Agent:
                 self._publish_status(now)
             if now - self.last_study_check >= 1.0:
                 self.last_study_check = now
-                self._publish_study_updates()
+                self.downlink.publish_study_updates()
 
     def status(self, db: Any = None) -> dict[str, Any]:
         """What the box tells the hub (and its own page) about itself; ``db``: a
@@ -620,7 +400,7 @@ class Agent:
         self.status_seq += 1
         self.client.publish(
             frames.topic(self.box_id, frames.STATUS),
-            json.dumps(self.status()),
+            encode_status(self.status()),
             qos=1,
             retain=True,
         )

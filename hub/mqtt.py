@@ -33,11 +33,11 @@ from hub.ingest import take_chunk, take_manifest
 from hub.store import FileHubStore
 from wire import frames
 from wire.errors import RemoteProtocolError
+from wire.messages import StudyNotice, StudyUpdate, parse_status
 from wire.report import decode_ack as decode_report_ack
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
-MAX_STATUS_BYTES = 64 * 1024
 RETRIES = 5
 REPORT_RETRY_SECONDS = 30.0  # attempts at a message that fails for a reason of the hub's own
 
@@ -145,7 +145,7 @@ class Ingest:
                 "SELECT id, box_id, study_uid, state FROM notices WHERE sent_at IS NULL "
                 "ORDER BY id LIMIT 100"
             ).fetchall():
-                body = json.dumps({"study_uid": uid, "state": state}, separators=(",", ":"))
+                body = StudyNotice(uid, state).encode()
                 self.client.publish(frames.topic(box_id, frames.DOWN_STUDY), body, qos=1)
                 self.store.db.execute("UPDATE notices SET sent_at=? WHERE id=?", [utcnow(), nid])
         except Exception:  # the next round tries again
@@ -205,16 +205,9 @@ class Ingest:
         )
 
     def _study_update(self, box_id: str, payload: bytes) -> None:
-        if len(payload) > 8192:
-            raise RemoteProtocolError(f"study update of {len(payload)} bytes is too large")
-        try:
-            body = json.loads(payload)
-            uid, prio, note = body["study_uid"], body["priority"], body["clinical_note"]
-            if not (isinstance(uid, str) and isinstance(note, str) and 0 < len(uid) <= 64):
-                raise ValueError("study_uid and clinical_note must be text")
-            here = reading.clinic_update(self.store, box_id, uid, prio, note)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RemoteProtocolError(f"malformed study update: {exc}") from exc
+        update = StudyUpdate.decode(payload)
+        uid, prio = update.study_uid, update.priority
+        here = reading.clinic_update(self.store, box_id, uid, prio, update.clinical_note)
         log.info(
             "box %s: study %s is %s%s", box_id, uid, prio, "" if here else " (before the study)"
         )
@@ -222,14 +215,7 @@ class Ingest:
     def _status(self, box_id: str, payload: bytes) -> None:
         if not payload:
             return  # a retained status being cleared
-        if len(payload) > MAX_STATUS_BYTES:
-            raise RemoteProtocolError(f"status of {len(payload)} bytes is too large")
-        try:
-            status = json.loads(payload)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"status is not JSON: {exc}") from exc
-        if not isinstance(status, dict):
-            raise RemoteProtocolError("status must be a JSON object")
+        status = parse_status(payload)
         online = status.get("online") is True
         was_online = self.store.put_box_status(box_id, status, online=online)
         if online and not was_online:

@@ -114,7 +114,7 @@ def test_sync_and_mqtt_keys_are_checked(tmp_path):
 def test_sync_windows_and_the_bandwidth_cap():
     from datetime import datetime
 
-    from edge.sync import TokenBucket, in_windows
+    from wire.pacing import TokenBucket, in_windows
 
     night = ["22:00-06:00"]
     assert in_windows([], datetime(2026, 1, 1, 12, 0))

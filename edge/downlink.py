@@ -1,0 +1,91 @@
+"""What comes down to the box besides acks, and the study updates that go up:
+reports kept durably then acknowledged, the hub's word on a study (a radiologist is
+reading it), and STAT marks and clinical notes made after a study was packed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from common.clock import utcnow
+from edge import reports
+from edge.store import Store
+from wire import frames
+from wire.errors import RemoteProtocolError
+from wire.messages import StudyNotice, StudyUpdate
+from wire.report import decode_report
+from wire.report import encode_ack as encode_report_ack
+
+log = logging.getLogger("radsetu.sync")
+
+
+class Downlink:
+    def __init__(self, store: Store, db: Any, box_id: str, client: Callable[[], mqtt.Client]):
+        self.store, self.db, self.box_id = store, db, box_id
+        self.client = client  # the agent's current MQTT client
+        self.study_mids: dict[int, tuple[str, str, str]] = {}
+        self.study_inflight: dict[str, int] = {}
+
+    def take_report(self, payload: bytes) -> None:
+        """Keep a report durably, then acknowledge it (again, if it was kept before)."""
+        try:
+            report, pdf = decode_report(payload)
+        except RemoteProtocolError as exc:
+            log.warning("refused a report from the hub: %s", exc)
+            return
+        reports.keep(self.store, report, pdf)
+        self.client().publish(
+            frames.topic(self.box_id, frames.UP_REPORT_ACK),
+            encode_report_ack(report["report_id"], report["version"]),
+            qos=1,
+        )
+
+    def take_study(self, payload: bytes) -> None:
+        """The hub's word on a study: a radiologist started reading it."""
+        try:
+            notice = StudyNotice.decode(payload)
+        except RemoteProtocolError as exc:
+            log.warning("ignoring a malformed study message from the hub: %s", exc)
+            return
+        self.db.execute(
+            "UPDATE studies SET hub_state=?, hub_state_at=? WHERE study_uid=?",
+            [notice.state, utcnow(), notice.study_uid],
+        )
+
+    def publish_study_updates(self) -> None:
+        """STAT marks and clinical notes made at the clinic after the study was packed
+        go to the hub on their own; cleared once the broker has them (``published``)."""
+        for uid, priority, note in self.db.execute(
+            "SELECT study_uid, priority, clinical_note FROM studies WHERE update_pending=1"
+        ).fetchall():
+            if uid in self.study_inflight:
+                continue
+            info = self.client().publish(
+                frames.topic(self.box_id, frames.UP_STUDY),
+                StudyUpdate(uid, priority, note[:1000]).encode(),
+                qos=1,
+            )
+            self.study_mids[info.mid] = (uid, priority, note)
+            self.study_inflight[uid] = info.mid
+
+    def published(self, mid: int) -> None:
+        """The broker has message ``mid``: a study update is cleared unless it changed
+        since."""
+        done = self.study_mids.pop(mid, None)
+        if done is not None:  # the broker has the update: clear it unless it changed since
+            self.db.execute(
+                "UPDATE studies SET update_pending=0 WHERE study_uid=? AND priority=? "
+                "AND clinical_note=?",
+                list(done),
+            )
+            self.study_inflight.pop(done[0], None)
+
+    def report_printed(self, report_id: str, version: int) -> None:
+        self.client().publish(
+            frames.topic(self.box_id, frames.UP_REPORT_ACK),
+            encode_report_ack(report_id, version, printed=True),
+            qos=1,
+        )

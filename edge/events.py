@@ -1,0 +1,37 @@
+"""What the sync agent's thread is handed by the packer, the printer and paho's
+callbacks, as typed events (dispatched with ``isinstance``, as hyper-h2 does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.outbox import Packed
+
+
+@dataclass(frozen=True)
+class AckArrived:
+    """The hub's answer on ``down/ack`` (what it holds of a transfer)."""
+
+    payload: bytes
+    correlation: bytes | None
+
+
+@dataclass(frozen=True)
+class ReportArrived:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StudyNoticeArrived:
+    """The hub's word on a study (``down/study``)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ReportPrinted:
+    report_id: str
+    version: int
+
+
+Event = Packed | AckArrived | ReportArrived | StudyNoticeArrived | ReportPrinted

@@ -1,0 +1,147 @@
+"""The small messages of the sync protocol as typed values, built and parsed here so
+that both ends agree (docs/sync.md, "Topics"):
+
+- ``StudyUpdate`` (``up/study``): the clinic marked a study STAT or wrote its note;
+- ``StudyNotice`` (``down/study``): the hub's word on a study (a radiologist reads it);
+- ``parse_ack`` (``down/ack``): what the hub holds of a transfer;
+- ``parse_status`` (``status``): a box's retained status, every known field checked.
+
+Parsing a peer's bytes raises RemoteProtocolError naming what is wrong; nothing here
+does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from wire.errors import RemoteProtocolError
+
+MAX_STUDY_UPDATE_BYTES = 8192
+MAX_STATUS_BYTES = 64 * 1024
+MAX_NOTE = 1000
+PRIORITIES = ("stat", "routine")
+NOTICE_STATES = ("being read",)
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _json_object(payload: bytes, what: str, limit: int) -> dict[str, Any]:
+    if len(payload) > limit:
+        raise RemoteProtocolError(f"{what} of {len(payload)} bytes is too large (at most {limit})")
+    try:
+        d = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise RemoteProtocolError(f"{what} must be a JSON object")
+    return d
+
+
+def _uid(d: dict[str, Any], what: str) -> str:
+    uid = d.get("study_uid")
+    if not isinstance(uid, str) or not 0 < len(uid) <= 64 or not _UID.match(uid):
+        raise RemoteProtocolError(f"{what}: study_uid missing or not a UID")
+    return uid
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(asdict(value), separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class StudyUpdate:
+    study_uid: str
+    priority: str  # "stat" or "routine"
+    clinical_note: str
+
+    def encode(self) -> bytes:
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> StudyUpdate:
+        d = _json_object(payload, "study update", MAX_STUDY_UPDATE_BYTES)
+        uid = _uid(d, "study update")
+        priority, note = d.get("priority"), d.get("clinical_note")
+        if priority not in PRIORITIES:
+            raise RemoteProtocolError(f"study update: priority {priority!r} is not stat/routine")
+        if not isinstance(note, str) or len(note) > MAX_NOTE:
+            raise RemoteProtocolError(f"study update: clinical_note must be text of <= {MAX_NOTE}")
+        return cls(uid, priority, note)
+
+
+@dataclass(frozen=True)
+class StudyNotice:
+    study_uid: str
+    state: str  # one of NOTICE_STATES
+
+    def encode(self) -> bytes:
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> StudyNotice:
+        d = _json_object(payload, "study notice", MAX_STUDY_UPDATE_BYTES)
+        uid = _uid(d, "study notice")
+        if d.get("state") not in NOTICE_STATES:
+            raise RemoteProtocolError(f"study notice: state {d.get('state')!r} is not known")
+        return cls(uid, d["state"])
+
+
+def parse_ack(payload: bytes) -> dict[str, Any]:
+    """The hub's ack as a dict for ``Uplink.receive_ack`` (which checks the ranges);
+    here: a JSON object naming its transfer."""
+    d = _json_object(payload, "ack", MAX_STATUS_BYTES)
+    if not isinstance(d.get("transfer_id"), str):
+        raise RemoteProtocolError("ack: no transfer_id")
+    return d
+
+
+# a box's status: each known key and the type its value must have (None allowed for
+# the optional ones); unknown keys are kept as they are, for newer boxes
+_COUNTS = (
+    "backlog_studies",
+    "backlog_bytes",
+    "disk_free",
+    "reserve_bytes",
+    "seq",
+    "chunks_sent",
+    "chunks_resent",
+    "bytes_sent",
+    "held_studies",
+    "held_instances",
+)
+_TEXTS = ("box_id", "clinic", "link", "version", "sent_at", "reason")
+_OPTIONAL_TEXTS = ("last_sync", "last_error", "oldest_pending")
+_LISTS = ("sending", "held")
+MAX_COUNT = 2**63 - 1
+
+
+def parse_status(payload: bytes) -> dict[str, Any]:
+    """A box's status, every known field of the right type and range; RemoteProtocolError
+    names the first that is not."""
+    d = _json_object(payload, "status", MAX_STATUS_BYTES)
+    if "online" in d and not isinstance(d["online"], bool):
+        raise RemoteProtocolError("status: online must be true or false")
+    for key in _COUNTS:
+        v = d.get(key)
+        if key in d and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_COUNT):
+            raise RemoteProtocolError(f"status: {key} must be a whole number, 0 or more")
+    for key in _TEXTS + _OPTIONAL_TEXTS:
+        v = d.get(key)
+        if key in d and not (isinstance(v, str) or (v is None and key in _OPTIONAL_TEXTS)):
+            raise RemoteProtocolError(f"status: {key} must be text")
+    for key in _LISTS:
+        v = d.get(key)
+        if key in d and not (
+            isinstance(v, list) and len(v) <= 1000 and all(isinstance(i, dict) for i in v)
+        ):
+            raise RemoteProtocolError(f"status: {key} must be a list of objects")
+    return d
+
+
+def encode_status(status: dict[str, Any]) -> bytes:
+    """A box's status as it goes on the wire (checked as the hub will check it)."""
+    payload = json.dumps(status, separators=(",", ":")).encode()
+    parse_status(payload)
+    return payload
