@@ -33,8 +33,15 @@ from hub.ingest import take_chunk, take_manifest
 from hub.store import FileHubStore
 from wire import frames
 from wire.errors import RemoteProtocolError
-from wire.messages import StudyNotice, StudyUpdate, parse_status
-from wire.report import decode_ack as decode_report_ack
+from wire.messages import (
+    ManifestReceived,
+    ReportAcked,
+    StatusCleared,
+    StatusReceived,
+    StudyNotice,
+    StudyUpdate,
+    decode_upload,
+)
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
@@ -163,32 +170,31 @@ class Ingest:
             self._touched[box_id] = now
             self.store.touch_box(box_id)
         try:
-            if leaf == frames.STATUS:
-                self._status(box_id, msg.payload)
+            up = decode_upload(leaf, msg.payload)
+            if isinstance(up, StatusReceived):
+                self._status(box_id, up.status)
                 return
-            if leaf == frames.UP_REPORT_ACK:
-                rid, version, was_printed = decode_report_ack(msg.payload)
-                if reports.acked(self.store, box_id, rid, version, was_printed):
-                    log.info("box %s has report %s version %d", box_id, rid, version)
+            if isinstance(up, StatusCleared):
                 return
-            if leaf == frames.UP_STUDY:
-                self._study_update(box_id, msg.payload)
+            if isinstance(up, ReportAcked):
+                if reports.acked(self.store, box_id, up.report_id, up.version, up.printed):
+                    log.info("box %s has report %s version %d", box_id, up.report_id, up.version)
                 return
-            if leaf == frames.UP_MANIFEST:
-                ack = take_manifest(self.store, msg.payload, source, box_id=box_id)
-            elif leaf == frames.UP_CHUNK:
-                f = frames.decode_chunk(msg.payload)
+            if isinstance(up, StudyUpdate):
+                self._study_update(box_id, up)
+                return
+            if isinstance(up, ManifestReceived):
+                ack = take_manifest(self.store, up.raw, source, box_id=box_id)
+            else:
                 ack = take_chunk(
                     self.store,
-                    f.transfer_id,
-                    f.index,
-                    f.data,
+                    up.transfer_id,
+                    up.index,
+                    up.data,
                     source,
                     box_id=box_id,
-                    attempt=f.attempt,
+                    attempt=up.attempt,
                 )
-            else:
-                raise RemoteProtocolError(f"unknown topic leaf {leaf!r}")
         except RemoteProtocolError as exc:
             log.warning("box %s: refused a message on %s: %s", box_id, leaf, exc)
             self.store.touch_box(box_id, rejection=str(exc)[:500])
@@ -204,18 +210,14 @@ class Ingest:
             properties=props,
         )
 
-    def _study_update(self, box_id: str, payload: bytes) -> None:
-        update = StudyUpdate.decode(payload)
+    def _study_update(self, box_id: str, update: StudyUpdate) -> None:
         uid, prio = update.study_uid, update.priority
         here = reading.clinic_update(self.store, box_id, uid, prio, update.clinical_note)
         log.info(
             "box %s: study %s is %s%s", box_id, uid, prio, "" if here else " (before the study)"
         )
 
-    def _status(self, box_id: str, payload: bytes) -> None:
-        if not payload:
-            return  # a retained status being cleared
-        status = parse_status(payload)
+    def _status(self, box_id: str, status: dict[str, Any]) -> None:
         online = status.get("online") is True
         was_online = self.store.put_box_status(box_id, status, online=online)
         if online and not was_online:

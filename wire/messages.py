@@ -17,7 +17,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wire import frames
 from wire.errors import RemoteProtocolError
+from wire.frames import ChunkFrame
+from wire.report import decode_ack as decode_report_ack
 
 MAX_STUDY_UPDATE_BYTES = 8192
 MAX_STATUS_BYTES = 64 * 1024
@@ -145,3 +148,48 @@ def encode_status(status: dict[str, Any]) -> bytes:
     payload = json.dumps(status, separators=(",", ":")).encode()
     parse_status(payload)
     return payload
+
+
+# -- what a box sends, decoded by its topic leaf: the hub dispatches on these types ----
+
+
+@dataclass(frozen=True)
+class StatusReceived:
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StatusCleared:
+    """An empty retained status: the broker forgetting it."""
+
+
+@dataclass(frozen=True)
+class ReportAcked:
+    report_id: str
+    version: int
+    printed: bool
+
+
+@dataclass(frozen=True)
+class ManifestReceived:
+    raw: bytes
+
+
+Upload = StatusReceived | StatusCleared | ReportAcked | StudyUpdate | ManifestReceived | ChunkFrame
+
+
+def decode_upload(leaf: str, payload: bytes) -> Upload:
+    """A box's message on ``radsetu/v1/<box>/<leaf>`` as a typed value; RemoteProtocolError
+    for an unknown leaf or a malformed payload. (A manifest is checked whole by the
+    ingest, which needs its bytes.)"""
+    if leaf == frames.STATUS:
+        return StatusReceived(parse_status(payload)) if payload else StatusCleared()
+    if leaf == frames.UP_REPORT_ACK:
+        return ReportAcked(*decode_report_ack(payload))
+    if leaf == frames.UP_STUDY:
+        return StudyUpdate.decode(payload)
+    if leaf == frames.UP_MANIFEST:
+        return ManifestReceived(payload)
+    if leaf == frames.UP_CHUNK:
+        return frames.decode_chunk(payload)
+    raise RemoteProtocolError(f"unknown topic leaf {leaf!r}")

@@ -77,6 +77,12 @@ def decode_ack(payload: bytes) -> tuple[str, int, bool]:
         rid, version = d["report_id"], d["version"]
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"report ack is malformed: {exc}") from exc
-    if not isinstance(rid, str) or not _ID.match(rid) or not isinstance(version, int):
-        raise RemoteProtocolError("report ack is malformed")
+    if (
+        not isinstance(rid, str)
+        or not _ID.match(rid)
+        or not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 0 < version < 2**31
+    ):
+        raise RemoteProtocolError("report ack is malformed (report_id, or version out of range)")
     return rid, version, d.get("printed") is True
