@@ -10,6 +10,16 @@ from flask.json.provider import DefaultJSONProvider
 from common.config import Config
 
 
+class ApiError(Exception):
+    """What a caller of a JSON API must fix; each side raises its own subclass
+    (``edge.errors.BoxError``, ``hub.errors.HubError``) and the app's one handler
+    answers ``{"error": message}`` with ``status``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
 class SafeJSONProvider(DefaultJSONProvider):
     """JSON with ``<``, ``>`` and ``&`` escaped: patient names and descriptions come from
     modalities and may hold HTML; no browser may ever read them as markup."""
@@ -36,5 +46,9 @@ def json_app(cfg: Config, *blueprints: Blueprint) -> Flask:
     @app.errorhandler(404)
     def not_found(_e: Any) -> Any:
         return jsonify({"error": "not found"}), 404
+
+    @app.errorhandler(ApiError)
+    def refused(exc: ApiError) -> Any:
+        return jsonify({"error": str(exc)}), exc.status
 
     return app

@@ -10,6 +10,7 @@ from flask import Blueprint, abort, current_app, jsonify, request, send_file, se
 
 from edge import accounts, catalog, reports
 from edge.db import get_db as _db
+from edge.errors import BoxError
 
 api = Blueprint("api", __name__, url_prefix="/api")
 log = logging.getLogger("radsetu.web")
@@ -40,10 +41,10 @@ def set_priority(study_uid: str) -> Any:
     A study already sending changes at its next chunk."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or body.get("priority") not in ("stat", "routine"):
-        return jsonify({"error": 'send JSON like {"priority": "stat", "reason": "..."}'}), 400
+        raise BoxError('send JSON like {"priority": "stat", "reason": "..."}')
     reason = body.get("reason", "set by a person")
     if not isinstance(reason, str) or len(reason) > 500:
-        return jsonify({"error": "reason must be text of at most 500 characters"}), 400
+        raise BoxError("reason must be text of at most 500 characters")
     if not _UID.match(study_uid) or not catalog.set_priority(
         _db(), study_uid, body["priority"], reason
     ):

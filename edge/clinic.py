@@ -32,6 +32,7 @@ from flask import (
 from common.passwords import csrf_sent, local_next, session_key
 from edge import accounts, catalog, i18n
 from edge import reports as box_reports
+from edge.errors import BoxError
 from edge.pages import _, audit, clinic, page_db, render_page
 from edge.progress import STATE_ORDER, health, studies_view, today
 from edge.uploads import upload_request
@@ -58,12 +59,12 @@ def check() -> Any:
         return None
     if not session.get("user"):
         if is_api or request.accept_mimetypes.best == "application/json":
-            return jsonify({"error": "log in first (the clinic's page)"}), 401
+            raise BoxError("log in first (the clinic's page)", 401)
         return redirect(url_for("clinic.login", next=request.path))
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         if not csrf_sent(session, request.form, request.headers):
             if is_api or request.accept_mimetypes.best == "application/json":
-                return jsonify({"error": "missing or stale CSRF token: reload the page"}), 400
+                raise BoxError("missing or stale CSRF token: reload the page")
             abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
     return None
 

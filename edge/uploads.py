@@ -14,6 +14,7 @@ from flask import current_app, jsonify, request, session
 from werkzeug.utils import secure_filename
 
 from edge import importer
+from edge.errors import BoxError
 from edge.pages import _, audit, clinic, render_page
 
 
@@ -30,7 +31,7 @@ def upload() -> Any:
     store = current_app.config["RADSETU_STORE"]
     files = request.files.getlist("files")
     if not files:
-        return jsonify({"error": _("Choose files, a folder or a ZIP first.")}), 400
+        raise BoxError(_("Choose files, a folder or a ZIP first."))
     work = Path(cfg.data_dir) / "uploads" / uuid.uuid4().hex
     work.mkdir(parents=True)
     try:

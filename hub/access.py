@@ -15,10 +15,11 @@ import hashlib
 import secrets
 from typing import Any
 
-from flask import abort, g, has_request_context, jsonify, redirect, request, session, url_for
+from flask import abort, g, has_request_context, redirect, request, session, url_for
 
 from common.clock import utcnow
 from common.passwords import csrf_sent
+from hub.errors import HubError
 from hub.store import FileHubStore
 
 PUBLIC = ("public",)
@@ -95,7 +96,7 @@ def _machine() -> bool:
 
 def _refuse(status: int, why: str) -> Any:
     if _machine() or request.authorization is not None:
-        return jsonify({"error": why}), status
+        raise HubError(why, status)
     if status == 401:
         return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
     abort(status, why)

@@ -41,11 +41,6 @@ def _body() -> dict[str, Any]:
     return body
 
 
-@api.errorhandler(HubError)
-def report_error(exc: HubError) -> Any:
-    return jsonify({"error": str(exc)}), exc.status
-
-
 @api.get("/studies/<study_uid>/reports")
 def study_reports(study_uid: str) -> Any:
     return jsonify({"reports": reports.for_study(request_store(), study_uid)})
@@ -134,7 +129,7 @@ def rendered(study_uid: str, sop_uid: str) -> Any:
             _instance_path(study_uid, sop_uid), frame, request.args.get("preset") or None
         )
     except (ValueError, render.RenderError) as exc:
-        return jsonify({"error": str(exc)}), 400
+        raise HubError(str(exc)) from exc
     response = current_app.response_class(png, mimetype="image/png")
     if info["window"]:
         response.headers["X-Window"] = "{center:g}/{width:g} ({source})".format(**info["window"])

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from common.web import ApiError
 
-class HubError(Exception):
+
+class HubError(ApiError):
     """Something the caller must fix; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
