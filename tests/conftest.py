@@ -13,6 +13,7 @@ import pytest
 from common.dicomfile import read_meta
 from devkit.box import Box, free_port, wait_port
 from devkit.broker import Broker, Hub
+from tests.helpers import ROOT
 
 ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
 
@@ -213,7 +214,7 @@ def printed(out: Path, report_id: str) -> list[Path]:
     return done
 
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PHONE, DESKTOP = (390, 844), (1280, 1000)
 
 

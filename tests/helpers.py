@@ -9,6 +9,8 @@ from devkit.box import Box
 from devkit.broker import Hub
 from devkit.corpus import data_file, replicate
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
 
 def start_box(boxes: list, path: Path, mqtt: dict, **kw) -> Box:  # type: ignore[type-arg]
     b = Box(path, mqtt=mqtt, quiet_seconds=kw.pop("quiet_seconds", 1), **kw)

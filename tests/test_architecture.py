@@ -12,7 +12,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 PACKAGES = ("wire", "common", "edge", "hub")
 FORBIDDEN = {
     "hub": {"edge"},

@@ -11,8 +11,8 @@ import pydicom
 from pydicom.valuerep import VR
 
 from devkit.broker import Broker, Hub
-from tests.conftest import storescu
-from tests.test_sync import delivered, make_study, start_box, wait_for
+from tests.conftest import storescu, wait_for
+from tests.helpers import delivered, make_study, start_box
 
 VRS = {v.value for v in VR}
 

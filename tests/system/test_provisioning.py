@@ -23,9 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from devkit.box import free_port, wait_port
 from devkit.broker import Hub
 from tests.conftest import need, storescu, wait_for
-from tests.test_sync import delivered, make_study, start_box
+from tests.helpers import ROOT, delivered, make_study, start_box
 
-ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
 VENV_BIN = Path(sys.executable).parent
 

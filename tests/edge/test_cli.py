@@ -3,12 +3,12 @@
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import radsetu
 from devkit.box import Box
+from tests.helpers import ROOT
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = ROOT / "docs"
 
 
 def commands():

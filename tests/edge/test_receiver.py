@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import need, storescu, wait_for
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
 from common.dicomfile import build_meta, read_meta
 from devkit.box import Box
 from devkit.corpus import SAMPLES, dataset_bytes, pydicom_file, sample_path
+from tests.conftest import need, storescu, wait_for
 from wire import dul
 
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit.broker import Broker, Hub
 from devkit.relay import Relay
 from tests.conftest import screenshots, storescu, until, wait_for
-from tests.test_sync import make_study, start_box
+from tests.helpers import make_study, start_box
 
 KEEPALIVE = 3  # the broker publishes the box's last will ~1.5 keepalives after it dies
 REFRESH = 10  # the fleet page's own refresh

@@ -20,7 +20,7 @@ from devkit.broker import Broker, Hub
 from devkit.corpus import dataset_bytes
 from devkit.relay import Relay
 from tests.conftest import acked_files, storescu, wait_for
-from tests.helpers import (  # noqa: F401 - other test files take these from here still
+from tests.helpers import (
     assert_same_at_hub,
     box_state,
     delivered,

@@ -9,8 +9,8 @@ import urllib.error
 import pytest
 
 from devkit.broker import Broker, Hub
-from tests.conftest import pdf_text, printed, storescu
-from tests.test_sync import delivered, make_study, start_box, wait_for
+from tests.conftest import pdf_text, printed, storescu, wait_for
+from tests.helpers import delivered, make_study, start_box
 
 
 @pytest.fixture

@@ -1,13 +1,13 @@
 """Configuration: defaults that serve, TOML, environment overrides, clear errors."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from edge.config import DEFAULTS, ConfigError, all_keys, load
+from tests.helpers import ROOT
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+DOCS = ROOT / "docs" / "config.md"
 
 
 def test_defaults_serve_without_a_file():

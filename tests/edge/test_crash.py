@@ -6,10 +6,10 @@ import random
 import subprocess
 
 import pytest
-from conftest import need, storescu
 
 from common.dicomfile import read_meta
 from devkit.corpus import dataset_bytes, pydicom_file, replicate
+from tests.conftest import need, storescu
 
 COUNT = 240
 ROUNDS = 3

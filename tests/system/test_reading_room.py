@@ -13,7 +13,7 @@ import pytest
 from devkit.broker import Broker, Hub
 from devkit.corpus import data_file, replicate
 from tests.conftest import pdf_text, printed, storescu, until, wait_for
-from tests.test_sync import delivered, start_box
+from tests.helpers import delivered, start_box
 
 EVIL = "<script>window.pwned=1</script>^Evil"
 

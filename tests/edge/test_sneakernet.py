@@ -3,12 +3,12 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 from devkit.corpus import data_file, replicate
+from tests.helpers import ROOT
 
 RADSETU = [sys.executable, "-m", "radsetu"]
-WIRE = Path(__file__).resolve().parent.parent / "wire"
+WIRE = ROOT / "wire"
 
 
 def run(*args):
