@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, jsonify, request, send_file, session
 
 from edge import accounts, catalog, reports
+from edge import studies as study_rows
 from edge.db import get_db as _db
 from edge.errors import BoxError
 
@@ -45,7 +46,7 @@ def set_priority(study_uid: str) -> Any:
     reason = body.get("reason", "set by a person")
     if not isinstance(reason, str) or len(reason) > 500:
         raise BoxError("reason must be text of at most 500 characters")
-    if not _UID.match(study_uid) or not catalog.set_priority(
+    if not _UID.match(study_uid) or not study_rows.set_priority(
         _db(), study_uid, body["priority"], reason
     ):
         abort(404)

@@ -108,14 +108,6 @@ def purges(db: sqlite_utils.Database, limit: int = 200) -> list[dict[str, Any]]:
     return list(db.query("SELECT * FROM purges ORDER BY id DESC LIMIT ?", [limit]))
 
 
-def set_priority(db: sqlite_utils.Database, study_uid: str, priority: str, reason: str) -> bool:
-    cur = db.execute(
-        "UPDATE studies SET priority=?, priority_reason=?, update_pending=1 WHERE study_uid=?",
-        [priority, reason, study_uid],
-    )
-    return bool(cur.rowcount)
-
-
 def repairs(db: sqlite_utils.Database, limit: int = 100) -> list[dict[str, Any]]:
     return list(db.query("SELECT * FROM repairs ORDER BY id DESC LIMIT ?", [limit]))
 
@@ -132,24 +124,3 @@ def iso_ts(text: str | None) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def set_clinical(
-    db: sqlite_utils.Database, study_uid: str, priority: str | None, note: str
-) -> dict[str, bool]:
-    """Mark a study STAT (``priority``; None leaves it) and set its clinical note; the
-    change is queued for the hub (``update_pending``). Says what changed."""
-    row = db.execute(
-        "SELECT priority, clinical_note FROM studies WHERE study_uid=?", [study_uid]
-    ).fetchone()
-    if row is None:
-        return {}
-    changed = {"priority": bool(priority) and priority != row[0], "note": note != row[1]}
-    if changed["priority"] or changed["note"]:
-        db.execute(
-            "UPDATE studies SET priority=coalesce(?, priority), "
-            "priority_reason=CASE WHEN ? IS NOT NULL THEN 'marked by the clinic' "
-            "ELSE priority_reason END, clinical_note=?, update_pending=1 WHERE study_uid=?",
-            [priority, priority, note, study_uid],
-        )
-    return changed

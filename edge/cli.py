@@ -17,7 +17,7 @@ from common.passwords import read_password
 from edge import config as edge_config
 from edge.accounts import AccountError, add_user
 from edge.boot import BoxRunning, check_store, lock_data_dir, open_store
-from edge.holds import held_summary
+from edge.holds import due_now, held_summary
 from edge.importer import run_import
 from edge.service import serve
 from edge.sneakernet import PackError, pack, pick_for_link, sources_from_folder, sources_from_store
@@ -97,7 +97,7 @@ def cmd_held(args: argparse.Namespace) -> int:
     with reader(config.data_dir) as db:
         if args.retry:
             with db.atomic():
-                db.execute("UPDATE held SET next_try_ts=0")
+                due_now(db)
         rows = db.execute(
             "SELECT study_uid, sop_instance_uid, reason, tries, first_at, next_try_ts "
             "FROM held ORDER BY first_at"

@@ -30,7 +30,7 @@ from flask import (
 )
 
 from common.passwords import csrf_sent, local_next, session_key
-from edge import accounts, catalog, i18n
+from edge import accounts, catalog, i18n, studies
 from edge import reports as box_reports
 from edge.errors import BoxError
 from edge.pages import _, audit, clinic, page_db, render_page
@@ -175,7 +175,7 @@ def study_update(study_uid: str) -> Any:
         flash(_("The note is too long (at most 1000 characters)."), "error")
         return redirect(url_for("clinic.study", study_uid=study_uid))
     stat = request.form.get("stat") == "on"
-    changed = catalog.set_clinical(db, study_uid, "stat" if stat else None, note)
+    changed = studies.set_clinical(db, study_uid, "stat" if stat else None, note)
     if changed.get("priority"):
         audit("stat", study_uid, note[:200])
     if changed.get("note"):

@@ -10,8 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from common.clock import utcnow
-from edge import reports
+from edge import reports, studies
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
@@ -50,10 +49,7 @@ class Downlink:
         except RemoteProtocolError as exc:
             log.warning("ignoring a malformed study message from the hub: %s", exc)
             return
-        self.db.execute(
-            "UPDATE studies SET hub_state=?, hub_state_at=? WHERE study_uid=?",
-            [notice.state, utcnow(), notice.study_uid],
-        )
+        studies.set_hub_state(self.db, notice.study_uid, notice.state)
 
     def publish_study_updates(self) -> None:
         """STAT marks and clinical notes made at the clinic after the study was packed
@@ -76,11 +72,7 @@ class Downlink:
         since."""
         done = self.study_mids.pop(mid, None)
         if done is not None:  # the broker has the update: clear it unless it changed since
-            self.db.execute(
-                "UPDATE studies SET update_pending=0 WHERE study_uid=? AND priority=? "
-                "AND clinical_note=?",
-                list(done),
-            )
+            studies.update_sent(self.db, *done)
             self.study_inflight.pop(done[0], None)
 
     def report_printed(self, report_id: str, version: int) -> None:

@@ -13,8 +13,7 @@ import time
 from typing import Any
 
 from common.clock import utcnow
-from edge.sneakernet import Held
-from edge.store import Store
+from edge import studies
 
 log = logging.getLogger("radsetu.outbox")
 
@@ -30,7 +29,8 @@ def hold_delay(tries: int) -> float:
 class Holds:
     """The ``held`` table's one writer."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Any):
+        """``store``: the box's Store (its connection and write lock)."""
         self.store = store
         self.db = store.db
 
@@ -85,12 +85,11 @@ class Holds:
                 ).fetchall()
             ]
             for uid in uids:
-                self.db.execute(
-                    "UPDATE studies SET state='ready' WHERE study_uid=? AND state='sending'", [uid]
-                )
+                studies.move(self.db, uid, "ready", ("sending",))
         return uids
 
-    def hold_all(self, study_uid: str, held: list[Held]) -> None:
+    def hold_all(self, study_uid: str, held: list[Any]) -> None:
+        """Hold each ``edge.sneakernet.Held`` of a pack (its source and reason)."""
         for h in held:
             delay = self.hold(study_uid, h.source.key or 0, h.source.sop_instance_uid, h.reason)
             log.error(
@@ -131,3 +130,11 @@ def held_summary(db: Any) -> dict[str, Any]:
             for r in rows
         ],
     }
+
+
+def due_now(db: Any, instance_id: int | None = None) -> None:
+    """Try a held instance (every one, without ``instance_id``) at the next round."""
+    if instance_id is None:
+        db.execute("UPDATE held SET next_try_ts=0")
+    else:
+        db.execute("UPDATE held SET next_try_ts=0 WHERE instance_id=?", [instance_id])

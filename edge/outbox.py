@@ -21,6 +21,7 @@ from typing import Any
 
 from common.clock import utcnow
 from common.durable import fsync_dir
+from edge import studies
 from edge.holds import Holds
 from edge.sneakernet import NothingToPack, PackResult, Source, pack
 from edge.store import Store
@@ -61,7 +62,12 @@ class Outbox:
     # -- start-up -----------------------------------------------------------------
 
     def clean(self) -> None:
-        """Remove pack files that have no row, or whose transfer is verified."""
+        """Remove pack files that have no row, or whose transfer is verified, and what
+        transfers carried of instances retention has since deleted."""
+        with self.store.write_lock, self.db.atomic():
+            self.db.execute(
+                "DELETE FROM transfer_instances WHERE instance_id NOT IN (SELECT id FROM instances)"
+            )
         live = {
             Path(r[0]).name
             for r in self.db.execute("SELECT pack_path FROM transfers WHERE state='sending'")
@@ -84,10 +90,7 @@ class Outbox:
                     self.db.execute(
                         "UPDATE transfers SET state='abandoned' WHERE transfer_id=?", [tid]
                     )
-                    self.db.execute(
-                        "UPDATE studies SET state='ready' WHERE study_uid=? AND state='sending'",
-                        [study],
-                    )
+                    studies.move(self.db, study, "ready", ("sending",))
 
     # -- packing ------------------------------------------------------------------
 
@@ -217,10 +220,7 @@ class Outbox:
                 "INSERT INTO transfer_instances(transfer_id, instance_id) VALUES (?,?)",
                 [(manifest.transfer_id, iid) for iid in packed_ids],
             )
-            self.db.execute(
-                "UPDATE studies SET state='sending' WHERE study_uid=? AND state='ready'",
-                [manifest.study_uid],
-            )
+            studies.move(self.db, manifest.study_uid, "sending", ("ready",))
         log.info(
             "study %s packed as transfer %s%s: %d instances, %d bytes -> %d bytes in %d "
             "chunks (%s)%s%s",
@@ -251,18 +251,10 @@ class Outbox:
                 [study_uid],
             ).fetchone()[0]
             if open_ == 0 and unsent == 0:
-                cur = self.db.execute(
-                    "UPDATE studies SET state='delivered', delivered_at=? "
-                    "WHERE study_uid=? AND state IN ('ready', 'sending')",
-                    [utcnow(), study_uid],
-                )
-                if cur.rowcount:
+                if studies.move(self.db, study_uid, "delivered", ("ready", "sending")):
                     log.info("study %s delivered: the hub verified every instance", study_uid)
             else:
-                self.db.execute(
-                    "UPDATE studies SET state='sending' WHERE study_uid=? AND state='ready'",
-                    [study_uid],
-                )
+                studies.move(self.db, study_uid, "sending", ("ready",))
 
     # -- sending ------------------------------------------------------------------
 

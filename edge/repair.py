@@ -53,7 +53,7 @@ def check(store: Any, index_file: Any) -> CheckReport:
             ok = False
         if not ok:
             with store.write_lock, store.db.atomic():
-                store.db.execute("DELETE FROM instances WHERE id=?", [iid])
+                store.drop_instance_row(iid)
                 store.log_repair(
                     "row-without-file",
                     f"study {study} instance {sop}: file {rel} missing or wrong "

@@ -30,7 +30,7 @@ from common.clock import utcnow
 from common.db import open_db
 from common.dicomfile import InstanceInfo
 from common.durable import fsync_dir
-from edge import repair
+from edge import holds, repair, studies
 from edge.repair import CheckReport
 from edge.schema import migrations
 from edge.tempfiles import TempFile
@@ -184,7 +184,7 @@ class Store:
         os.replace(final.with_suffix(".restored"), final)
         fsync_dir(final.parent)
         with self.db.atomic():
-            self.db.execute("UPDATE held SET next_try_ts=0 WHERE instance_id=?", [instance_id])
+            holds.due_now(self.db, instance_id)
             self.log_repair("restored", f"{row[1]}: the instance was sent again; file restored")
 
     def _unlink_unindexed(self, final: Path, sha256: str) -> None:
@@ -212,7 +212,7 @@ class Store:
                 "SELECT count(*) FROM instances WHERE sop_instance_uid=?",
                 [info.sop_instance_uid],
             ).fetchone()[0]
-            self._upsert_study(info, stat, now)
+            studies.upsert(self.db, info, stat, now)
             flagged = None
             if prior:
                 flagged = (
@@ -244,52 +244,6 @@ class Store:
             )
         return Outcome.NEW_VERSION if prior else Outcome.STORED
 
-    def _upsert_study(self, info: InstanceInfo, stat: bool, now: str) -> None:
-        """The patient, study and series rows an instance belongs to: made on its first
-        instance, the study's arrival times and priority updated on each."""
-        now_ts = time.time()
-        patient_key = "|".join((info.patient_id, info.patient_name, info.birth_date))
-        self.db.execute(
-            "INSERT INTO patients(key, patient_id, name, birth_date, sex) "
-            "VALUES (?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
-            [patient_key, info.patient_id, info.patient_name, info.birth_date, info.sex],
-        )
-        self.db.execute(
-            """INSERT INTO studies(study_uid, patient_key, study_date, study_time,
-                   description, accession_number, state, priority, first_received,
-                   last_received, last_received_ts)
-               VALUES (?,?,?,?,?,?,'receiving',?,?,?,?)
-               ON CONFLICT(study_uid) DO UPDATE SET
-                   state='receiving', ready_at=NULL,
-                   last_received=excluded.last_received,
-                   last_received_ts=excluded.last_received_ts,
-                   priority=CASE WHEN excluded.priority='stat' THEN 'stat'
-                                 ELSE studies.priority END""",
-            [
-                info.study_uid,
-                patient_key,
-                info.study_date,
-                info.study_time,
-                info.study_description,
-                info.accession_number,
-                "stat" if stat else "routine",
-                now,
-                now,
-                now_ts,
-            ],
-        )
-        self.db.execute(
-            "INSERT INTO series(series_uid, study_uid, modality, series_number, description) "
-            "VALUES (?,?,?,?,?) ON CONFLICT(series_uid) DO NOTHING",
-            [
-                info.series_uid,
-                info.study_uid,
-                info.modality,
-                info.series_number,
-                info.series_description,
-            ],
-        )
-
     # -- readiness ----------------------------------------------------------------
 
     def mark_ready(self, now_ts: float | None = None) -> list[str]:
@@ -302,11 +256,7 @@ class Store:
             ).fetchall()
             uids = [r[0] for r in rows]
             if uids:
-                self.db.execute(
-                    "UPDATE studies SET state='ready', ready_at=? WHERE state='receiving' "
-                    "AND last_received_ts <= ?",
-                    [utcnow(), now_ts - self.quiet_seconds],
-                )
+                studies.mark_ready(self.db, now_ts - self.quiet_seconds)
         for uid in uids:
             log.info("study %s: quiet for %ss, ready to send", uid, self.quiet_seconds)
         return uids
@@ -361,13 +311,9 @@ class Store:
                 "SELECT id, sha256, path, size FROM instances WHERE study_uid=?", [study_uid]
             ).fetchall()
             with self.db.atomic():
-                self.db.execute(
-                    "DELETE FROM transfer_instances WHERE instance_id IN "
-                    "(SELECT id FROM instances WHERE study_uid=?)",
-                    [study_uid],
-                )
+                # what the transfers carried of it is forgotten by the outbox (clean)
                 self.db.execute("DELETE FROM instances WHERE study_uid=?", [study_uid])
-                self.db.execute("UPDATE studies SET state='purged' WHERE study_uid=?", [study_uid])
+                studies.move(self.db, study_uid, "purged", ("delivered",))
                 self.db.execute(
                     "INSERT INTO purges(at, study_uid, reason, instances, bytes) "
                     "VALUES (?,?,?,?,?)",
@@ -391,6 +337,11 @@ class Store:
         """Repair the store after a crash (``edge.repair``); ``index_file(path)`` parses
         one file into its InstanceInfo and dataset offset."""
         return repair.check(self, index_file)
+
+    def drop_instance_row(self, instance_id: int) -> None:
+        """Forget an instance whose file is gone (the self-check); the caller holds the
+        write lock and logs the repair."""
+        self.db.execute("DELETE FROM instances WHERE id=?", [instance_id])
 
     def log_repair(self, kind: str, detail: str) -> None:
         log.warning("store repair (%s): %s", kind, detail)

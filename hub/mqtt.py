@@ -25,7 +25,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from common.clock import utcnow
 from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
 from hub import reading, reports
@@ -148,13 +147,10 @@ class Ingest:
         try:
             for box_id, message in reports.due(self.store, time.time(), REPORT_RETRY_SECONDS):
                 self.client.publish(frames.topic(box_id, frames.DOWN_REPORT), message, qos=1)
-            for nid, box_id, uid, state in self.store.db.execute(
-                "SELECT id, box_id, study_uid, state FROM notices WHERE sent_at IS NULL "
-                "ORDER BY id LIMIT 100"
-            ).fetchall():
+            for nid, box_id, uid, state in reading.unsent_notices(self.store):
                 body = StudyNotice(uid, state).encode()
                 self.client.publish(frames.topic(box_id, frames.DOWN_STUDY), body, qos=1)
-                self.store.db.execute("UPDATE notices SET sent_at=? WHERE id=?", [utcnow(), nid])
+                reading.notice_sent(self.store, nid)
         except Exception:  # the next round tries again
             log.exception("sending reports failed")
 

@@ -260,3 +260,17 @@ def turnaround_summary(store: FileHubStore) -> list[dict[str, Any]]:
             )
         out.append({"clinic": clinic, "priority": priority, "studies": len(rows), "seconds": steps})
     return out
+
+
+def unsent_notices(store: FileHubStore, limit: int = 100) -> list[tuple[int, str, str, str]]:
+    """(id, box, study, state) of the notices for boxes not yet handed to the broker."""
+    rows = store.db.execute(
+        "SELECT id, box_id, study_uid, state FROM notices WHERE sent_at IS NULL "
+        "ORDER BY id LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def notice_sent(store: FileHubStore, notice_id: int) -> None:
+    store.db.execute("UPDATE notices SET sent_at=? WHERE id=?", [utcnow(), notice_id])

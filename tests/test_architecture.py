@@ -144,3 +144,20 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+def test_each_table_has_one_writer():
+    """One module writes each table (INSERT, UPDATE, DELETE); others call it."""
+    import re
+
+    writes = re.compile(r"\b(?:INSERT INTO|UPDATE|DELETE FROM|REPLACE INTO)\s+([a-z_]+)\b")
+    shared = []
+    for side in ("edge", "hub"):
+        writers: dict[str, set[str]] = defaultdict(set)
+        for name, path in modules().items():
+            if name.startswith(side + "."):
+                for table in writes.findall(path.read_text()):
+                    writers[table].add(str(path.relative_to(ROOT)))
+        shared += [f"{side} table {t}: {sorted(m)}" for t, m in writers.items() if len(m) > 1]
+        assert len(writers) > 5, f"{side}: the check found too few tables to mean anything"
+    assert not shared, "tables written by more than one module:\n" + "\n".join(shared)
