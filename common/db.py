@@ -3,16 +3,44 @@ table."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Generator
 from pathlib import Path
 
 import sqlite_utils
 
 
+class Database(sqlite_utils.Database):
+    """sqlite-utils' Database whose transactions take the write lock when they begin
+    (``BEGIN IMMEDIATE``). With a deferred BEGIN, a transaction that reads and then
+    writes fails at once with "database is locked" when another connection wrote in
+    between (WAL's stale snapshot; the busy timeout does not apply), so a box with
+    several connections (receiver, sync agent, printer, web) would drop a write."""
+
+    @contextlib.contextmanager
+    def atomic(self) -> Generator[sqlite_utils.Database, None, None]:
+        if self.conn.in_transaction:  # nested: sqlite-utils' savepoints
+            with super().atomic() as db:
+                yield db
+            return
+        self.conn.execute("BEGIN IMMEDIATE")  # waits up to the connection's timeout
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+
+
 def open_db(path: Path) -> sqlite_utils.Database:
     """An index connection: WAL, full sync on commit, waits for other writers."""
     conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-    db = sqlite_utils.Database(conn)
+    db = Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA foreign_keys=ON")

@@ -19,7 +19,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from common.clock import utcnow
-from common.db import create_audit_table
+from common.db import Database, create_audit_table
 from common.durable import write_durably
 
 migrations = Migrations("radsetu.hub.store")
@@ -202,7 +202,7 @@ class FileHubStore:
         conn = sqlite3.connect(
             self.root / "hub.db", timeout=30, isolation_level=None, check_same_thread=False
         )
-        self.db = sqlite_utils.Database(conn)
+        self.db = Database(conn)  # transactions take the write lock at BEGIN
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         if prepare:
