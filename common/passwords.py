@@ -12,6 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 N, R, P = 2**14, 8, 1
 MIN_LENGTH = 10
@@ -61,8 +62,19 @@ def session_key(data_dir: Path) -> str:
 
 
 def local_next(target: str) -> str | None:
-    """Where to go after a login: a path on this site only (no open redirect)."""
-    return target if target.startswith("/") and not target.startswith("//") else None
+    """Where to go after a login: a path on this site only (no open redirect). Browsers
+    drop tabs and newlines from a URL and read a backslash as a slash, so
+    ``/\t/evil.example`` and ``/\\evil.example`` would leave the site: refused."""
+    if (
+        not target.startswith("/")
+        or any(c in target for c in "\\\t\r\n")
+        or not target.isprintable()
+    ):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
+        return None
+    return target
 
 
 def read_password(name: str) -> str:

@@ -289,3 +289,36 @@ def test_box_pages_show_html_as_text(box):
         assert "<script>window.pwned" not in body, path
         assert "<img src=x" not in body, path
     assert "&lt;script&gt;window.pwned" in c.get("/").get_data(as_text=True)
+
+
+HOSTILE_NEXT = [
+    "/%09/evil.example/x",  # a tab: browsers drop it and read //evil.example/x
+    "/%5Cevil.example",  # a backslash: read as a slash
+    "//evil.example",
+    "https://evil.example/",
+    "/%0d%0a/evil.example",
+]
+
+
+@pytest.mark.parametrize("target", HOSTILE_NEXT)
+def test_no_open_redirect_after_login_at_either_end(box, hub, target):
+    """``/login?next=...`` never sends a person off the site (it did for a tab)."""
+    for app, name in ((box[0], "asha"), (hub[0], "a-radiologist")):
+        c = app.test_client()
+        token = _session(c)
+        r = c.post(
+            f"/login?next={target}",
+            data={"csrf": token, "username": name, "password": PASSWORD},
+        )
+        assert r.status_code == 302
+        where = r.headers["Location"]
+        assert where.startswith("/") and not where.startswith("//"), (target, where)
+        assert "evil.example" not in where, (target, where)
+    # and a local one still works
+    c = box[0].test_client()
+    token = _session(c)
+    r = c.post(
+        "/login?next=/reports",
+        data={"csrf": token, "username": "asha", "password": PASSWORD},
+    )
+    assert r.headers["Location"] == "/reports"

@@ -341,6 +341,8 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert not (boot / "box.key").exists() and not (boot / "admin-password").exists()
     assert 'box_id = "box-img"' in (root / "etc/radsetu/edge.toml").read_text()
     assert "10.9.0.0/24" in (root / "etc/nftables.conf").read_text()
+    # no rule lets a packet in for its source port alone (udp sport 123 reached every port)
+    assert "sport" not in (root / "etc/nftables.conf").read_text()
 
     # the edge service starts in that root and answers C-ECHO
     dicom, web = free_port(), free_port()
