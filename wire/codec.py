@@ -267,6 +267,42 @@ class InstanceVerified:
     entry: InstanceEntry
 
 
+class _Inflated(Exception):
+    pass
+
+
+class _Sink:
+    def __init__(self, limit: int):
+        self.limit, self.total = limit, 0
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.total += len(data)
+        if self.total > self.limit:
+            raise _Inflated(self.total)
+        self.parts.append(bytes(data))
+        return len(data)
+
+
+class _BoundedZstd:
+    """zstd decoding that stops as soon as the output passes ``limit`` bytes (the
+    instance's declared size): a small record made to inflate to gigabytes costs at
+    most one output buffer more than the instance itself."""
+
+    def __init__(self, limit: int):
+        self._sink = _Sink(limit)
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            self._sink,  # type: ignore[arg-type]  # any object with write() serves
+            write_size=1 << 17,
+        )
+
+    def decompress(self, data: bytes | memoryview) -> bytes:
+        self._writer.write(data)
+        out = b"".join(self._sink.parts)
+        self._sink.parts.clear()
+        return out
+
+
 class Unpacker:
     """Chunks in (in order, already checked against their hashes), instances out.
 
@@ -292,7 +328,7 @@ class Unpacker:
         self._left = e.encoded_size
         self._sha = hashlib.sha256()
         self._size = 0
-        self._z = zstandard.ZstdDecompressor().decompressobj() if e.codec == "zstd" else None
+        self._z = _BoundedZstd(e.size) if e.codec == "zstd" else None
         self._whole = bytearray() if e.codec == "dicom-jxl" else None
 
     def feed_chunk(self, index: int, data: bytes) -> Iterator[InstanceBytes | InstanceVerified]:
@@ -318,6 +354,11 @@ class Unpacker:
             if len(part):
                 try:
                     out = self._z.decompress(part) if self._z else bytes(part)
+                except _Inflated as exc:
+                    raise RemoteProtocolError(
+                        f"{self.m.transfer_id} {e.sop_instance_uid}: decodes to more than "
+                        f"its {e.size} bytes"
+                    ) from exc
                 except zstandard.ZstdError as exc:
                     raise RemoteProtocolError(
                         f"{self.m.transfer_id} {e.sop_instance_uid}: does not decode: {exc}"

@@ -346,3 +346,39 @@ def test_report_messages_refuse_tampering():
     for bad in (b"[]", b"{}", b'{"report_id": 1, "version": 1}'):
         with pytest.raises(RemoteProtocolError):
             decode_ack(bad)
+
+
+def test_a_record_that_would_inflate_past_its_size_is_stopped_early():
+    """A 64 KiB zstd record declared as 1 MB that inflates to 2 GiB: refused once the
+    output passes the declared size, long before the 2 GiB (it took the hub there)."""
+    import hashlib
+    import resource
+
+    import zstandard
+
+    from wire.codec import Unpacker
+    from wire.errors import RemoteProtocolError
+    from wire.manifest import InstanceEntry, Manifest, Priority
+
+    cctx = zstandard.ZstdCompressor(level=3)
+    with_writer = cctx.compressobj()
+    block = b"\0" * (1 << 20)
+    bomb = b"".join(with_writer.compress(block) for _ in range(2048)) + with_writer.flush()
+    assert len(bomb) < 256 * 1024
+    entry = InstanceEntry("1.2.3", 1_000_000, "0" * 64, 0, len(bomb), "zstd")
+    m = Manifest(
+        box_id="b",
+        study_uid="1.2",
+        transfer_id="t",
+        priority=Priority.ROUTINE,
+        codec={"name": "records-v1", "level": 3},
+        chunk_size=len(bomb),
+        stream_size=len(bomb),
+        instances=(entry,),
+        chunk_sha256=(hashlib.sha256(bomb).hexdigest(),),
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RemoteProtocolError, match="decodes to more than its 1000000 bytes"):
+        list(Unpacker(m).feed_chunk(0, bomb))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024, f"{grown_kib} KiB more resident while refusing it"
