@@ -44,7 +44,6 @@ from wire.messages import (
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
-RETRIES = 5
 REPORT_RETRY_SECONDS = 30.0  # attempts at a message that fails for a reason of the hub's own
 
 
@@ -122,21 +121,28 @@ class Ingest:
                 continue
             if msg is None:
                 return
-            for attempt in range(RETRIES):
-                try:
-                    self.handle(msg)
-                    break
-                except Exception:  # the hub's own trouble (disk, database): try again
-                    log.exception(
-                        "handling %s failed (attempt %d of %d)", msg.topic, attempt + 1, RETRIES
-                    )
-                    time.sleep(min(2**attempt, 10))
+            try:
+                self.handle(msg)
+            except Exception as exc:  # noqa: BLE001 - one message must never stall the rest
+                # the hub's own trouble (disk, database) or a message that slipped past
+                # the checks: logged, counted against its box, dropped. No retry and no
+                # sleep here: every box shares this worker, and a box sends again what
+                # the hub never acknowledged (chunks, manifests, a status every few s).
+                log.exception("handling %s failed; dropped", msg.topic)
+                self._count_failure(msg.topic, exc)
             # acknowledged to the broker only now, after the durable write (or after
             # giving up: the box resends what the hub never acked)
             self.client.ack(msg.mid, msg.qos)
             self.handled += 1
             if time.monotonic() - self._last_delivery > 1.0:
                 self._deliver_reports()
+
+    def _count_failure(self, topic: str, exc: Exception) -> None:
+        try:
+            box_id, _leaf = frames.parse_topic(topic)
+            self.store.touch_box(box_id, rejection=f"hub error: {exc}"[:500])
+        except Exception:  # noqa: BLE001 - the store itself is failing: the log has it
+            log.exception("could not count the failure")
 
     def _deliver_reports(self) -> None:
         """Send signed reports the boxes have not acknowledged (again every
