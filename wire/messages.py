@@ -20,6 +20,7 @@ from typing import Any
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.frames import ChunkFrame
+from wire.jsonobj import json_object
 from wire.report import decode_ack as decode_report_ack
 
 MAX_STUDY_UPDATE_BYTES = 8192
@@ -28,18 +29,6 @@ MAX_NOTE = 1000
 PRIORITIES = ("stat", "routine")
 NOTICE_STATES = ("being read",)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def _json_object(payload: bytes, what: str, limit: int) -> dict[str, Any]:
-    if len(payload) > limit:
-        raise RemoteProtocolError(f"{what} of {len(payload)} bytes is too large (at most {limit})")
-    try:
-        d = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RemoteProtocolError(f"{what} is not JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise RemoteProtocolError(f"{what} must be a JSON object")
-    return d
 
 
 def _uid(d: dict[str, Any], what: str) -> str:
@@ -64,7 +53,7 @@ class StudyUpdate:
 
     @classmethod
     def decode(cls, payload: bytes) -> StudyUpdate:
-        d = _json_object(payload, "study update", MAX_STUDY_UPDATE_BYTES)
+        d = json_object(payload, "study update", MAX_STUDY_UPDATE_BYTES)
         uid = _uid(d, "study update")
         priority, note = d.get("priority"), d.get("clinical_note")
         if priority not in PRIORITIES:
@@ -84,7 +73,7 @@ class StudyNotice:
 
     @classmethod
     def decode(cls, payload: bytes) -> StudyNotice:
-        d = _json_object(payload, "study notice", MAX_STUDY_UPDATE_BYTES)
+        d = json_object(payload, "study notice", MAX_STUDY_UPDATE_BYTES)
         uid = _uid(d, "study notice")
         if d.get("state") not in NOTICE_STATES:
             raise RemoteProtocolError(f"study notice: state {d.get('state')!r} is not known")
@@ -94,7 +83,7 @@ class StudyNotice:
 def parse_ack(payload: bytes) -> dict[str, Any]:
     """The hub's ack as a dict for ``Uplink.receive_ack`` (which checks the ranges);
     here: a JSON object naming its transfer."""
-    d = _json_object(payload, "ack", MAX_STATUS_BYTES)
+    d = json_object(payload, "ack", MAX_STATUS_BYTES)
     if not isinstance(d.get("transfer_id"), str):
         raise RemoteProtocolError("ack: no transfer_id")
     return d
@@ -123,7 +112,7 @@ MAX_COUNT = 2**63 - 1
 def parse_status(payload: bytes) -> dict[str, Any]:
     """A box's status, every known field of the right type and range; RemoteProtocolError
     names the first that is not."""
-    d = _json_object(payload, "status", MAX_STATUS_BYTES)
+    d = json_object(payload, "status", MAX_STATUS_BYTES)
     if "online" in d and not isinstance(d["online"], bool):
         raise RemoteProtocolError("status: online must be true or false")
     for key in _COUNTS:

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from wire.errors import RemoteProtocolError
+from wire.jsonobj import json_object
 
 MAX_REPORT_BYTES = 8 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -33,14 +34,7 @@ def encode_report(report: dict[str, Any], pdf: bytes) -> bytes:
 
 def decode_report(payload: bytes) -> tuple[dict[str, Any], bytes]:
     """The report and its PDF; RemoteProtocolError names what is wrong."""
-    if len(payload) > MAX_REPORT_BYTES:
-        raise RemoteProtocolError(f"report message of {len(payload)} bytes is too large")
-    try:
-        d = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RemoteProtocolError(f"report is not JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise RemoteProtocolError("report must be a JSON object")
+    d = json_object(payload, "report", MAX_REPORT_BYTES)
     rid = d.get("report_id")
     if not isinstance(rid, str) or not _ID.match(rid):
         raise RemoteProtocolError(f"report id {str(rid)[:40]!r} is malformed")
