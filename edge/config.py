@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
         "max_pdu": 262144,
         "stat_callers": [],
         "engine": "native",
+        "max_connections": 64,
+        "max_per_address": 8,
+        "setup_seconds": 20,
     },
     "web": {
         "host": "127.0.0.1",
@@ -99,6 +102,9 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("store.quiet_seconds: must be 0 or more")
     if v["dicom"]["max_pdu"] and v["dicom"]["max_pdu"] < 4096:
         raise ConfigError("dicom.max_pdu: must be 0 (unlimited) or at least 4096")
+    for key in ("max_connections", "max_per_address", "setup_seconds"):
+        if d[key] < 1:
+            raise ConfigError(f"dicom.{key}: must be 1 or more")
     if d["engine"] not in ("native", "pynetdicom"):
         raise ConfigError(f"dicom.engine: {d['engine']!r} is not one of native, pynetdicom")
     if v["log_level"].upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -1,10 +1,9 @@
 """The box's DICOM receiver on its own upper layer (``[dicom] engine = "native"``).
 
-One thread per association reads each PDU straight into a buffer and writes each
-dataset fragment straight into the store's temp file, hashing on the way; the C-STORE
-response goes out once the instance is durable. The protocol itself is in
-``wire/dul.py``; what to keep and which status to answer is shared with the
-pynetdicom engine (``edge/scp.py``). docs/architecture.md says why this exists.
+The listener admits a connection only while fewer than ``dicom.max_connections`` are
+open in all and fewer than ``dicom.max_per_address`` from its address, before any
+thread exists for it; each admitted connection gets one thread that runs its
+association (``edge/association.py``). docs/architecture.md says why this exists.
 """
 
 from __future__ import annotations
@@ -12,336 +11,19 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from collections import Counter
 
-from common.dicomfile import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION,
-    STORAGE_SOP_CLASSES,
-    InvalidInstance,
-    Meta,
-    build_meta,
-    read_meta,
-)
+from common.dicomfile import STORAGE_SOP_CLASSES
+from edge.association import MAX_ASSOCIATIONS, Association
 from edge.config import Config
-from edge.intake import Accepted, accept_written
-from edge.scp import (
-    SUCCESS,
-    TRANSFER_SYNTAXES,
-    is_stat,
-    keep_status,
-)
-from edge.store import Store, StoreFull, TempFile
-from wire import dul
+from edge.scp import TRANSFER_SYNTAXES
+from edge.store import Store
 
 log = logging.getLogger("radsetu.dicom")
 
 VERIFICATION = "1.2.840.10008.1.1"
-UNRECOGNIZED_OPERATION = 0x0211
-MAX_ASSOCIATE_RQ = 1 << 20
-MAX_PDU_ACCEPTED = 64 << 20  # whatever was negotiated, no PDU this big is honest
-MAX_COMMAND_BYTES = 64 << 10
-MAX_ASSOCIATIONS = 16
-ACSE_TIMEOUT = 60
-NETWORK_TIMEOUT = 120
-
-
-class PeerClosed(Exception):
-    pass
-
-
-@dataclass
-class Incoming:
-    """One C-STORE (or other) request whose dataset is still arriving."""
-
-    ctx_id: int
-    message_id: int
-    command_field: int
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    stat: bool = False
-    temp: TempFile | None = None
-    meta: Meta | None = None
-    error: BaseException | None = None  # why it will be refused, once it has all come
-    received: int = 0
-    max_bytes: int = 0
-
-    def write(self, fragment: memoryview) -> None:
-        self.received += len(fragment)
-        if self.temp is None:
-            return  # refused already: the rest is read and dropped
-        try:
-            self.temp.write(fragment)
-            if self.temp.size > self.max_bytes:
-                raise InvalidInstance(f"more than the {self.max_bytes}-byte limit per instance")
-        except (OSError, InvalidInstance) as exc:
-            self.refuse(exc)
-
-    def refuse(self, exc: BaseException) -> None:
-        self.error = exc
-        if self.temp is not None:
-            self.temp.discard()
-            self.temp = None
-
-
-class Association:
-    def __init__(self, receiver: Receiver, sock: socket.socket, peer: str):
-        self.receiver = receiver
-        self.sock = sock
-        self.peer = peer
-        self.calling = ""
-        self.contexts: dict[int, tuple[str, str]] = {}
-        self.command = bytearray()
-        self.incoming: Incoming | None = None
-        self.buf = bytearray(1 << 18)
-
-    # -- reading ------------------------------------------------------------------
-    def _read_into(self, view: memoryview) -> None:
-        got, need = 0, len(view)
-        while got < need:
-            n = self.sock.recv_into(view[got:], need - got)
-            if not n:
-                raise PeerClosed(f"the peer closed the connection after {got} of {need} bytes")
-            got += n
-
-    def read_pdu(self, limit: int) -> tuple[int, memoryview]:
-        head = bytearray(dul.PDU_HEADER)
-        self._read_into(memoryview(head))
-        pdu_type, length = dul.pdu_header(bytes(head))
-        if length > limit:
-            raise dul.ProtocolError(
-                f"a PDU of type 0x{pdu_type:02x} claims {length} bytes (limit {limit})"
-            )
-        if length > len(self.buf):
-            self.buf = bytearray(length)  # earlier views of the old buffer stay valid
-        view = memoryview(self.buf)[:length]
-        self._read_into(view)
-        return pdu_type, view
-
-    def send(self, pdu: bytes) -> None:
-        self.sock.sendall(pdu)
-
-    # -- the association ----------------------------------------------------------
-    def run(self) -> None:
-        try:
-            if self.establish():
-                self.serve()
-        except dul.ProtocolError as exc:
-            log.warning("aborted the association with %s %s: %s", self.calling, self.peer, exc)
-            self._try_send(dul.abort(dul.ABORT_UNEXPECTED_PDU))
-        except TimeoutError:
-            log.warning(
-                "aborted the association with %s %s: nothing received for %d s",
-                self.calling,
-                self.peer,
-                self.sock.gettimeout() or 0,
-            )
-            self._try_send(dul.abort())
-        except PeerClosed as exc:
-            if self.incoming is not None:
-                log.warning(
-                    "%s (%s) went away in the middle of instance %s after %d bytes: "
-                    "nothing of it kept, the sender must send it again",
-                    self.calling,
-                    self.peer,
-                    self.incoming.sop_instance_uid,
-                    self.incoming.received,
-                )
-            elif not self.contexts:  # a port probe, or a peer that gave up before asking
-                log.debug("connection from %s closed before an association: %s", self.peer, exc)
-            else:
-                log.warning(
-                    "%s (%s) closed the association without a release", self.calling, self.peer
-                )
-        except OSError as exc:
-            log.warning("association with %s %s ended: %s", self.calling, self.peer, exc)
-        except Exception:  # adapter boundary: one broken association never stops the box
-            log.exception("association with %s %s failed", self.calling, self.peer)
-            self._try_send(dul.abort())
-        finally:
-            if self.incoming is not None:
-                self.incoming.refuse(PeerClosed("association ended mid-dataset"))
-            self.sock.close()
-
-    def _try_send(self, pdu: bytes) -> None:
-        try:
-            self.send(pdu)
-        except OSError:
-            pass
-
-    def establish(self) -> bool:
-        r = self.receiver
-        self.sock.settimeout(ACSE_TIMEOUT)
-        pdu_type, body = self.read_pdu(MAX_ASSOCIATE_RQ)
-        if pdu_type != dul.ASSOCIATE_RQ:
-            raise dul.ProtocolError(f"expected an A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02x}")
-        rq = dul.parse_associate_rq(bytes(body))
-        self.calling = rq.calling_ae
-        reject = None
-        if not rq.protocol_version & 1:
-            reject, why = dul.REJECT_PROTOCOL_VERSION, f"protocol version {rq.protocol_version}"
-        elif rq.application_context != dul.APPLICATION_CONTEXT:
-            reject, why = (
-                dul.REJECT_APPLICATION_CONTEXT,
-                f"application context {rq.application_context!r}",
-            )
-        elif r.allowed and rq.calling_ae not in r.allowed:
-            reject = dul.REJECT_CALLING_AE
-            why = f"calling AE title not in dicom.allowed_callers {sorted(r.allowed)}"
-        elif r.active() > MAX_ASSOCIATIONS:
-            reject, why = dul.REJECT_BUSY, f"more than {MAX_ASSOCIATIONS} associations at once"
-        if reject is not None:
-            log.warning("refused association from %s (%s): %s", rq.calling_ae, self.peer, why)
-            self.send(dul.associate_rj(*reject))
-            return False
-        results = dul.negotiate(rq, r.supported)
-        self.contexts = {
-            cid: (ctx.abstract_syntax, ts)
-            for (cid, result, ts), ctx in zip(results, rq.contexts, strict=True)
-            if result == dul.ACCEPTANCE
-        }
-        self.send(
-            dul.associate_ac(
-                rq, results, r.max_pdu, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-            )
-        )
-        log.debug(
-            "association from %s (%s): %d of %d contexts accepted",
-            rq.calling_ae,
-            self.peer,
-            len(self.contexts),
-            len(results),
-        )
-        return True
-
-    def serve(self) -> None:
-        self.sock.settimeout(NETWORK_TIMEOUT)
-        while True:
-            pdu_type, body = self.read_pdu(MAX_PDU_ACCEPTED)
-            if pdu_type == dul.P_DATA:
-                for ctx_id, is_command, last, fragment in dul.pdvs(body):
-                    self.pdv(ctx_id, is_command, last, fragment)
-            elif pdu_type == dul.RELEASE_RQ:
-                if self.incoming is not None:
-                    raise dul.ProtocolError("release requested in the middle of a dataset")
-                self.send(dul.release_rp())
-                return
-            elif pdu_type == dul.ABORT:
-                log.warning("%s (%s) aborted the association", self.calling, self.peer)
-                return
-            else:
-                raise dul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}")
-
-    def pdv(self, ctx_id: int, is_command: bool, last: bool, fragment: memoryview) -> None:
-        if ctx_id not in self.contexts:
-            raise dul.ProtocolError(f"data for presentation context {ctx_id}, not accepted")
-        if is_command:
-            if self.incoming is not None:
-                raise dul.ProtocolError("a new command before the last dataset ended")
-            self.command += fragment
-            if len(self.command) > MAX_COMMAND_BYTES:
-                raise dul.ProtocolError("a command set of more than 64 KiB")
-            if last:
-                command = dul.parse_command(bytes(self.command))
-                self.command.clear()
-                self.on_command(ctx_id, command)
-            return
-        incoming = self.incoming
-        if incoming is None or incoming.ctx_id != ctx_id:
-            raise dul.ProtocolError("a dataset fragment without its command")
-        incoming.write(fragment)
-        if last:
-            self.incoming = None
-            self.on_dataset(incoming)
-
-    def on_command(self, ctx_id: int, command: dict[int, bytes]) -> None:
-        field_ = dul.command_us(command, dul.TAG_COMMAND_FIELD)
-        message_id = dul.command_us(command, dul.TAG_MESSAGE_ID)
-        has_dataset = dul.command_us(command, dul.TAG_DATASET_TYPE) != dul.NO_DATASET
-        abstract, ts = self.contexts[ctx_id]
-        if field_ == dul.C_ECHO_RQ and not has_dataset:
-            log.info("C-ECHO from %s", self.calling)
-            self.reply(ctx_id, dul.response(dul.C_ECHO_RSP, message_id, abstract, SUCCESS))
-            return
-        incoming = Incoming(ctx_id, message_id, field_, max_bytes=self.receiver.max_bytes)
-        if field_ != dul.C_STORE_RQ:
-            log.warning("refused command 0x%04x from %s: not supported", field_, self.calling)
-            incoming.error = dul.ProtocolError("unsupported command")
-        else:
-            self.start_store(incoming, command, abstract, ts)
-        if has_dataset:
-            self.incoming = incoming
-        else:
-            self.on_dataset(incoming)
-
-    def start_store(
-        self, incoming: Incoming, command: dict[int, bytes], abstract: str, ts: str
-    ) -> None:
-        r = self.receiver
-        incoming.sop_class_uid = dul.command_uid(command, dul.TAG_AFFECTED_SOP_CLASS)
-        incoming.sop_instance_uid = dul.command_uid(command, dul.TAG_AFFECTED_SOP_INSTANCE)
-        priority = dul.command_us(command, dul.TAG_PRIORITY, 0)
-        incoming.stat = is_stat(priority, self.calling, r.config)
-        try:
-            if incoming.sop_class_uid != abstract:
-                raise InvalidInstance(
-                    f"the request's SOP class {incoming.sop_class_uid} is not the one "
-                    f"negotiated for its presentation context ({abstract})"
-                )
-            r.store.ensure_room(0)
-            head = build_meta(incoming.sop_class_uid, incoming.sop_instance_uid, ts)
-            incoming.meta = read_meta(head)
-            incoming.temp = r.store.temp(dataset_offset=incoming.meta.end)
-            incoming.temp.write(head)
-        except (StoreFull, InvalidInstance, OSError) as exc:
-            incoming.refuse(exc)
-        except ValueError as exc:  # a UID build_meta cannot write
-            incoming.refuse(InvalidInstance(str(exc)))
-
-    def on_dataset(self, incoming: Incoming) -> None:
-        abstract, _ = self.contexts[incoming.ctx_id]
-        if incoming.command_field != dul.C_STORE_RQ:
-            rsp = dul.response(
-                incoming.command_field | 0x8000,
-                incoming.message_id,
-                abstract,
-                UNRECOGNIZED_OPERATION,
-            )
-            self.reply(incoming.ctx_id, rsp)
-            return
-        if incoming.received == 0 and incoming.error is None:
-            incoming.refuse(InvalidInstance("the C-STORE request came without a dataset"))
-        r = self.receiver
-
-        def accept() -> Accepted:
-            if incoming.error is not None:
-                raise incoming.error
-            assert incoming.temp is not None and incoming.meta is not None
-            return accept_written(
-                r.store,
-                incoming.temp,
-                incoming.meta,
-                sop_class_uid=incoming.sop_class_uid,
-                sop_instance_uid=incoming.sop_instance_uid,
-                source=f"dicom:{self.calling}",
-                max_bytes=incoming.max_bytes,
-                stat=incoming.stat,
-            )
-
-        status, comment = keep_status(accept, incoming.sop_instance_uid, self.calling)
-        rsp = dul.response(
-            dul.C_STORE_RSP,
-            incoming.message_id,
-            incoming.sop_class_uid,
-            status,
-            incoming.sop_instance_uid,
-            comment,
-        )
-        self.reply(incoming.ctx_id, rsp)
-
-    def reply(self, ctx_id: int, command: bytes) -> None:
-        """Send a response command set (no dataset follows any response here)."""
-        self.send(dul.p_data_command(ctx_id, command))
+REFUSAL_LOG_SECONDS = 10
 
 
 class Receiver:
@@ -357,15 +39,55 @@ class Receiver:
         syntaxes = [str(ts) for ts in TRANSFER_SYNTAXES]
         self.supported = {uid: syntaxes for uid in STORAGE_SOP_CLASSES}
         self.supported[VERIFICATION] = syntaxes
+        self.max_connections = d["max_connections"]
+        self.max_per_address = d["max_per_address"]
+        self.setup_seconds = d["setup_seconds"]
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._per_address: Counter[str] = Counter()
+        self._associations = 0
+        self._refused = 0
+        self._refusal_logged = 0.0
         self._stopping = threading.Event()
-        self.listener = socket.create_server((d["host"], d["port"]), backlog=32)
+        self.listener = socket.create_server((d["host"], d["port"]), backlog=128)
         self.thread = threading.Thread(target=self._accept, name="dicom-accept", daemon=True)
 
     def active(self) -> int:
         with self._lock:
             return len(self._sockets)
+
+    def take_association(self) -> bool:
+        """One more association, if fewer than MAX_ASSOCIATIONS are established
+        (connections that never asked for one do not count)."""
+        with self._lock:
+            if self._associations >= MAX_ASSOCIATIONS:
+                return False
+            self._associations += 1
+            return True
+
+    def _admit(self, sock: socket.socket, address: str) -> bool:
+        """Count a new connection in, or refuse it before any thread exists for it."""
+        with self._lock:
+            if len(self._sockets) >= self.max_connections:
+                why = f"{self.max_connections} connections open (dicom.max_connections)"
+            elif self._per_address[address] >= self.max_per_address:
+                why = f"{self.max_per_address} open from {address} (dicom.max_per_address)"
+            else:
+                self._sockets.add(sock)
+                self._per_address[address] += 1
+                return True
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
+                self._refusal_logged = now
+                log.warning(
+                    "closed a DICOM connection from %s at once: %s; %d refused so far",
+                    address,
+                    why,
+                    self._refused,
+                )
+        sock.close()
+        return False
 
     def start(self) -> Receiver:
         self.thread.start()
@@ -380,19 +102,23 @@ class Receiver:
                     return
                 log.exception("accepting a DICOM connection failed")
                 continue
+            if not self._admit(sock, addr[0]):
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets.add(sock)
-            threading.Thread(
-                target=self._run, args=(sock, f"{addr[0]}:{addr[1]}"), daemon=True
-            ).start()
+            threading.Thread(target=self._run, args=(sock, addr), daemon=True).start()
 
-    def _run(self, sock: socket.socket, peer: str) -> None:
+    def _run(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        assoc = Association(self, sock, f"{addr[0]}:{addr[1]}")
         try:
-            Association(self, sock, peer).run()
+            assoc.run()
         finally:
             with self._lock:
                 self._sockets.discard(sock)
+                self._per_address[addr[0]] -= 1
+                if not self._per_address[addr[0]]:
+                    del self._per_address[addr[0]]
+                if assoc.associated:
+                    self._associations -= 1
 
     def shutdown(self) -> None:
         self._stopping.set()

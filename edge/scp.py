@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,12 @@ def handle_store(event: Any, store: Store, config: Config) -> int:
     return keep_status(accept, sop_uid, calling)[0]
 
 
-def handle_conn_open(event: Any) -> None:
+def handle_accepted(event: Any) -> None:
     # pynetdicom's reader thread sleeps 1 ms whenever it found nothing to do; with a
     # sender that waits for each response, that idles the link for several ms per
     # instance. 0.1 ms more than doubled throughput on 0.5 MB CT slices (bench/ingest.py)
-    # and costs CPU only while an association is open.
+    # and costs CPU only while an association is open; only once it is accepted, so that
+    # connections that never ask for one do not spin.
     dul = getattr(event.assoc, "dul", None)
     if dul is not None and hasattr(dul, "_run_loop_delay"):
         dul._run_loop_delay = DUL_LOOP_DELAY
@@ -200,27 +202,86 @@ def make_ae(config: Config) -> AE:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.maximum_associations = 16
     ae.network_timeout = 120
-    ae.acse_timeout = 60
+    ae.acse_timeout = d["setup_seconds"]  # also how long a dead connection keeps its thread
     ae.dimse_timeout = 120
     return ae
 
 
-def _recv_exactly(self: Any, nr_bytes: int) -> bytearray:
+RECV_PIECE = 1 << 18
+MAX_ASSOCIATE_RQ = 1 << 20
+MAX_PDU_UNLIMITED = 64 << 20
+_SETUP = {"seconds": 20.0}  # dicom.setup_seconds, set by start()
+
+
+def _recv_bounded(self: Any, nr_bytes: int) -> bytearray:
     """pynetdicom's ``AssociationSocket.recv`` with the same contract (up to ``nr_bytes``,
-    fewer only when the peer closed), reading into one buffer instead of 4 KiB pieces
-    appended one by one: fewer calls and copies per 256 KiB PDU."""
-    buf = bytearray(nr_bytes)
-    view = memoryview(buf)
+    fewer only when the peer closed), but refusing a PDU longer than the box negotiated
+    and growing its buffer only as bytes arrive, at most 256 KiB at a time: a header that
+    claims 4 GiB costs nothing. Reads into one buffer rather than appending 4 KiB pieces
+    one by one: fewer calls and copies per 256 KiB PDU."""
+    negotiated = self._assoc.acceptor.maximum_length or 0
+    cap = max(negotiated, MAX_ASSOCIATE_RQ) if negotiated else MAX_PDU_UNLIMITED
+    if nr_bytes > cap + 6:
+        log.warning(
+            "aborted the association with %s: a PDU claims %d bytes, more than the %d negotiated",
+            self._assoc.requestor.address,
+            nr_bytes,
+            cap,
+        )
+        raise OSError(f"a PDU claims {nr_bytes} bytes, more than the {cap} negotiated")
+    buf = bytearray(min(nr_bytes, RECV_PIECE))
     got = 0
-    while got < nr_bytes:
-        n = self.socket.recv_into(view[got:], nr_bytes - got)
-        if not n:
-            view.release()
-            del buf[got:]
-            return buf
-        got += n
-    view.release()
+    original = self.socket.gettimeout()
+    seconds = original or 120
+    if not self._assoc.is_established:
+        seconds = min(seconds, _SETUP["seconds"])
+    deadline = time.monotonic() + seconds  # for all nr_bytes, not per recv()
+    try:
+        while got < nr_bytes:
+            if got == len(buf):
+                buf.extend(bytes(min(nr_bytes - got, RECV_PIECE)))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{got} of {nr_bytes} bytes in {seconds:g} s")
+            self.socket.settimeout(left)
+            with memoryview(buf) as view:
+                n = self.socket.recv_into(view[got:], len(buf) - got)
+            if not n:
+                del buf[got:]
+                return buf
+            got += n
+    finally:
+        if self.socket is not None:
+            self.socket.settimeout(original)
     return buf
+
+
+def admit_by_address(server: Any, config: Config) -> None:
+    """Make pynetdicom's server refuse a connection, before it starts a thread for it,
+    while ``dicom.max_connections`` are open or ``dicom.max_per_address`` from its
+    address (counted from the server's live associations, so nothing can leak)."""
+    d = config["dicom"]
+
+    def verify_request(request: Any, client_address: Any) -> bool:
+        active = server.active_associations
+        same = sum(1 for a in active if a.requestor.address == client_address[0])
+        if len(active) < d["max_connections"] and same < d["max_per_address"]:
+            return True
+        log.warning(
+            "closed a DICOM connection from %s at once: %d open in all, %d from it",
+            client_address[0],
+            len(active),
+            same,
+        )
+        return False
+
+    def process_request(request: Any, client_address: Any) -> None:
+        # in the accepting thread (pynetdicom's handler only makes the association and
+        # starts its thread), so that the next verify_request counts this one
+        server.finish_request(request, client_address)
+
+    server.verify_request = verify_request
+    server.process_request = process_request
 
 
 def start(config: Config, store: Store) -> Any:
@@ -228,7 +289,8 @@ def start(config: Config, store: Store) -> Any:
     # Large instances go straight to a file on the store's disk, not to memory (the box
     # is Pi-class) and not to /tmp (often RAM, and another filesystem).
     _config.STORE_RECV_CHUNKED_DATASET = True
-    transport.AssociationSocket.recv = _recv_exactly
+    transport.AssociationSocket.recv = _recv_bounded
+    _SETUP["seconds"] = config["dicom"]["setup_seconds"]
     tempfile.tempdir = str(store.tmp)
     # ... and with our own file meta header, so that the file pynetdicom writes is the
     # file we keep: adopted in place, not copied (handle_store checks, and copies when
@@ -238,14 +300,16 @@ def start(config: Config, store: Store) -> Any:
         implementation_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version=IMPLEMENTATION_VERSION,
     )
+    transport.ThreadedAssociationServer.request_queue_size = 128  # listen() backlog
     ae = make_ae(config)
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [store, config]),
         (evt.EVT_REJECTED, handle_rejected, [config]),
-        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_ACCEPTED, handle_accepted),
     ]
     d = config["dicom"]
     server = ae.start_server((d["host"], d["port"]), block=False, evt_handlers=handlers)
+    admit_by_address(server, config)
     log.info("DICOM receiver %s listening on %s:%s", d["ae_title"], d["host"], d["port"])
     return server

@@ -206,6 +206,18 @@ def pdvs(body: memoryview) -> Iterator[tuple[int, bool, bool, memoryview]]:
         pos += 4 + length
 
 
+PDV_HEADER = 6
+
+
+def pdv_header(head: bytes, left: int) -> tuple[int, int, bool, bool]:
+    """(fragment length, context id, is command, is last) from the 6 bytes that start
+    a PDV, ``left`` being what remains of its P-DATA from those 6 bytes on."""
+    length, ctx_id, control = struct.unpack(">LBB", head)
+    if length < 2 or 4 + length > left:
+        raise ProtocolError(f"a PDV of {length} bytes does not fit its P-DATA")
+    return length - 2, ctx_id, bool(control & 1), bool(control & 2)
+
+
 def p_data_command(ctx_id: int, command: bytes) -> bytes:
     """A whole command set as one last command fragment (responses are small)."""
     pdv = struct.pack(">LBB", len(command) + 2, ctx_id, 0x03) + command

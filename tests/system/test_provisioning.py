@@ -368,7 +368,9 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
         {"ansible_host": str(root), "ansible_connection": "community.general.chroot",
          "ansible_become": False, "edge_box_id": "box-img", "edge_clinic": "Test clinic",
          "edge_lan_cidr": "10.9.0.0/24", "radsetu_broker_host": "broker.test",
-         "radsetu_broker_port": 8883, "radsetu_wheelhouse": str(wheelhouse)},
+         "radsetu_broker_port": 8883, "radsetu_wheelhouse": str(wheelhouse),
+         "edge_modalities": [{"ae_title": "CT_ROOM1", "address": "10.9.0.20"},
+                             {"ae_title": "CR_ROOM2", "address": "10.9.0.21"}]},
     )  # fmt: skip
     first = playbook("-i", str(inv), "playbooks/site.yml")
     assert recap(first.stdout)["failed"] == 0
@@ -378,6 +380,11 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert user.endswith(":/var/lib/radsetu:/usr/sbin/nologin"), user
     toml = (root / "etc/radsetu/edge.toml").read_text()
     assert 'box_id = "box-img"' in toml and "tls = true" in toml
+    # only the clinic's modalities may send, by AE title and by address
+    assert 'allowed_callers = ["CT_ROOM1", "CR_ROOM2"]' in toml
+    rules = (root / "etc/nftables.conf").read_text()
+    assert "ip saddr { 10.9.0.20, 10.9.0.21 } tcp dport 11112 accept" in rules
+    assert "ip saddr 10.9.0.0/24 tcp dport { 8080, 22 } accept" in rules
     assert oct((root / "etc/radsetu/tls/box.key").stat().st_mode & 0o777) == "0o640"
     assert (
         "pattern readwrite radsetu/v1/%u/#"
