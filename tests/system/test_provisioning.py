@@ -174,8 +174,10 @@ def role_broker(tmp_path):
     log.close()
 
 
-def client(pki: Path, who: str | None, port: int, ca: Path | None = None):  # type: ignore[no-untyped-def]
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{who}-{time.monotonic_ns()}",
+def client(pki: Path, who: str | None, port: int, ca: Path | None = None,  # type: ignore[no-untyped-def]
+           client_id: str | None = None):  # fmt: skip
+    c = mqtt.Client(CallbackAPIVersion.VERSION2,
+                    client_id=client_id or f"t-{who}-{time.monotonic_ns()}",
                     protocol=mqtt.MQTTv5)  # fmt: skip
     c.tls_set(
         ca_certs=str(ca or pki / "ca.crt"),
@@ -255,6 +257,28 @@ def test_broker_acl_keeps_each_box_to_its_own_topics(role_broker, tmp_path, boxe
     assert not refused(pki, "box-b", port)  # the control: a real box gets in
     hub.loop_stop()
     hub.disconnect()
+
+    # box B's certificate asking for the hub's client id, or box A's, takes over
+    # neither session: the broker gives each client its certificate's name as its id
+    kicked: list[str] = []
+    victims = {}
+    for who, cid in (("hub", "radsetu-hub-1"), ("box-a", "radsetu-box-box-a")):
+        v = client(pki, who, port, client_id=cid)
+        v.on_disconnect = lambda _c, _u, _f, rc, _p, who=who: kicked.append(who)
+        v.loop_start()
+        victims[who] = v
+    wait_for(lambda: all(v.is_connected() for v in victims.values()), 10, "the victims")
+    for cid in ("radsetu-hub-1", "radsetu-box-box-a"):
+        thief = client(pki, "box-b", port, client_id=cid)
+        thief.loop_start()
+        wait_for(thief.is_connected, 10, "box B's connection")
+        time.sleep(1)
+        thief.loop_stop()
+        thief.disconnect()
+    assert kicked == [] and all(v.is_connected() for v in victims.values())
+    for v in victims.values():
+        v.loop_stop()
+        v.disconnect()
 
     # and box A's own sync works through it, end to end, with a real hub
     def mqtt_cfg(who: str) -> dict[str, object]:
