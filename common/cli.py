@@ -77,3 +77,16 @@ def user_add(args: argparse.Namespace, store: Any, add: Any, errors: Any, what: 
         store.close()
     print(f"user {args.name} ({what}) saved")
     return DONE
+
+
+def user_disable(store: Any, name: str, disable: Any, errors: Any) -> int:
+    """``radsetu edge|hub user disable``: the account can no longer log in, and every
+    session it has ends at once (its API tokens too, at the hub)."""
+    try:
+        ended = disable()
+    except errors as exc:
+        raise CommandError(str(exc), CANNOT_RUN) from exc
+    finally:
+        store.close()
+    print(f"user {name} disabled; {ended} sessions ended")
+    return DONE

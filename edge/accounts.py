@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlite_utils
 
+from common import sessions
 from common.clock import utcnow
 from common.passwords import MIN_LENGTH, check_password, check_unknown, hash_password
 
@@ -24,28 +25,63 @@ class AccountError(ValueError):
 
 
 def add_user(
-    db: sqlite_utils.Database, username: str, role: str, password: str, language: str = "en"
+    db: sqlite_utils.Database,
+    username: str,
+    role: str,
+    password: str,
+    language: str = "en",
+    must_change: bool = False,
 ) -> None:
+    """Add the account, or change an existing one (its sessions end: a demoted or
+    re-passworded account logs in again). ``must_change``: the password was set by
+    provisioning and is changed at the first login."""
     if not _NAME.match(username):
         raise AccountError("a user name is 2-64 lower-case letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
     if language not in LANGUAGES:
         raise AccountError(f"language must be one of {', '.join(LANGUAGES)}")
+    _check_password(password)
+    db.execute(
+        "INSERT INTO users(username, role, language, password_hash, created_at, must_change) "
+        "VALUES (?,?,?,?,?,?) ON CONFLICT(username) DO UPDATE SET role=excluded.role, "
+        "language=excluded.language, password_hash=excluded.password_hash, disabled=0, "
+        "must_change=excluded.must_change",
+        [username, role, language, hash_password(password), utcnow(), int(must_change)],
+    )
+    sessions.end_all(db, username)
+
+
+def _check_password(password: str) -> None:
     if len(password) < MIN_LENGTH:
         raise AccountError(f"a password needs at least {MIN_LENGTH} characters")
+    if password != password.strip() or not password.isprintable():
+        raise AccountError("a password has no spaces at either end and no control characters")
+
+
+def set_password(db: sqlite_utils.Database, username: str, password: str) -> None:
+    """A new password chosen by the user; every session of the account ends."""
+    _check_password(password)
     db.execute(
-        "INSERT INTO users(username, role, language, password_hash, created_at) "
-        "VALUES (?,?,?,?,?) ON CONFLICT(username) DO UPDATE SET role=excluded.role, "
-        "language=excluded.language, password_hash=excluded.password_hash",
-        [username, role, language, hash_password(password), utcnow()],
+        "UPDATE users SET password_hash=?, must_change=0 WHERE username=?",
+        [hash_password(password), username],
     )
+    sessions.end_all(db, username)
+
+
+def disable_user(db: sqlite_utils.Database, username: str) -> int:
+    """The account can no longer log in and its sessions end; how many ended."""
+    cur = db.execute("UPDATE users SET disabled=1 WHERE username=?", [username])
+    if not cur.rowcount:
+        raise AccountError(f"no account {username!r} on this box")
+    return sessions.end_all(db, username)
 
 
 def authenticate(db: sqlite_utils.Database, username: str, password: str) -> dict | None:
     """{"role", "language"} when the password is right, else None (same time either way)."""
     row = db.execute(
-        "SELECT role, language, password_hash FROM users WHERE username=?", [username]
+        "SELECT role, language, password_hash FROM users WHERE username=? AND disabled=0",
+        [username],
     ).fetchone()
     if row is None:
         check_unknown(password)

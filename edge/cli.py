@@ -10,12 +10,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common.cli import CANNOT_RUN, DONE, FAILED, CommandError, command, load_config, user_add
+from common.cli import (
+    CANNOT_RUN,
+    DONE,
+    FAILED,
+    CommandError,
+    command,
+    load_config,
+    user_add,
+    user_disable,
+)
 from common.cli import setup_logging as _setup_logging
 from common.config import Config
 from common.passwords import read_password
 from edge import config as edge_config
-from edge.accounts import AccountError, add_user
+from edge.accounts import AccountError, add_user, disable_user
 from edge.boot import BoxRunning, check_store, lock_data_dir, open_store
 from edge.holds import due_now, held_summary
 from edge.importer import run_import
@@ -35,7 +44,8 @@ EPILOG_HELD = (
 )
 EPILOG_EDGE_USER = (
     "example: radsetu edge user add asha --role staff --language kn --config "
-    "/etc/radsetu/edge.toml (asks for the password, or reads it from standard input)"
+    "/etc/radsetu/edge.toml (asks for the password, or reads it from standard input); "
+    "radsetu edge user disable asha --config /etc/radsetu/edge.toml (ends her sessions)"
 )
 EPILOG_PACK = "example: radsetu pack /media/usb/STUDY1 -o study1.radsetu"
 EPILOG_UNPACK = "example: radsetu unpack study1.radsetu -o /tmp/study1"
@@ -119,14 +129,19 @@ def cmd_held(args: argparse.Namespace) -> int:
     return DONE
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
+def cmd_user(args: argparse.Namespace) -> int:
     config = _config(args.config)
+    if args.action == "disable":
+        store = open_store(config)
+        return user_disable(
+            store, args.name, lambda: disable_user(store.db, args.name), AccountError
+        )
     password = read_password(args.name)
     store = open_store(config)
     return user_add(
         args,
         store,
-        lambda: add_user(store.db, args.name, args.role, password, args.language),
+        lambda: add_user(store.db, args.name, args.role, password, args.language, args.must_change),
         AccountError,
         f"{args.role}, {args.language}",
     )
@@ -250,14 +265,19 @@ def _add_account_commands(sub: Any) -> None:
     s = command(
         sub,
         "user",
-        "edge user add",
-        cmd_user_add,
+        "edge user",
+        cmd_user,
         help="add or change an account for the clinic's page (password from standard input)",
         epilog=EPILOG_EDGE_USER,
     )
-    s.add_argument("action", choices=["add"])
+    s.add_argument("action", choices=["add", "disable"])
     s.add_argument("name")
     s.add_argument("--role", default="staff", choices=["staff", "admin"])
+    s.add_argument(
+        "--must-change",
+        action="store_true",
+        help="the password is to be changed at the first login (set by provisioning)",
+    )
     s.add_argument("--language", default="en", choices=["en", "hi", "kn"])
     s.add_argument(
         "--if-absent", action="store_true", help="leave an existing account as it is (provisioning)"

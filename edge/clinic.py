@@ -21,6 +21,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     jsonify,
     redirect,
     request,
@@ -29,16 +30,16 @@ from flask import (
     url_for,
 )
 
-from common.passwords import csrf_sent, local_next, session_key
+from common.passwords import csrf_sent, session_key
 from edge import accounts, catalog, i18n, studies
 from edge import reports as box_reports
 from edge.errors import BoxError
+from edge.login import OPEN_WHILE_MUST_CHANGE, SESSION_HOURS, current_user
 from edge.pages import _, audit, clinic, page_db, render_page
 from edge.progress import STATE_ORDER, health, studies_view, today
 from edge.uploads import upload_request
 
 PUBLIC_ENDPOINTS = {"clinic.login", "api.health", "static"}
-SESSION_HOURS = 12  # a clinic's shift
 
 
 def _loopback() -> bool:
@@ -57,10 +58,15 @@ def check() -> Any:
     is_api = request.path.startswith("/api/")
     if is_api and current_app.config["RADSETU"]["web"]["trust_loopback"] and _loopback():
         return None
-    if not session.get("user"):
+    who = current_user()
+    if who is None:
         if is_api or request.accept_mimetypes.best == "application/json":
             raise BoxError("log in first (the clinic's page)", 401)
         return redirect(url_for("clinic.login", next=request.path))
+    if who.must_change and request.endpoint not in OPEN_WHILE_MUST_CHANGE:
+        if is_api:
+            raise BoxError("change the password first (the clinic's page)", 403)
+        return redirect(url_for("clinic.password"))
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         if not csrf_sent(session, request.form, request.headers):
             if is_api or request.accept_mimetypes.best == "application/json":
@@ -72,39 +78,11 @@ def check() -> Any:
 def admin_only(view: Any) -> Any:
     @wraps(view)
     def wrapped(*a: Any, **kw: Any) -> Any:
-        if session.get("role") != "admin":
+        if g.get("role") != "admin":
             abort(403, "only the box's admin may see this")
         return view(*a, **kw)
 
     return wrapped
-
-
-@clinic.route("/login", methods=["GET", "POST"])
-def login() -> Any:
-    if request.method == "POST":
-        if not csrf_sent(session, request.form, request.headers):  # open without a login
-            abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
-        name = request.form.get("username", "")[:64]
-        who = accounts.authenticate(page_db(), name, request.form.get("password", ""))
-        if who is None:
-            current_app.logger.warning("failed login for %r from %s", name, request.remote_addr)
-            accounts.audit(
-                page_db(), name or "?", "login_failed", address=request.remote_addr or ""
-            )
-            flash(_("Wrong user name or password."), "error")
-        else:
-            session.clear()
-            session.permanent = True
-            session.update(user=name, role=who["role"], lang=who["language"])
-            audit("login")
-            return redirect(local_next(request.args.get("next", "")) or "/")
-    return render_page("login.html", "Log in")
-
-
-@clinic.get("/logout")
-def logout() -> Any:
-    session.clear()
-    return redirect(url_for("clinic.login"))
 
 
 @clinic.post("/language")

@@ -8,6 +8,7 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from common.db import create_audit_table
+from common.sessions import create_session_tables
 
 migrations = Migrations("radsetu.edge.store")
 
@@ -153,3 +154,10 @@ def m005_held(db: sqlite_utils.Database) -> None:
         )""")
     db.execute("ALTER TABLE transfers ADD COLUMN coder_fallbacks INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE transfers ADD COLUMN coder_fallback_reasons TEXT")
+
+
+@migrations()
+def m006_sessions(db: sqlite_utils.Database) -> None:
+    """Sessions kept on the box (a cookie is worth nothing after logout), failed-login
+    counters, and accounts that are disabled or must change their password."""
+    create_session_tables(db)

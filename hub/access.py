@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from typing import Any
 
 from flask import abort, g, has_request_context, redirect, request, session, url_for
 
-from common.clock import utcnow
+from common import sessions
+from common.clock import iso_ago, utcnow
 from common.passwords import csrf_sent
 from hub.errors import HubError
 from hub.store import FileHubStore
@@ -32,6 +34,7 @@ ADMIN = ("admin",)
 ROLES: dict[str, tuple[str, ...]] = {
     "ui.login": PUBLIC,
     "ui.logout": PUBLIC,
+    "ui.password": ANYONE,
     "static": PUBLIC,
     "hub_api.boxes": OPERATE,
     "hub_api.transfers": OPERATE,
@@ -46,6 +49,8 @@ BLUEPRINT_ROLES: dict[str, tuple[str, ...]] = {
     "ops": OPERATE,
     "admin": ADMIN,
 }
+OLD_TOKEN_DAYS = 90  # a token made before tokens had an expiry lasts this long
+OPEN_WHILE_MUST_CHANGE = {"ui.password", "ui.logout", "static"}
 MACHINE_PREFIXES = ("/api/", "/dicomweb/", "/metrics")
 
 
@@ -61,16 +66,28 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_token(store: FileHubStore, username: str, label: str = "") -> str:
-    """A new API token for ``username``; only its hash is kept, so it is shown once."""
+def add_token(store: FileHubStore, username: str, label: str = "", days: float = 90) -> str:
+    """A new API token for ``username``, good for ``days``; only its hash is kept, so it
+    is shown once."""
     if store.db.execute("SELECT 1 FROM users WHERE username=?", [username]).fetchone() is None:
         raise ValueError(f"no user {username!r}: add the user first (radsetu hub user add)")
+    if not 0 < days <= 3660:
+        raise ValueError("a token is good for more than 0 and at most 3660 days")
     token = "rst_" + secrets.token_urlsafe(32)
     store.db.execute(
-        "INSERT INTO api_tokens(token_sha256, username, label, created_at) VALUES (?,?,?,?)",
-        [token_hash(token), username, label, utcnow()],
+        "INSERT INTO api_tokens(token_sha256, username, label, created_at, expires) "
+        "VALUES (?,?,?,?,?)",
+        [token_hash(token), username, label, utcnow(), time.time() + days * 86400],
     )
     return token
+
+
+def revoke_tokens(store: FileHubStore, username: str, label: str | None = None) -> int:
+    """Delete ``username``'s API tokens (only the one labelled ``label`` when given)."""
+    where, args = "username=?", [username]
+    if label is not None:
+        where, args = where + " AND label=?", [*args, label]
+    return store.db.execute(f"DELETE FROM api_tokens WHERE {where}", args).rowcount
 
 
 def _from_token(store: FileHubStore, header: str) -> tuple[str, str] | None:
@@ -79,8 +96,9 @@ def _from_token(store: FileHubStore, header: str) -> tuple[str, str] | None:
     digest = token_hash(header[7:].strip())
     row = store.db.execute(
         "SELECT u.username, u.role FROM api_tokens t JOIN users u USING(username) "
-        "WHERE t.token_sha256=?",
-        [digest],
+        "WHERE t.token_sha256=? AND u.disabled=0 "
+        "AND (t.expires > ? OR (t.expires IS NULL AND t.created_at > ?))",
+        [digest, time.time(), iso_ago(OLD_TOKEN_DAYS * 86400)],
     ).fetchone()
     if row is None:
         return None
@@ -88,6 +106,23 @@ def _from_token(store: FileHubStore, header: str) -> tuple[str, str] | None:
         "UPDATE api_tokens SET last_used_at=? WHERE token_sha256=?", [utcnow(), digest]
     )
     return str(row[0]), str(row[1])
+
+
+def session_user(store: FileHubStore) -> tuple[str, str] | None:
+    """The live session's (user, role), the role as the accounts say now; a cookie
+    whose session ended (logout, expiry, a new role or password, a disabled account)
+    is cleared."""
+    if not session.get("user"):
+        return None
+    who = sessions.lookup(store.db, str(session.get("sid", "")))
+    if who is None or who.username != session["user"]:
+        session.clear()
+        return None
+    if session.get("role") != who.role:
+        session["role"] = who.role
+    if who.must_change and request.endpoint not in OPEN_WHILE_MUST_CHANGE:
+        g.must_change = True
+    return who.username, who.role
 
 
 def _machine() -> bool:
@@ -110,11 +145,15 @@ def check(store_for_request: Any) -> Any:
     auth = request.headers.get("Authorization", "")
     via = "token" if auth else "session"
     who = _from_token(store_for_request(), auth) if auth else None
-    if who is None and not auth and session.get("user"):
-        who = (str(session["user"]), str(session.get("role", "")))
+    if who is None and not auth:
+        who = session_user(store_for_request())
     if who is None:
         return _refuse(401, "log in, or send a valid API token (Authorization: Bearer ...)")
     g.user, g.role, g.via = who[0], who[1], via
+    if g.get("must_change"):
+        if _machine():
+            raise HubError("change the password first (the hub's pages)", 403)
+        return redirect(url_for("ui.password"))
     if who[1] not in allowed:
         audit(store_for_request(), "refused", detail=f"{request.method} {request.path}")
         return _refuse(403, f"a {who[1]} may not use {request.path}")

@@ -6,16 +6,25 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common.cli import CANNOT_RUN, DONE, CommandError, command, load_config, setup_logging, user_add
+from common.cli import (
+    CANNOT_RUN,
+    DONE,
+    CommandError,
+    command,
+    load_config,
+    setup_logging,
+    user_add,
+    user_disable,
+)
 from common.config import Config
 from common.passwords import read_password
 from hub import config as hub_config
-from hub.access import add_token
+from hub.access import add_token, revoke_tokens
 from hub.ingest import import_pack
 from hub.mqtt import run as run_ingest
 from hub.service import serve
 from hub.store import FileHubStore
-from hub.users import UserError, add
+from hub.users import UserError, add, disable
 from wire.errors import RemoteProtocolError
 
 EPILOG_HUB_IMPORT = "example: radsetu hub import study1.radsetu --data-dir /var/lib/radsetu-hub"
@@ -23,11 +32,13 @@ EPILOG_HUB_SERVE = "example: radsetu hub serve --config /etc/radsetu/hub.toml"
 EPILOG_HUB_INGEST = "example: radsetu hub ingest --config /etc/radsetu/hub.toml"
 EPILOG_HUB_USER = (
     "example: radsetu hub user add dr-rao --role radiologist --config /etc/radsetu/hub.toml "
-    "(asks for the password, or reads it from standard input)"
+    "(asks for the password, or reads it from standard input); radsetu hub user disable "
+    "dr-rao --config /etc/radsetu/hub.toml (ends the sessions, revokes the API tokens)"
 )
 EPILOG_HUB_TOKEN = (
     "example: radsetu hub token add ops-bot --label prometheus --config /etc/radsetu/hub.toml "
-    "(prints the token once; send it as 'Authorization: Bearer <token>')"
+    "(prints the token once; send it as 'Authorization: Bearer <token>'; it is good for "
+    "--days, 90 by default); radsetu hub token revoke ops-bot [--label prometheus]"
 )
 
 
@@ -63,20 +74,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(_config(args.config))
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
+def cmd_user(args: argparse.Namespace) -> int:
     config = _config(args.config)
+    if args.action == "disable":
+        store = FileHubStore(config.data_dir)
+
+        def disable_all() -> int:
+            ended = disable(store, args.name)
+            revoke_tokens(store, args.name)
+            return ended
+
+        return user_disable(store, args.name, disable_all, UserError)
+    if not args.role:
+        raise CommandError("hub user add needs --role radiologist|operator|admin", CANNOT_RUN)
     password = read_password(args.name)
     store = FileHubStore(config.data_dir)
     return user_add(
-        args, store, lambda: add(store, args.name, args.role, password), UserError, args.role
+        args,
+        store,
+        lambda: add(store, args.name, args.role, password, args.must_change),
+        UserError,
+        args.role,
     )
 
 
-def cmd_token_add(args: argparse.Namespace) -> int:
+def cmd_token(args: argparse.Namespace) -> int:
     config = _config(args.config)
     store = FileHubStore(config.data_dir)
     try:
-        token = add_token(store, args.name, args.label)
+        if args.action == "revoke":
+            n = revoke_tokens(store, args.name, args.label or None)
+            print(f"{n} API tokens of {args.name} revoked")
+            return DONE
+        token = add_token(store, args.name, args.label, args.days)
     except ValueError as exc:
         raise CommandError(str(exc), CANNOT_RUN) from exc
     finally:
@@ -127,14 +157,19 @@ def _add_account_commands(hsub: Any) -> None:
     s = command(
         hsub,
         "user",
-        "hub user add",
-        cmd_user_add,
+        "hub user",
+        cmd_user,
         help="add or change a hub account (the password is read from standard input)",
         epilog=EPILOG_HUB_USER,
     )
-    s.add_argument("action", choices=["add"])
+    s.add_argument("action", choices=["add", "disable"])
     s.add_argument("name")
-    s.add_argument("--role", required=True, choices=["radiologist", "operator", "admin"])
+    s.add_argument("--role", choices=["radiologist", "operator", "admin"])
+    s.add_argument(
+        "--must-change",
+        action="store_true",
+        help="the password is to be changed at the first login (set by provisioning)",
+    )
     s.add_argument(
         "--if-absent", action="store_true", help="leave an existing account as it is (provisioning)"
     )
@@ -143,12 +178,13 @@ def _add_account_commands(hsub: Any) -> None:
     s = command(
         hsub,
         "token",
-        "hub token add",
-        cmd_token_add,
+        "hub token",
+        cmd_token,
         help="make an API token for a hub account (for scripts and Prometheus)",
         epilog=EPILOG_HUB_TOKEN,
     )
-    s.add_argument("action", choices=["add"])
+    s.add_argument("action", choices=["add", "revoke"])
     s.add_argument("name", help="the account the token acts as (its role applies)")
-    s.add_argument("--label", default="", help="what the token is for")
+    s.add_argument("--label", default="", help="what the token is for (revoke: only that one)")
+    s.add_argument("--days", type=float, default=90, help="how long a new token is good for")
     s.add_argument("--config", help="the hub's TOML config file")

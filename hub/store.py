@@ -21,6 +21,7 @@ from sqlite_utils import Migrations
 from common.clock import utcnow
 from common.db import Database, create_audit_table
 from common.durable import write_durably
+from common.sessions import create_session_tables
 
 migrations = Migrations("radsetu.hub.store")
 
@@ -167,6 +168,15 @@ def m008_clinic_word(db: sqlite_utils.Database) -> None:
             study_uid TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
             sent_at TEXT
         )""")
+
+
+@migrations()
+def m009_sessions(db: sqlite_utils.Database) -> None:
+    """Sessions kept at the hub (a cookie is worth nothing after logout or a change of
+    role), failed-login counters, disabled accounts, and API tokens that expire."""
+    create_session_tables(db)
+    # NULL: a token made before tokens expired; it lasts 90 days from its making
+    db.execute("ALTER TABLE api_tokens ADD COLUMN expires REAL")
 
 
 class HubStore(Protocol):

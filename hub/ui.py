@@ -5,6 +5,7 @@ shows as text), a little JavaScript for the viewer, no plug-in.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
@@ -15,7 +16,6 @@ from flask import (
     Blueprint,
     Flask,
     abort,
-    current_app,
     flash,
     g,
     redirect,
@@ -25,6 +25,7 @@ from flask import (
     url_for,
 )
 
+from common import sessions
 from common.passwords import csrf_sent, csrf_token, local_next, session_key
 from hub import access, reading, reports, users
 from hub.db import request_store as _store
@@ -34,6 +35,7 @@ from hub.store import FileHubStore
 from hub.templates import template
 
 ui = Blueprint("ui", __name__, template_folder="pages")
+SESSION_HOURS = 8
 
 
 def _csrf() -> str:
@@ -46,33 +48,74 @@ def _page(title: str, page: str, **ctx: Any) -> str:
 
 @ui.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    if request.method == "POST":
-        # the only form open without a login, so hub/access.py does not check it
-        if not csrf_sent(session, request.form, request.headers):
-            abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
-        name = request.form.get("username", "")
-        role = users.authenticate(_store(), name, request.form.get("password", ""))
-        if role is None:
-            current_app.logger.warning(
-                "failed login for %r from %s", name[:64], request.remote_addr
-            )
-            access.audit(_store(), "login_failed", detail=name[:64])
-            flash("Wrong user name or password.", "error")
-        else:
-            session.clear()
-            session.permanent = True
-            session.update(user=name, role=role)
-            g.user, g.role = name, role
-            access.audit(_store(), "login")
-            home = url_for("ops.fleet_page" if role == "operator" else "ui.worklist")
-            return redirect(local_next(request.args.get("next", "")) or home)
-    return _page("Log in", "login.html")
+    if request.method != "POST":
+        return _page("Log in", "login.html")
+    # the only form open without a login, so hub/access.py does not check it
+    if not csrf_sent(session, request.form, request.headers):
+        abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
+    store = _store()
+    name = request.form.get("username", "")[:64]
+    role: str | None = None
+
+    def check() -> bool:
+        nonlocal role
+        role = users.authenticate(store, name, request.form.get("password", ""))
+        return role is not None
+
+    done = sessions.log_in(store.db, name, request.remote_addr or "", check, SESSION_HOURS * 3600)
+    if not done.sid:
+        if not done.wait:
+            access.audit(store, "login_failed", detail=done.named)
+        if done.wait or done.locked_now:
+            access.audit(store, "login_locked", detail=done.named)
+        if done.wait:
+            flash(f"Too many failed logins: try again in {math.ceil(done.wait / 60)} minutes.",
+                  "error")  # fmt: skip
+            return _page("Log in", "login.html"), 429
+        flash("Wrong user name or password.", "error")
+        return _page("Log in", "login.html")
+    assert role is not None
+    session.clear()
+    session.permanent = True
+    session.update(sid=done.sid, user=name, role=role)
+    g.user, g.role = name, role
+    access.audit(store, "login")
+    home = url_for("ops.fleet_page" if role == "operator" else "ui.worklist")
+    return redirect(local_next(request.args.get("next", "")) or home)
 
 
 @ui.get("/logout")
 def logout() -> Any:
+    if session.get("sid"):
+        sessions.end(_store().db, str(session["sid"]))
     session.clear()
     return redirect(url_for("ui.login"))
+
+
+@ui.route("/account/password", methods=["GET", "POST"])
+def password() -> Any:
+    """Change one's own password (the current one first); every other session of the
+    account ends, this browser gets a new one."""
+    if request.method == "POST":
+        store, user = _store(), str(session["user"])
+        new = request.form.get("new", "")
+        if users.authenticate(store, user, request.form.get("current", "")) is None:
+            flash("The current password is wrong.", "error")
+        elif new != request.form.get("again", ""):
+            flash("The two new passwords differ.", "error")
+        else:
+            try:
+                users.set_password(store, user, new)
+            except users.UserError as exc:
+                flash(str(exc), "error")
+            else:
+                access.audit(store, "password_changed")
+                sid = sessions.start(store.db, user, SESSION_HOURS * 3600,
+                                     request.remote_addr or "")  # fmt: skip
+                session["sid"] = sid
+                flash("Password changed.", "ok")
+                return redirect(url_for("ui.worklist"))
+    return _page("Change your password", "password.html")
 
 
 @ui.get("/")
@@ -223,7 +266,7 @@ def install(app: Flask, data_dir: Path) -> None:
     folder (never in the repository), sessions expire after 8 hours."""
     app.secret_key = session_key(data_dir)
     app.config.update(
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )

@@ -17,13 +17,11 @@ from edge import accounts
 from edge import config as edge_config
 from edge.intake import accept_file
 from edge.web import create_app as box_app
-from hub import access, users
-from hub import config as hub_config
-from hub.store import FileHubStore
-from hub.web import create_app as hub_app
+from hub import access
+from tests.system.conftest import PASSWORD
 
 EVIL = "<script>window.pwned=1</script>^Evil"
-PASSWORD = "correct horse battery"
+
 DUMMY = {"study_uid": "1.2.3", "sop_uid": "1.2.3.4", "report_id": "r1", "box_id": "box-1"}
 
 
@@ -42,20 +40,6 @@ def urls(app):  # type: ignore[no-untyped-def]
 
 
 # -- the hub ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def hub(tmp_path):
-    cfg_path = tmp_path / "hub.toml"
-    cfg_path.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
-    app = hub_app(hub_config.load(cfg_path))
-    store = FileHubStore(tmp_path / "hub")
-    tokens = {}
-    for role in users.ROLES:
-        users.add(store, f"a-{role}", role, PASSWORD)
-        tokens[role] = access.add_token(store, f"a-{role}", "test")
-    yield app, store, tokens
-    store.close()
 
 
 def test_hub_every_route_needs_a_login_and_is_declared(hub):
@@ -161,20 +145,6 @@ def test_hub_fleet_pages_show_html_as_text(hub):
 
 
 # -- the box ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def box(tmp_path):
-    cfg_path = tmp_path / "edge.toml"
-    cfg_path.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n[store]\nreserve_bytes = 0\n'
-        "[web]\ntrust_loopback = false\n"
-    )
-    app = box_app(edge_config.load(cfg_path))
-    store = app.config["RADSETU_STORE"]
-    accounts.add_user(store.db, "asha", "staff", PASSWORD, "hi")
-    accounts.add_user(store.db, "boss", "admin", PASSWORD)
-    return app, store
 
 
 def _login(client, name: str) -> str:  # type: ignore[no-untyped-def]

@@ -204,7 +204,13 @@ def test_every_message_is_translated(lang):
     for page in (root / "pages").glob("*.html"):
         for _line, _fn, msg in env.extract_translations(page.read_text()):
             wanted.update(m for m in (msg if isinstance(msg, tuple) else (msg,)) if m)
-    for module in ("clinic.py", "pages.py", "progress.py", "uploads.py"):  # the page code
+    for module in (
+        "clinic.py",
+        "login.py",
+        "pages.py",
+        "progress.py",
+        "uploads.py",
+    ):  # the page code
         for node in ast.walk(ast.parse((root / module).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_":
                 if node.args and isinstance(node.args[0], ast.Constant):

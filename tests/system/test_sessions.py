@@ -1,0 +1,181 @@
+"""Sessions that end and passwords that hold, at both ends (issue 14, points 8 and 9):
+a cookie copied before logout, a demoted or disabled account's cookie and token, an
+expired or revoked token, throttled guessing, a forced first change of password. The
+apps run in-process on their real SQLite stores; the commands run as the operators
+would run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common import sessions
+from edge import accounts
+from hub import access, users
+from tests.system.conftest import PASSWORD
+from tests.system.test_access import _login, _session
+
+
+def copy_of(client, app):  # type: ignore[no-untyped-def]
+    """A second browser holding the same cookie: what a thief replays."""
+    other = app.test_client()
+    cookie = client.get_cookie("session")
+    other.set_cookie("session", cookie.value)
+    return other
+
+
+def hub_login(client, name: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
+    token = _session(client)
+    return client.post("/login", data={"csrf": token, "username": name, "password": password})
+
+
+def test_box_cookie_is_worthless_after_logout(box):
+    app, _store = box
+    c = app.test_client()
+    _login(c, "asha")
+    thief = copy_of(c, app)
+    assert thief.get("/").status_code == 200  # the copy works while the session lives
+    assert c.get("/logout").status_code == 302
+    r = thief.get("/")
+    assert r.status_code == 302 and "/login" in r.location
+    assert thief.get("/api/studies", headers={"Accept": "application/json"}).status_code == 401
+
+
+def test_box_disable_and_new_password_end_every_session(box, tmp_path):
+    app, store = box
+    first, second = app.test_client(), app.test_client()
+    _login(first, "asha")
+    token = _login(second, "asha")
+    # a change of password on one browser ends the other's session, not its own
+    new = "a new long secret"
+    r = second.post(
+        "/account/password", data={"csrf": token, "current": PASSWORD, "new": new, "again": new}
+    )
+    assert r.status_code == 302
+    assert first.get("/").status_code == 302
+    assert second.get("/").status_code == 200
+    # the admin disables the account: the session ends and the password no longer works
+    assert accounts.disable_user(store.db, "asha") == 1
+    assert second.get("/").status_code == 302
+    c = app.test_client()
+    r = c.post("/login", data={"csrf": _session(c), "username": "asha", "password": new})
+    assert r.status_code == 200 and "/login" not in r.headers.get("Location", "")
+
+
+def test_box_guessing_is_throttled_and_no_typed_secret_is_kept(box, caplog):
+    app, store = box
+    c = app.test_client()
+    token = _session(c)
+    typed = "correct-horse-typed-as-a-name"
+    c.post("/login", data={"csrf": token, "username": typed, "password": "x"})
+    for _ in range(sessions.PER_USER_ADDRESS):
+        r = c.post("/login", data={"csrf": token, "username": "asha", "password": "wrong guess"})
+        assert r.status_code == 200
+    # locked: even the right password is not checked now, from this address
+    r = c.post("/login", data={"csrf": token, "username": "asha", "password": PASSWORD})
+    assert r.status_code == 429
+    # ... but the clinic's own desk, at another address, still gets in
+    desk = app.test_client()
+    r = desk.post(
+        "/login",
+        data={"csrf": _session(desk), "username": "asha", "password": PASSWORD},
+        environ_overrides={"REMOTE_ADDR": "192.168.1.40"},
+    )
+    assert r.status_code == 302
+    actions = [(r["username"], r["action"]) for r in accounts.audit_rows(store.db)]
+    assert ("asha", "login_locked") in actions and ("?", "login_failed") in actions
+    rows = str(accounts.audit_rows(store.db))
+    assert typed not in rows and typed not in caplog.text
+
+
+def test_box_password_from_provisioning_is_changed_first(box):
+    app, store = box
+    accounts.add_user(store.db, "clinic-admin", "admin", PASSWORD, must_change=True)
+    c = app.test_client()
+    r = c.post(
+        "/login", data={"csrf": _session(c), "username": "clinic-admin", "password": PASSWORD}
+    )
+    assert r.status_code == 302
+    r = c.get("/")
+    assert r.status_code == 302 and r.location.endswith("/account/password")
+    assert c.get("/audit").status_code == 302
+    assert c.get("/api/studies").status_code == 403
+    token = _session(c, "/account/password")
+    new = "clinic chosen pw"
+    r = c.post(
+        "/account/password", data={"csrf": token, "current": PASSWORD, "new": new, "again": new}
+    )
+    assert r.status_code == 302
+    assert c.get("/").status_code == 200 and c.get("/audit").status_code == 200
+
+
+def test_hub_demoted_radiologist_cookie_and_token_stop_at_once(hub):
+    app, store, tokens = hub
+    c = app.test_client()
+    assert hub_login(c, "a-radiologist").status_code == 302
+    thief = copy_of(c, app)
+    bearer = {"Authorization": f"Bearer {tokens['radiologist']}"}
+    assert thief.get("/").status_code == 200
+    assert c.get("/api/worklist", headers=bearer).status_code == 200
+    users.add(store, "a-radiologist", "operator", PASSWORD)  # demoted
+    r = thief.get("/")
+    assert r.status_code == 302 and "/login" in r.location
+    # the token acts with the account's role as it is now
+    assert c.get("/api/worklist", headers=bearer).status_code == 403
+
+
+def test_hub_logout_disable_and_token_expiry_and_revocation(hub):
+    app, store, tokens = hub
+    c = app.test_client()
+    hub_login(c, "a-admin")
+    thief = copy_of(c, app)
+    c.get("/logout")
+    assert thief.get("/").status_code == 302
+    # a token that has run out, one revoked, and a disabled account's
+    short = access.add_token(store, "a-admin", "short", days=1 / 86400)
+    kept = access.add_token(store, "a-admin", "kept")
+    time.sleep(1.5)
+    assert c.get("/api/worklist", headers={"Authorization": f"Bearer {short}"}).status_code == 401
+    assert c.get("/api/worklist", headers={"Authorization": f"Bearer {kept}"}).status_code == 200
+    assert access.revoke_tokens(store, "a-admin", "kept") == 1
+    assert c.get("/api/worklist", headers={"Authorization": f"Bearer {kept}"}).status_code == 401
+    op = {"Authorization": f"Bearer {tokens['operator']}"}
+    assert c.get("/api/fleet", headers=op).status_code == 200
+    users.disable(store, "a-operator")
+    assert c.get("/api/fleet", headers=op).status_code == 401
+    assert hub_login(app.test_client(), "a-operator").status_code == 200  # refused
+
+
+def test_hub_guessing_is_throttled(hub):
+    app, _store, _tokens = hub
+    c = app.test_client()
+    for _ in range(sessions.PER_USER_ADDRESS):
+        assert hub_login(c, "a-admin", "wrong guess").status_code == 200
+    assert hub_login(c, "a-admin").status_code == 429
+
+
+@pytest.mark.parametrize("side", ["edge", "hub"])
+def test_user_disable_and_token_revoke_commands(tmp_path, side):
+    cfg = tmp_path / f"{side}.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    run = [sys.executable, "-m", "radsetu", side]
+    role = ["--role", "staff" if side == "edge" else "radiologist"]
+    add = subprocess.run([*run, "user", "add", "asha", *role, "--config", str(cfg)],
+                         input=PASSWORD + "\n", capture_output=True, text=True)  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    off = subprocess.run([*run, "user", "disable", "asha", "--config", str(cfg)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert off.returncode == 0 and "disabled" in off.stdout, off.stderr
+    nobody = subprocess.run([*run, "user", "disable", "nobody", "--config", str(cfg)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert nobody.returncode == 2 and "no account" in nobody.stderr
+    if side == "hub":
+        made = subprocess.run([*run, "token", "add", "asha", "--config", str(cfg)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert made.stdout.startswith("rst_")
+        gone = subprocess.run([*run, "token", "revoke", "asha", "--config", str(cfg)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert gone.returncode == 0 and "1 API tokens" in gone.stdout
