@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from waitress import create_server
-
 from edge import receiver, scp
 from edge.boot import check_store, lock_data_dir, open_store
 from edge.config import Config
@@ -25,6 +23,7 @@ from edge.reports import Printer
 from edge.store import Store
 from edge.sync import Agent
 from edge.web import create_app
+from edge.webserver import make_server
 
 log = logging.getLogger("radsetu.edge")
 
@@ -109,9 +108,7 @@ def serve(config: Config) -> int:
     printer.start()
     w = config["web"]
     web_store = open_store(config)  # uploads from the clinic's page
-    web = create_server(
-        create_app(config, agent, web_store), host=w["host"], port=w["port"], threads=4
-    )
+    web = make_server(create_app(config, agent, web_store), config, web_store.tmp)
     log.info("clinic page on http://%s:%s/ (API: /api/studies)", w["host"], w["port"])
 
     def shutdown(signum: int, _frame: Any) -> None:

@@ -1,0 +1,117 @@
+"""The clinic page's HTTP server: waitress, with a guard on request bodies.
+
+Waitress reads a whole request body (into a temporary file past 512 KiB) before the
+app sees the request, so the app's login check comes too late to stop a stranger on
+the LAN from filling the disk. The guard looks at each request as soon as its headers
+are in: a body of more than ``PRE_LOGIN_BYTES`` (or of unknown length) is refused
+with 413 and never read unless the request carries a live session (or is an API call
+from the box itself while ``web.trust_loopback``). After a login the limit is
+``web.max_upload_bytes``. The bodies that are read are spooled under the data
+folder's ``tmp/``, on the data disk, never in ``/tmp``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import tempfile
+from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from waitress import create_server
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.utilities import RequestEntityTooLarge
+
+from common import sessions
+from edge.config import Config
+from edge.store import reader
+
+log = logging.getLogger("radsetu.web")
+
+PRE_LOGIN_BYTES = 1 << 20  # a login form, a JSON call: far less
+MULTIPART_SLACK = 1 << 20  # the form's boundaries and headers around the files
+
+Guard = Callable[[str, dict[str, str], str], bool]
+
+
+class GuardedParser(HTTPRequestParser):  # type: ignore[misc]
+    """Waitress's request parser, asking ``guard`` before it reads a large body."""
+
+    def __init__(self, adj: Any, guard: Guard, peer: str):
+        super().__init__(adj)
+        self._guard = guard
+        self._peer = peer
+
+    def received(self, data: bytes) -> int:
+        was = self.headers_finished
+        consumed: int = super().received(data)
+        if was or not self.headers_finished or self.completed or self.error is not None:
+            return consumed
+        if self.chunked or self.content_length > PRE_LOGIN_BYTES:
+            if not self._guard(self.path, self.headers, self._peer):
+                log.warning(
+                    "refused a %s-byte body for %s from %s before a login",
+                    "chunked" if self.chunked else self.content_length,
+                    self.path,
+                    self._peer,
+                )
+                self.error = RequestEntityTooLarge(
+                    f"log in first: at most {PRE_LOGIN_BYTES} bytes are read before a login"
+                )
+                self.completed = True
+        return consumed
+
+
+class GuardedChannel(HTTPChannel):  # type: ignore[misc]
+    def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None):
+        super().__init__(server, sock, addr, adj, map)
+        peer = addr[0] if isinstance(addr, tuple) else ""
+        self.parser_class = functools.partial(GuardedParser, guard=server.body_guard, peer=peer)
+
+
+def session_guard(app: Flask, config: Config) -> Guard:
+    """May this request send a large body? Yes with a live session in its cookie, or
+    for /api/ from the box itself while ``web.trust_loopback``."""
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    cookie_name = app.config["SESSION_COOKIE_NAME"]
+    max_age = int(app.permanent_session_lifetime.total_seconds())
+
+    def allowed(path: str, headers: dict[str, str], peer: str) -> bool:
+        if config["web"]["trust_loopback"] and path.startswith("/api/"):
+            try:
+                if ipaddress.ip_address(peer).is_loopback:
+                    return True
+            except ValueError:
+                pass
+        try:
+            morsel = SimpleCookie(headers.get("COOKIE", "")).get(cookie_name)
+            data = serializer.loads(morsel.value, max_age=max_age) if morsel else None
+        except (CookieError, ValueError, TypeError):
+            return False  # itsdangerous' BadSignature is a ValueError
+        if not isinstance(data, dict) or not data.get("sid"):
+            return False
+        with reader(config.data_dir) as db:
+            return sessions.lookup(db, str(data["sid"])) is not None
+
+    return allowed
+
+
+def make_server(app: Flask, config: Config, spool: Path) -> Any:
+    """The waitress server for ``app``, its bodies guarded and spooled to ``spool``."""
+    tempfile.tempdir = str(spool)  # waitress' overflow buffers are TemporaryFile()s
+    w = config["web"]
+    server = create_server(
+        app,
+        host=w["host"],
+        port=w["port"],
+        threads=4,
+        max_request_body_size=w["max_upload_bytes"] + MULTIPART_SLACK,
+    )
+    server.body_guard = session_guard(app, config)
+    server.channel_class = GuardedChannel
+    return server
