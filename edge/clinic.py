@@ -35,7 +35,7 @@ from edge import accounts, catalog, i18n, studies
 from edge import reports as box_reports
 from edge.errors import BoxError
 from edge.login import OPEN_WHILE_MUST_CHANGE, SESSION_HOURS, current_user
-from edge.pages import _, audit, clinic, page_db, render_page
+from edge.pages import _, audit, audit_reads, clinic, page_db, render_page
 from edge.progress import STATE_ORDER, health, studies_view, today
 from edge.uploads import upload_request
 
@@ -228,3 +228,4 @@ def install(app: Flask, data_dir: Path, store: Any) -> None:
     )
     app.register_blueprint(clinic)
     app.before_request(check)
+    app.after_request(audit_reads)

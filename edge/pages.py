@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, render_template, request, session
+from flask import Blueprint, current_app, render_template, request, session
 
 from common.passwords import csrf_token
+from common.reads import Recent, read_target
 from edge import accounts, i18n
 from edge.db import get_db
 
@@ -34,6 +35,32 @@ def audit(action: str, study_uid: str = "", detail: str = "") -> None:
     accounts.audit(
         page_db(), session.get("user", ""), action, study_uid, detail, request.remote_addr or ""
     )
+
+
+READS = {  # endpoint -> audit action, for every GET that returns patient data
+    "api.studies": "list_studies",
+    "api.study": "read_study",
+    "api.reports_list": "list_reports",
+    "api.report_pdf": "read_report",
+    "clinic.home": "list_studies",
+    "clinic.studies_json": "list_studies",
+    "clinic.reports_page": "list_reports",
+}
+
+
+def audit_reads(response: Any) -> Any:
+    """After each request: a successful read of patient data gets an audit row (API
+    callers on the box itself too, named ``loopback``), coalesced (common/reads.py)."""
+    action = READS.get(request.endpoint or "")
+    if action is None or request.method != "GET" or response.status_code >= 400:
+        return response
+    user = session.get("user") or "loopback"
+    address = request.remote_addr or ""
+    study_uid, detail = read_target(request.view_args)
+    recent = current_app.extensions.setdefault("radsetu.reads", Recent())
+    if recent.first((user, action, study_uid, detail, address)):
+        accounts.audit(page_db(), user, action, study_uid, detail, address)
+    return response
 
 
 def render_page(page: str, title: str, **ctx: Any) -> str:

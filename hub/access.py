@@ -16,11 +16,21 @@ import secrets
 import time
 from typing import Any
 
-from flask import abort, g, has_request_context, redirect, request, session, url_for
+from flask import (
+    abort,
+    current_app,
+    g,
+    has_request_context,
+    redirect,
+    request,
+    session,
+    url_for,
+)
 
 from common import sessions
 from common.clock import iso_ago, utcnow
 from common.passwords import csrf_sent
+from common.reads import Recent, read_target
 from hub.errors import HubError
 from hub.store import FileHubStore
 
@@ -161,6 +171,33 @@ def check(store_for_request: Any) -> Any:
         if not csrf_sent(session, request.form, request.headers):
             return _refuse(400, "the form is stale or forged (no valid CSRF token): reload it")
     return None
+
+
+READS = {  # endpoint -> audit action, for every GET that returns patient data
+    "hub_api.studies": "list_studies",
+    "hub_api.worklist": "list_studies",
+    "ui.worklist": "list_studies",
+    "hub_api.study": "read_study",
+    "hub_api.study_reports": "read_reports",
+    "hub_api.report": "read_report",
+    "hub_api.rendered": "read_image",
+    "hub_api.tags": "read_tags",
+}
+
+
+def audit_reads(store_for_request: Any, response: Any) -> Any:
+    """The app's ``after_request``: a successful read of patient data (the API, the
+    rendered images and tags, drafts, every DICOMweb call) gets an audit row,
+    coalesced (common/reads.py). The viewer's page and report PDFs write their own."""
+    endpoint = request.endpoint or ""
+    action = "dicomweb" if endpoint.startswith("dicomweb.") else READS.get(endpoint)
+    if action is None or request.method != "GET" or response.status_code >= 400:
+        return response
+    study_uid, detail = read_target(request.view_args)
+    key = (g.get("user", ""), action, study_uid, detail, request.remote_addr)
+    if current_app.extensions.setdefault("radsetu.reads", Recent()).first(key):
+        audit(store_for_request(), action, study_uid, detail)
+    return response
 
 
 def audit(store: FileHubStore, action: str, study_uid: str = "", detail: str = "") -> None:

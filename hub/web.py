@@ -25,5 +25,6 @@ def create_app(cfg: Config | None = None) -> Flask:
     app = json_app(cfg, api, dicomweb, ops, admin)
     ui.install(app, cfg.data_dir)
     app.before_request(lambda: access.check(db.request_store))
+    app.after_request(lambda response: access.audit_reads(db.request_store, response))
     db.init_app(app)
     return app

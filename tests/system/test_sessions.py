@@ -6,6 +6,7 @@ would run them."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import time
@@ -179,3 +180,74 @@ def test_user_disable_and_token_revoke_commands(tmp_path, side):
         gone = subprocess.run([*run, "token", "revoke", "asha", "--config", str(cfg)],
                               capture_output=True, text=True)  # fmt: skip
         assert gone.returncode == 0 and "1 API tokens" in gone.stdout
+
+
+# -- every read of patient data is audited (point 13) ------------------------------------
+
+
+def test_box_reads_are_audited_for_loopback_callers_too(tmp_path):
+    from devkit.corpus import pydicom_file
+    from edge import config as edge_config
+    from edge.intake import accept_file
+    from edge.web import create_app as box_app
+
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(f'data_dir = "{tmp_path / "data"}"\n[store]\nreserve_bytes = 0\n')
+    app = box_app(edge_config.load(cfg_path))  # trust_loopback: scripts need no login
+    store = app.config["RADSETU_STORE"]
+    data = pydicom_file("CT_small.dcm").read_bytes()
+    accept_file(store, io.BytesIO(data), len(data), "test", 1 << 30)
+    c = app.test_client()
+    (study,) = c.get("/api/studies").get_json()["studies"]
+    uid = study["study_uid"]
+    assert c.get(f"/api/studies/{uid}").status_code == 200
+    assert c.get("/api/reports").status_code == 200
+    for _ in range(3):  # a script polling: one row per caller and read, not one per poll
+        c.get("/api/studies")
+    rows = [(r["username"], r["action"], r["study_uid"]) for r in accounts.audit_rows(store.db)]
+    assert rows.count(("loopback", "list_studies", "")) == 1
+    assert ("loopback", "read_study", uid) in rows
+    assert ("loopback", "list_reports", "") in rows
+    assert c.get("/api/studies/9.9.9").status_code == 404
+    assert ("loopback", "read_study", "9.9.9") not in [
+        (r["username"], r["action"], r["study_uid"]) for r in accounts.audit_rows(store.db)
+    ]
+
+
+def test_hub_dicomweb_images_tags_and_drafts_reads_are_audited(hub):
+    from devkit.corpus import pydicom_file
+    from hub.ingest import take_chunk, take_manifest
+    from wire.codec import pack_bytes
+    from wire.manifest import Priority
+
+    app, store, tokens = hub
+    m, chunks = pack_bytes(
+        [("1.2.3.1", pydicom_file("CT_small.dcm").read_bytes())], chunk_size=1 << 20,
+        transfer_id="t1", pixel_effort=0, box_id="box-1", study_uid="1.2.3",
+        priority=Priority.ROUTINE,
+    )  # fmt: skip
+    take_manifest(store, m.to_json(), "test")
+    for i, chunk in enumerate(chunks):
+        take_chunk(store, "t1", i, chunk, "test")
+    c = app.test_client()
+    bearer = {"Authorization": f"Bearer {tokens['radiologist']}"}
+    for path in (
+        "/dicomweb/studies",
+        "/dicomweb/studies/1.2.3/metadata",
+        "/api/studies/1.2.3/instances/1.2.3.1/rendered",
+        "/api/studies/1.2.3/instances/1.2.3.1/tags",
+        "/api/studies/1.2.3/reports",
+        "/api/worklist",
+    ):
+        r = c.get(path, headers=bearer)
+        assert r.status_code == 200, (path, r.status_code)
+    rows = {(r["username"], r["action"], r["study_uid"]) for r in access.audit_rows(store)}
+    for action, uid in (
+        ("dicomweb", ""),
+        ("dicomweb", "1.2.3"),
+        ("read_image", "1.2.3"),
+        ("read_tags", "1.2.3"),
+        ("read_reports", "1.2.3"),
+        ("list_studies", ""),
+    ):
+        assert ("a-radiologist", action, uid) in rows, (action, uid)
