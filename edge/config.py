@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "port": 8080,
         "trust_loopback": True,
         "max_upload_bytes": 8_000_000_000,
+        "behind_tls_proxy": False,
     },
     "store": {
         "reserve_bytes": 2_000_000_000,

@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 8090,
         "workers": 2,
+        "behind_tls_proxy": False,
     },
     "mqtt": {
         "enabled": True,

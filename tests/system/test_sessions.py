@@ -6,6 +6,7 @@ would run them."""
 
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 import sys
@@ -251,3 +252,69 @@ def test_hub_dicomweb_images_tags_and_drafts_reads_are_audited(hub):
         ("list_studies", ""),
     ):
         assert ("a-radiologist", action, uid) in rows, (action, uid)
+
+
+# -- headers, and the client's address behind a TLS proxy (point 11) ---------------------
+
+
+def test_pages_cannot_be_framed_and_run_only_their_own_scripts(box, hub):
+    import re
+
+    seen_scripts = 0
+    for app, name in ((box[0], "asha"), (hub[0], "a-radiologist")):
+        c = app.test_client()
+        _login(c, name) if app is box[0] else hub_login(c, name)
+        r = c.get("/")
+        assert r.status_code == 200
+        assert r.headers["X-Frame-Options"] == "DENY"
+        csp = r.headers["Content-Security-Policy"]
+        script_src = csp.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in script_src
+        nonce = re.search(r"'nonce-([^']+)'", script_src)[1]  # type: ignore[index]
+        page = r.get_data(as_text=True)
+        scripts = re.findall(r"<script([^>]*)>", page)
+        assert all(f'nonce="{nonce}"' in s for s in scripts), scripts
+        seen_scripts += len(scripts)
+        assert not re.findall(r"<[a-z]+ [^>]*\bon[a-z]+=", page)  # no inline handlers
+        assert "Strict-Transport-Security" not in r.headers  # plain HTTP: no HSTS
+    assert seen_scripts
+
+
+@pytest.mark.parametrize("side", ["edge", "hub"])
+def test_behind_a_tls_proxy_the_audit_has_the_persons_address(tmp_path, side):
+    from edge import config as edge_config
+    from edge.web import create_app as box_app
+    from hub import config as hub_config
+    from hub.store import FileHubStore
+    from hub.web import create_app as hub_app
+
+    proxy = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    for behind in (True, False):
+        cfg_path = tmp_path / f"{side}-{behind}.toml"
+        data = tmp_path / f"data-{behind}"
+        cfg_path.write_text(
+            f'data_dir = "{data}"\n[web]\nbehind_tls_proxy = {str(behind).lower()}\n'
+        )
+        if side == "edge":
+            app = box_app(edge_config.load(cfg_path))
+            store = app.config["RADSETU_STORE"]
+            accounts.add_user(store.db, "asha", "staff", PASSWORD)
+            rows = functools.partial(accounts.audit_rows, store.db)
+        else:
+            app = hub_app(hub_config.load(cfg_path))
+            hstore = FileHubStore(data)
+            users.add(hstore, "asha", "radiologist", PASSWORD)
+            rows = functools.partial(access.audit_rows, hstore)
+        c = app.test_client()
+        token = _session(c)
+        r = c.post("/login", data={"csrf": token, "username": "asha", "password": PASSWORD},
+                   headers=proxy)  # fmt: skip
+        assert r.status_code == 302
+        (login_row,) = [x for x in rows() if x["action"] == "login"]
+        cookie = r.headers["Set-Cookie"]
+        if behind:
+            assert login_row["address"] == "203.0.113.9"
+            assert "Secure" in cookie and r.headers["Strict-Transport-Security"]
+        else:  # reached directly: a client's X-Forwarded-For is not believed
+            assert login_row["address"] == "127.0.0.1"
+            assert "Secure" not in cookie and "Strict-Transport-Security" not in r.headers
