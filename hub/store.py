@@ -277,7 +277,12 @@ class FileHubStore:
 
     def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool:
         """A box's retained status (or its last will); the hub stamps its own time.
-        Returns whether the box was online before."""
+        Returns whether the box was online before. The status and its history row are
+        one transaction: the dashboard never shows one without the other."""
+        with self.db.atomic():
+            return self._put_box_status(box_id, status, online)
+
+    def _put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool:
         now = utcnow()
         before = self.db.execute(
             "SELECT online, status FROM boxes WHERE box_id=?", [box_id]

@@ -81,3 +81,27 @@ def test_alerts_and_metrics(tmp_path):
     assert svg.startswith("<svg") and "<polyline" in svg and "B&lt;a>" in svg
     assert "<script" not in svg
     store.close()
+
+
+def test_a_status_and_its_history_are_kept_together(tmp_path):
+    """When the history row cannot be written, the status is not kept either (one
+    transaction), and the next status goes through whole."""
+    import sqlite3
+
+    import pytest
+
+    store = FileHubStore(tmp_path / "hub")
+    store.put_box_status("box-1", {"backlog_studies": 1}, True)
+    store.db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON box_history WHEN NEW.backlog_studies = 2 "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        store.put_box_status("box-1", {"backlog_studies": 2}, True)
+    status = store.db.execute("SELECT status FROM boxes WHERE box_id='box-1'").fetchone()[0]
+    assert '"backlog_studies": 1' in status
+    history = [r[0] for r in store.db.execute("SELECT backlog_studies FROM box_history")]
+    assert history == [1]
+    store.put_box_status("box-1", {"backlog_studies": 3}, True)
+    assert [r[0] for r in store.db.execute("SELECT backlog_studies FROM box_history")] == [1, 3]
+    store.close()
