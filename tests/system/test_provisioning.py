@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from common.passwords import check_password
 from devkit.box import free_port, wait_port
 from devkit.broker import Hub
 from tests.conftest import need, storescu, wait_for
@@ -352,15 +354,34 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     issue(tmp_path, inv, "box-img")
     boot = root / "boot/firmware/radsetu"
     boot.mkdir(parents=True)
-    for src, dst in (("ca.crt", "ca.crt"), ("box-img.crt", "box.crt"), ("box-img.key", "box.key")):
-        shutil.copy(tmp_path / "pki" / src, boot / dst)
-    (boot / "box.env").write_text('BOX_ID=box-img\nCLINIC="Test clinic"\nBROKER_HOST=broker.test\n'
-                                  "LAN_CIDR=10.9.0.0/24\n")  # fmt: skip
-    (boot / "admin-password").write_text("first-admin-password\n")
+
+    def card(env: str, password: str) -> None:
+        for src, dst in (("ca.crt", "ca.crt"), ("box-img.crt", "box.crt"),
+                         ("box-img.key", "box.key")):  # fmt: skip
+            shutil.copy(tmp_path / "pki" / src, boot / dst)
+        (boot / "box.env").write_bytes(env.encode())
+        (boot / "admin-password").write_bytes(password.encode())
+
+    # box.env is read, never run; a bad card fails before any change, and its secrets
+    # leave the boot partition all the same
+    card("BOX_ID=box-img\nBROKER_HOST=$(touch /pwned)\n", "first-admin-password\n")
+    r = subprocess.run([*in_root, "/usr/local/sbin/radsetu-firstboot"], capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.returncode == 1 and "not a host name" in r.stdout + r.stderr
+    assert not (root / "pwned").exists() and not (root / "etc/radsetu/edge.toml").exists()
+    assert not (boot / "box.key").exists() and not (boot / "admin-password").exists()
+    # a file edited on Windows (CR LF) is fine
+    card('BOX_ID=box-img\r\nCLINIC="Test clinic"\r\nBROKER_HOST=broker.test\r\n'
+         "LAN_CIDR=10.9.0.0/24\r\n", "first-admin-password\r\n")  # fmt: skip
     r = subprocess.run(
         [*in_root, "/usr/local/sbin/radsetu-firstboot"], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
+    with sqlite3.connect(root / "var/lib/radsetu/index.db") as index:
+        (stored, must_change) = index.execute(
+            "SELECT password_hash, must_change FROM users WHERE username='clinic-admin'"
+        ).fetchone()
+    assert check_password(stored, "first-admin-password") and must_change == 1
     assert (root / "etc/hostname").read_text().strip() == "box-img"
     assert not (boot / "box.key").exists() and not (boot / "admin-password").exists()
     assert 'box_id = "box-img"' in (root / "etc/radsetu/edge.toml").read_text()
