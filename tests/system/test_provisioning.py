@@ -163,16 +163,26 @@ def role_broker(tmp_path):
     )
     opened = vault(tmp_path)
     playbook("-i", str(inv), "playbooks/site.yml", *opened)
-    issue(tmp_path, inv, "box-a", "box-b", "hub", extra=tuple(opened))
+    issue(tmp_path, inv, "box-a", "box-b", "box-c", "hub", extra=tuple(opened))
     main = tmp_path / "mosquitto.conf"
     main.write_text(f"user {os.environ.get('USER', 'root')}\npersistence false\n"
                     f"log_dest stderr\ninclude_dir {etc}/conf.d\n")  # fmt: skip
     log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([need("mosquitto"), "-c", str(main)], stdout=log, stderr=log)
-    wait_port(port, proc=proc)
-    yield port, tmp_path / "pki", etc
-    proc.terminate()
-    proc.wait()
+    procs = [subprocess.Popen([need("mosquitto"), "-c", str(main)], stdout=log, stderr=log)]
+    wait_port(port, proc=procs[0])
+
+    def rerun(**extra: object) -> None:
+        """Run the playbook again with ``extra`` variables, and restart the broker (as
+        the role's handler does)."""
+        playbook("-i", str(inv), "playbooks/site.yml", *opened, "-e", json.dumps(extra))
+        procs[0].terminate()
+        procs[0].wait()
+        procs[0] = subprocess.Popen([need("mosquitto"), "-c", str(main)], stdout=log, stderr=log)
+        wait_port(port, proc=procs[0])
+
+    yield port, tmp_path / "pki", etc, rerun
+    procs[0].terminate()
+    procs[0].wait()
     log.close()
 
 
@@ -207,7 +217,7 @@ def refused(pki: Path, who: str | None, port: int, ca: Path | None = None) -> bo
 
 
 def test_broker_acl_keeps_each_box_to_its_own_topics(role_broker, tmp_path, boxes):
-    port, pki, etc = role_broker
+    port, pki, etc, _rerun = role_broker
     conf = (etc / "conf.d" / "radsetu.conf").read_text()
     assert "allow_anonymous false" in conf and "require_certificate true" in conf
 
@@ -301,6 +311,39 @@ def test_broker_acl_keeps_each_box_to_its_own_topics(role_broker, tmp_path, boxe
         wait_for(lambda: delivered(box, uid), 60, "box A's study at the hub")
     finally:
         real_hub.stop()
+
+
+def test_a_revoked_box_cannot_connect(role_broker):
+    """A stolen box: the engineer lists it in radsetu_revoked_identities and runs the
+    playbook; the CA's revocation list reaches the broker, which refuses that box's
+    certificate from then on, and only that one."""
+    port, pki, etc, rerun = role_broker
+    assert "crlfile" in (etc / "conf.d" / "radsetu.conf").read_text()
+    assert not refused(pki, "box-c", port)
+    rerun(radsetu_revoked_identities=["box-c"])
+    assert refused(pki, "box-c", port)
+    assert not refused(pki, "box-a", port) and not refused(pki, "hub", port)
+
+
+def test_certificates_are_renewed_before_they_expire(tmp_path):
+    """A certificate with fewer than ca_renew_days left is issued again by the next run
+    of the CA role; one with more is left as it is."""
+    inv = inventory(tmp_path, {}, {"ansible_connection": "local",
+                                   "ansible_python_interpreter": sys.executable})  # fmt: skip
+    crt = tmp_path / "pki" / "box-r.crt"
+
+    def serial() -> str:
+        out = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(crt)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return out.stdout
+
+    issue(tmp_path, inv, "box-r", extra=("-e", '{"ca_cert_days": 30}'))
+    short = serial()
+    issue(tmp_path, inv, "box-r")  # 30 days left, fewer than 60: renewed (for 397)
+    renewed = serial()
+    assert renewed != short
+    issue(tmp_path, inv, "box-r")  # plenty left: kept
+    assert serial() == renewed
 
 
 # -- a throwaway Debian root ----------------------------------------------------------
