@@ -45,6 +45,10 @@ from wire.messages import (
 log = logging.getLogger("radsetu.hub.mqtt")
 
 REPORT_RETRY_SECONDS = 30.0  # attempts at a message that fails for a reason of the hub's own
+# QoS 1 messages the broker may have given this process and not yet had PUBACKed (MQTT
+# v5 Receive Maximum): the worker PUBACKs each after handling it, so this bounds what
+# waits in memory, whatever one box publishes
+RECEIVE_MAXIMUM = 16
 
 
 class Ingest:
@@ -66,12 +70,14 @@ class Ingest:
 
     def start(self) -> Ingest:
         self.worker.start()
+        props = connect_properties(self.m)
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
         self.client.connect_async(
             self.m["host"],
             self.m["port"],
             keepalive=self.m["keepalive"],
             clean_start=False,
-            properties=connect_properties(self.m),
+            properties=props,
         )
         self.client.loop_start()
         log.info(

@@ -1,5 +1,6 @@
 """The apps of both ends, in-process on their real SQLite stores, with an account of
-each role (used by test_access.py and test_sessions.py)."""
+each role (used by test_access.py and test_sessions.py): ``hub_app`` and ``box_app``
+(``hub`` and ``box`` are the real processes of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ import pytest
 
 from edge import accounts
 from edge import config as edge_config
-from edge.web import create_app as box_app
+from edge.web import create_app as make_box_app
 from hub import access, users
 from hub import config as hub_config
 from hub.store import FileHubStore
-from hub.web import create_app as hub_app
+from hub.web import create_app as make_hub_app
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def hub(tmp_path):
+def hub_app(tmp_path):
     cfg_path = tmp_path / "hub.toml"
     cfg_path.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
-    app = hub_app(hub_config.load(cfg_path))
+    app = make_hub_app(hub_config.load(cfg_path))
     store = FileHubStore(tmp_path / "hub")
     tokens = {}
     for role in users.ROLES:
@@ -31,13 +32,13 @@ def hub(tmp_path):
 
 
 @pytest.fixture
-def box(tmp_path):
+def box_app(tmp_path):
     cfg_path = tmp_path / "edge.toml"
     cfg_path.write_text(
         f'data_dir = "{tmp_path / "data"}"\n[store]\nreserve_bytes = 0\n'
         "[web]\ntrust_loopback = false\n"
     )
-    app = box_app(edge_config.load(cfg_path))
+    app = make_box_app(edge_config.load(cfg_path))
     store = app.config["RADSETU_STORE"]
     accounts.add_user(store.db, "asha", "staff", PASSWORD, "hi")
     accounts.add_user(store.db, "boss", "admin", PASSWORD)

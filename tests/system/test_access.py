@@ -42,8 +42,8 @@ def urls(app):  # type: ignore[no-untyped-def]
 # -- the hub ----------------------------------------------------------------------------
 
 
-def test_hub_every_route_needs_a_login_and_is_declared(hub):
-    app, _store, _tokens = hub
+def test_hub_every_route_needs_a_login_and_is_declared(hub_app):
+    app, _store, _tokens = hub_app
     client = app.test_client()
     checked = 0
     for endpoint, method, url in urls(app):
@@ -63,8 +63,8 @@ def test_hub_every_route_needs_a_login_and_is_declared(hub):
     assert r.status_code == 401
 
 
-def test_hub_roles_on_every_route(hub):
-    app, store, tokens = hub
+def test_hub_roles_on_every_route(hub_app):
+    app, store, tokens = hub_app
     client = app.test_client()
     for endpoint, method, url in urls(app):
         allowed = access.roles_for(endpoint)
@@ -87,8 +87,8 @@ def _session(client, path: str = "/login") -> str:  # type: ignore[no-untyped-de
     return re.search(r'name="csrf" (?:value|content)="([^"]+)"', page)[1]  # type: ignore[index]
 
 
-def test_hub_forms_need_their_csrf_token(hub):
-    app, _store, _tokens = hub
+def test_hub_forms_need_their_csrf_token(hub_app):
+    app, _store, _tokens = hub_app
     c = app.test_client()
     token = _session(c)
     r = c.post("/login", data={"username": "a-radiologist", "password": PASSWORD})
@@ -109,8 +109,8 @@ def test_hub_forms_need_their_csrf_token(hub):
     assert r.status_code == 403
 
 
-def test_hub_audit_log_is_append_only(hub):
-    _app, store, _tokens = hub
+def test_hub_audit_log_is_append_only(hub_app):
+    _app, store, _tokens = hub_app
     access.audit(store, "sign", "1.2.3", "report r1")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         store.db.execute("UPDATE audit SET username='nobody'")
@@ -119,8 +119,8 @@ def test_hub_audit_log_is_append_only(hub):
     assert access.audit_rows(store)[0]["action"] == "sign"
 
 
-def test_hub_fleet_pages_show_html_as_text(hub):
-    app, store, tokens = hub
+def test_hub_fleet_pages_show_html_as_text(hub_app):
+    app, store, tokens = hub_app
     store.put_box_status("box-1", {"clinic": EVIL, "backlog_studies": 1, "version": EVIL}, True)
     c = app.test_client()
     auth = {"Authorization": f"Bearer {tokens['admin']}"}
@@ -154,8 +154,8 @@ def _login(client, name: str) -> str:  # type: ignore[no-untyped-def]
     return _session(client, "/")
 
 
-def test_box_every_route_needs_a_login(box):
-    app, _store = box
+def test_box_every_route_needs_a_login(box_app):
+    app, _store = box_app
     c = app.test_client()
     checked = 0
     for endpoint, method, url in urls(app):
@@ -180,8 +180,8 @@ def test_box_api_from_the_lan_needs_a_login_even_when_loopback_is_trusted(tmp_pa
     assert c.get("/", environ_overrides={"REMOTE_ADDR": "127.0.0.1"}).status_code == 302
 
 
-def test_box_forms_need_csrf_and_admin_pages_need_an_admin(box):
-    app, _store = box
+def test_box_forms_need_csrf_and_admin_pages_need_an_admin(box_app):
+    app, _store = box_app
     c = app.test_client()
     token = _login(c, "asha")
     assert c.post("/study/1.2.3", data={"clinical_note": "x"}).status_code == 400
@@ -195,8 +195,8 @@ def test_box_forms_need_csrf_and_admin_pages_need_an_admin(box):
     assert admin.get("/audit").status_code == 200
 
 
-def test_box_hostile_uploads_are_refused_and_harm_nothing(box, tmp_path):
-    app, store = box
+def test_box_hostile_uploads_are_refused_and_harm_nothing(box_app, tmp_path):
+    app, store = box_app
     c = app.test_client()
     token = _login(c, "asha")
     good = data_file("693_UNCI.dcm").read_bytes()
@@ -233,10 +233,10 @@ def test_box_hostile_uploads_are_refused_and_harm_nothing(box, tmp_path):
     assert any(r["action"] == "upload" for r in accounts.audit_rows(store.db))
 
 
-def test_box_pages_show_html_as_text(box):
+def test_box_pages_show_html_as_text(box_app):
     from edge import reports
 
-    app, store = box
+    app, store = box_app
     ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.PatientName = EVIL
     ds.StudyDescription = "<img src=x onerror=alert(1)>"
@@ -271,9 +271,9 @@ HOSTILE_NEXT = [
 
 
 @pytest.mark.parametrize("target", HOSTILE_NEXT)
-def test_no_open_redirect_after_login_at_either_end(box, hub, target):
+def test_no_open_redirect_after_login_at_either_end(box_app, hub_app, target):
     """``/login?next=...`` never sends a person off the site (it did for a tab)."""
-    for app, name in ((box[0], "asha"), (hub[0], "a-radiologist")):
+    for app, name in ((box_app[0], "asha"), (hub_app[0], "a-radiologist")):
         c = app.test_client()
         token = _session(c)
         r = c.post(
@@ -285,7 +285,7 @@ def test_no_open_redirect_after_login_at_either_end(box, hub, target):
         assert where.startswith("/") and not where.startswith("//"), (target, where)
         assert "evil.example" not in where, (target, where)
     # and a local one still works
-    c = box[0].test_client()
+    c = box_app[0].test_client()
     token = _session(c)
     r = c.post(
         "/login?next=/reports",

@@ -62,3 +62,37 @@ def test_one_box_s_bad_messages_delay_no_other_box(broker, hub):
     )
     assert mallory["status"].get("backlog_bytes") is None  # nothing of it was kept
     assert "attempt 2 of" not in hub.log_text()
+
+
+def test_the_hub_holds_at_most_its_receive_maximum_in_memory(broker, tmp_path):
+    """However fast one box publishes, the broker gives a hub ingest process no more
+    than RECEIVE_MAXIMUM messages it has not PUBACKed (it PUBACKs each once handled),
+    so the queue in the hub's memory is bounded. Here the worker never runs: the queue
+    fills to the bound and stays there."""
+    import threading
+    import time
+
+    from hub import config as hub_config
+    from hub.mqtt import RECEIVE_MAXIMUM, Ingest
+    from hub.store import FileHubStore
+
+    cfg_path = tmp_path / "hub.toml"
+    cfg_path.write_text(
+        f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    )
+    store = FileHubStore(tmp_path / "hub")
+    ingest = Ingest(hub_config.load(cfg_path), store)
+    ingest.worker = threading.Thread(target=lambda: None)  # nothing takes from the queue
+    ingest.start()
+    try:
+        wait_for(ingest.client.is_connected, 10, "the hub's connection")
+        time.sleep(0.5)  # its subscription
+        publish_as(broker, "flood", [(frames.UP_CHUNK, bytes(1000))] * (RECEIVE_MAXIMUM * 4))
+        wait_for(lambda: ingest.inbox.qsize() >= RECEIVE_MAXIMUM, 10, "the queue to fill")
+        time.sleep(1)
+        # the hub's own bound, below Mosquitto's default of 20 in flight per client
+        assert ingest.inbox.qsize() == RECEIVE_MAXIMUM
+    finally:
+        ingest.client.disconnect()
+        ingest.client.loop_stop()
+        store.close()

@@ -313,6 +313,35 @@ def test_broker_acl_keeps_each_box_to_its_own_topics(role_broker, tmp_path, boxe
         real_hub.stop()
 
 
+def test_the_broker_refuses_an_oversized_packet(role_broker):
+    """A box publishing 10 MiB in one packet is disconnected and nothing reaches the hub;
+    a chunk of the largest allowed size (8 MiB) goes through."""
+    port, pki, _etc, _rerun = role_broker
+    got: list[int] = []
+    hub = client(pki, "hub", port)
+    hub.on_message = lambda _c, _u, m: got.append(len(m.payload))
+    hub.subscribe("radsetu/v1/#", qos=1)
+    hub.loop_start()
+    a = client(pki, "box-a", port)
+    a.loop_start()
+    try:
+        wait_for(lambda: a.is_connected() and hub.is_connected(), 10, "connections")
+        a.publish("radsetu/v1/box-a/up/chunk", bytes(10 << 20), qos=1)
+        wait_for(lambda: not a.is_connected(), 10, "the broker to drop box A")
+        ok = client(pki, "box-b", port)
+        ok.loop_start()
+        wait_for(ok.is_connected, 10, "box B")
+        ok.publish("radsetu/v1/box-b/up/chunk", bytes(8 << 20), qos=1).wait_for_publish(10)
+        wait_for(lambda: got, 10, "box B's chunk at the hub")
+        assert got == [8 << 20]
+        ok.loop_stop()
+        ok.disconnect()
+    finally:
+        a.loop_stop()
+        hub.loop_stop()
+        hub.disconnect()
+
+
 def test_a_revoked_box_cannot_connect(role_broker):
     """A stolen box: the engineer lists it in radsetu_revoked_identities and runs the
     playbook; the CA's revocation list reaches the broker, which refuses that box's

@@ -34,8 +34,8 @@ def hub_login(client, name: str, password: str = PASSWORD):  # type: ignore[no-u
     return client.post("/login", data={"csrf": token, "username": name, "password": password})
 
 
-def test_box_cookie_is_worthless_after_logout(box):
-    app, _store = box
+def test_box_cookie_is_worthless_after_logout(box_app):
+    app, _store = box_app
     c = app.test_client()
     _login(c, "asha")
     thief = copy_of(c, app)
@@ -46,8 +46,8 @@ def test_box_cookie_is_worthless_after_logout(box):
     assert thief.get("/api/studies", headers={"Accept": "application/json"}).status_code == 401
 
 
-def test_box_disable_and_new_password_end_every_session(box, tmp_path):
-    app, store = box
+def test_box_disable_and_new_password_end_every_session(box_app, tmp_path):
+    app, store = box_app
     first, second = app.test_client(), app.test_client()
     _login(first, "asha")
     token = _login(second, "asha")
@@ -67,8 +67,8 @@ def test_box_disable_and_new_password_end_every_session(box, tmp_path):
     assert r.status_code == 200 and "/login" not in r.headers.get("Location", "")
 
 
-def test_box_guessing_is_throttled_and_no_typed_secret_is_kept(box, caplog):
-    app, store = box
+def test_box_guessing_is_throttled_and_no_typed_secret_is_kept(box_app, caplog):
+    app, store = box_app
     c = app.test_client()
     token = _session(c)
     typed = "correct-horse-typed-as-a-name"
@@ -93,8 +93,8 @@ def test_box_guessing_is_throttled_and_no_typed_secret_is_kept(box, caplog):
     assert typed not in rows and typed not in caplog.text
 
 
-def test_box_password_from_provisioning_is_changed_first(box):
-    app, store = box
+def test_box_password_from_provisioning_is_changed_first(box_app):
+    app, store = box_app
     accounts.add_user(store.db, "clinic-admin", "admin", PASSWORD, must_change=True)
     c = app.test_client()
     r = c.post(
@@ -114,8 +114,8 @@ def test_box_password_from_provisioning_is_changed_first(box):
     assert c.get("/").status_code == 200 and c.get("/audit").status_code == 200
 
 
-def test_hub_demoted_radiologist_cookie_and_token_stop_at_once(hub):
-    app, store, tokens = hub
+def test_hub_demoted_radiologist_cookie_and_token_stop_at_once(hub_app):
+    app, store, tokens = hub_app
     c = app.test_client()
     assert hub_login(c, "a-radiologist").status_code == 302
     thief = copy_of(c, app)
@@ -129,8 +129,8 @@ def test_hub_demoted_radiologist_cookie_and_token_stop_at_once(hub):
     assert c.get("/api/worklist", headers=bearer).status_code == 403
 
 
-def test_hub_logout_disable_and_token_expiry_and_revocation(hub):
-    app, store, tokens = hub
+def test_hub_logout_disable_and_token_expiry_and_revocation(hub_app):
+    app, store, tokens = hub_app
     c = app.test_client()
     hub_login(c, "a-admin")
     thief = copy_of(c, app)
@@ -151,8 +151,8 @@ def test_hub_logout_disable_and_token_expiry_and_revocation(hub):
     assert hub_login(app.test_client(), "a-operator").status_code == 200  # refused
 
 
-def test_hub_guessing_is_throttled(hub):
-    app, _store, _tokens = hub
+def test_hub_guessing_is_throttled(hub_app):
+    app, _store, _tokens = hub_app
     c = app.test_client()
     for _ in range(sessions.PER_USER_ADDRESS):
         assert hub_login(c, "a-admin", "wrong guess").status_code == 200
@@ -215,13 +215,13 @@ def test_box_reads_are_audited_for_loopback_callers_too(tmp_path):
     ]
 
 
-def test_hub_dicomweb_images_tags_and_drafts_reads_are_audited(hub):
+def test_hub_dicomweb_images_tags_and_drafts_reads_are_audited(hub_app):
     from devkit.corpus import pydicom_file
     from hub.ingest import take_chunk, take_manifest
     from wire.codec import pack_bytes
     from wire.manifest import Priority
 
-    app, store, tokens = hub
+    app, store, tokens = hub_app
     m, chunks = pack_bytes(
         [("1.2.3.1", pydicom_file("CT_small.dcm").read_bytes())], chunk_size=1 << 20,
         transfer_id="t1", pixel_effort=0, box_id="box-1", study_uid="1.2.3",
@@ -257,13 +257,13 @@ def test_hub_dicomweb_images_tags_and_drafts_reads_are_audited(hub):
 # -- headers, and the client's address behind a TLS proxy (point 11) ---------------------
 
 
-def test_pages_cannot_be_framed_and_run_only_their_own_scripts(box, hub):
+def test_pages_cannot_be_framed_and_run_only_their_own_scripts(box_app, hub_app):
     import re
 
     seen_scripts = 0
-    for app, name in ((box[0], "asha"), (hub[0], "a-radiologist")):
+    for app, name in ((box_app[0], "asha"), (hub_app[0], "a-radiologist")):
         c = app.test_client()
-        _login(c, name) if app is box[0] else hub_login(c, name)
+        _login(c, name) if app is box_app[0] else hub_login(c, name)
         r = c.get("/")
         assert r.status_code == 200
         assert r.headers["X-Frame-Options"] == "DENY"
