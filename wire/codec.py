@@ -284,6 +284,9 @@ class _Sink:
         return len(data)
 
 
+ZSTD_SLICE = 256  # compressed bytes per step: at most 64 blocks of 128 KiB out
+
+
 class _BoundedZstd:
     """zstd decoding that stops as soon as the output passes ``limit`` bytes (the
     instance's declared size): a small record made to inflate to gigabytes costs at
@@ -296,11 +299,17 @@ class _BoundedZstd:
             write_size=1 << 17,
         )
 
-    def decompress(self, data: bytes | memoryview) -> bytes:
-        self._writer.write(data)
-        out = b"".join(self._sink.parts)
-        self._sink.parts.clear()
-        return out
+    def pieces(self, data: bytes | memoryview) -> Iterator[bytes]:
+        """The output of ``data``, fed ZSTD_SLICE bytes at a time: one slice inflates to
+        at most a few MiB (a 4-byte block can stand for 128 KiB), so a small hostile
+        record never sits in memory inflated whole."""
+        view = memoryview(data)
+        for start in range(0, len(view), ZSTD_SLICE):
+            self._writer.write(view[start : start + ZSTD_SLICE])
+            if self._sink.parts:
+                out = b"".join(self._sink.parts)
+                self._sink.parts.clear()
+                yield out
 
 
 class Unpacker:
@@ -352,8 +361,10 @@ class Unpacker:
                     part = memoryview(pixels.decode(bytes(self._whole), e.size))
                     self._whole = None
             if len(part):
+                outs = self._z.pieces(part) if self._z else iter((bytes(part),))
                 try:
-                    out = self._z.decompress(part) if self._z else bytes(part)
+                    for out in outs:
+                        yield from self._take(e, out)
                 except _Inflated as exc:
                     raise RemoteProtocolError(
                         f"{self.m.transfer_id} {e.sop_instance_uid}: decodes to more than "
@@ -363,15 +374,6 @@ class Unpacker:
                     raise RemoteProtocolError(
                         f"{self.m.transfer_id} {e.sop_instance_uid}: does not decode: {exc}"
                     ) from exc
-                self._size += len(out)
-                if self._size > e.size:
-                    raise RemoteProtocolError(
-                        f"{self.m.transfer_id} {e.sop_instance_uid}: decodes to more than "
-                        f"its {e.size} bytes"
-                    )
-                self._sha.update(out)
-                if out:
-                    yield InstanceBytes(e.sop_instance_uid, out)
             if self._left:
                 return  # the rest of this instance is in the next chunk
             got = self._sha.hexdigest()
@@ -383,6 +385,17 @@ class Unpacker:
             yield InstanceVerified(e)
             self._i += 1
             self._start_instance()
+
+    def _take(self, e: InstanceEntry, out: bytes) -> Iterator[InstanceBytes]:
+        self._size += len(out)
+        if self._size > e.size:
+            raise RemoteProtocolError(
+                f"{self.m.transfer_id} {e.sop_instance_uid}: decodes to more than "
+                f"its {e.size} bytes"
+            )
+        self._sha.update(out)
+        if out:
+            yield InstanceBytes(e.sop_instance_uid, out)
 
     @property
     def current_entry(self) -> InstanceEntry | None:

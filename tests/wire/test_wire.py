@@ -382,3 +382,22 @@ def test_a_record_that_would_inflate_past_its_size_is_stopped_early():
         list(Unpacker(m).feed_chunk(0, bomb))
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 64 * 1024, f"{grown_kib} KiB more resident while refusing it"
+
+
+def test_a_small_record_never_sits_in_memory_inflated_whole():
+    """200 MB of zeros packs into a few KB (one chunk); unpacking hands it on in pieces
+    of a few MiB at most, so `radsetu unpack` and the hub never hold it whole."""
+    size = 200 << 20
+    m, chunks = pack_bytes([("1.2.3.4", bytes(size))], pixel_effort=0, box_id="b",
+                           study_uid="1.2.3", transfer_id="t",
+                           priority=Priority.ROUTINE)  # fmt: skip
+    assert sum(map(len, chunks)) < 1 << 20
+    u = Unpacker(m)
+    largest = total = 0
+    for i, c in enumerate(chunks):
+        for ev in u.feed_chunk(i, c):
+            if isinstance(ev, InstanceBytes):
+                largest = max(largest, len(ev.data))
+                total += len(ev.data)
+    assert total == size and u.done
+    assert largest <= 8 << 20, f"one piece of {largest} bytes"
