@@ -50,7 +50,7 @@ class Host(Protocol):
     max_bytes: int
     setup_seconds: float
 
-    def take_association(self) -> bool: ...
+    def take_association(self, sock: socket.socket) -> bool: ...
 
 
 class PeerClosed(Exception):
@@ -222,7 +222,7 @@ class Association:
         elif r.allowed and rq.calling_ae not in r.allowed:
             reject = dul.REJECT_CALLING_AE
             why = f"calling AE title not in dicom.allowed_callers {sorted(r.allowed)}"
-        elif not r.take_association():
+        elif not r.take_association(self.sock):
             reject, why = dul.REJECT_BUSY, f"more than {MAX_ASSOCIATIONS} associations at once"
         if reject is not None:
             log.warning("refused association from %s (%s): %s", rq.calling_ae, self.peer, why)

@@ -43,7 +43,9 @@ class Receiver:
         self.max_per_address = d["max_per_address"]
         self.setup_seconds = d["setup_seconds"]
         self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
+        self._sockets: dict[socket.socket, tuple[str, float]] = {}  # -> (address, since)
+        self._associated: set[socket.socket] = set()
+        self._evicted: set[socket.socket] = set()
         self._per_address: Counter[str] = Counter()
         self._associations = 0
         self._refused = 0
@@ -56,26 +58,59 @@ class Receiver:
         with self._lock:
             return len(self._sockets)
 
-    def take_association(self) -> bool:
+    def take_association(self, sock: socket.socket) -> bool:
         """One more association, if fewer than MAX_ASSOCIATIONS are established
         (connections that never asked for one do not count)."""
         with self._lock:
             if self._associations >= MAX_ASSOCIATIONS:
                 return False
             self._associations += 1
+            self._associated.add(sock)
             return True
+
+    def _victim(self, address: str) -> socket.socket | None:
+        """With every place taken: the oldest connection that has not asked for an
+        association, from the address holding the most, if that address holds at least
+        two more than ``address`` (a newcomer always gets a fair share)."""
+        idle = [(s, a, t) for s, (a, t) in self._sockets.items() if s not in self._associated]
+        if not idle:
+            return None
+        top = max({a for _s, a, _t in idle}, key=lambda a: self._per_address[a])
+        if self._per_address[top] < self._per_address[address] + 2:
+            return None
+        return min((x for x in idle if x[1] == top), key=lambda x: x[2])[0]
+
+    def _release(self, sock: socket.socket) -> None:
+        address, _since = self._sockets.pop(sock)
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
 
     def _admit(self, sock: socket.socket, address: str) -> bool:
         """Count a new connection in, or refuse it before any thread exists for it."""
+        victim = None
         with self._lock:
-            if len(self._sockets) >= self.max_connections:
-                why = f"{self.max_connections} connections open (dicom.max_connections)"
-            elif self._per_address[address] >= self.max_per_address:
+            if self._per_address[address] >= self.max_per_address:
                 why = f"{self.max_per_address} open from {address} (dicom.max_per_address)"
+            elif len(self._sockets) >= self.max_connections and not (
+                victim := self._victim(address)
+            ):
+                why = f"{self.max_connections} connections open (dicom.max_connections)"
             else:
-                self._sockets.add(sock)
+                if victim is not None:  # its thread ends when its socket does
+                    self._release(victim)
+                    self._evicted.add(victim)
+                self._sockets[sock] = (address, time.monotonic())
                 self._per_address[address] += 1
-                return True
+                why = ""
+        if victim is not None:
+            try:
+                victim.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if not why:
+            return True
+        with self._lock:
             self._refused += 1
             now = time.monotonic()
             if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
@@ -113,11 +148,12 @@ class Receiver:
             assoc.run()
         finally:
             with self._lock:
-                self._sockets.discard(sock)
-                self._per_address[addr[0]] -= 1
-                if not self._per_address[addr[0]]:
-                    del self._per_address[addr[0]]
-                if assoc.associated:
+                if sock in self._evicted:
+                    self._evicted.discard(sock)  # its place was given away already
+                else:
+                    self._release(sock)
+                if sock in self._associated:
+                    self._associated.discard(sock)
                     self._associations -= 1
 
     def shutdown(self) -> None:
@@ -128,7 +164,7 @@ class Receiver:
             pass
         self.listener.close()
         with self._lock:
-            for sock in self._sockets:
+            for sock in list(self._sockets):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:

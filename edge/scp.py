@@ -12,8 +12,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import tempfile
 import time
+import weakref
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,7 +203,9 @@ def make_ae(config: Config) -> AE:
     ae.add_supported_context(Verification)
     for sop_class in sorted(STORAGE_SOP_CLASSES):
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
-    ae.maximum_associations = 16
+    # pynetdicom counts connections that never asked for an association too: the cap on
+    # connections (admit_by_address) is the one that holds
+    ae.maximum_associations = d["max_connections"] + 1
     ae.network_timeout = 120
     ae.acse_timeout = d["setup_seconds"]  # also how long a dead connection keeps its thread
     ae.dimse_timeout = 120
@@ -256,17 +261,39 @@ def _recv_bounded(self: Any, nr_bytes: int) -> bytearray:
     return buf
 
 
+def _close(assoc: Any) -> None:
+    """Close an association's connection under it (its thread then ends)."""
+    try:
+        assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+    except (AttributeError, OSError):
+        pass
+
+
 def admit_by_address(server: Any, config: Config) -> None:
     """Make pynetdicom's server refuse a connection, before it starts a thread for it,
-    while ``dicom.max_connections`` are open or ``dicom.max_per_address`` from its
-    address (counted from the server's live associations, so nothing can leak)."""
+    while ``dicom.max_per_address`` are open from its address, or make room when all
+    ``dicom.max_connections`` are taken: the oldest connection that has not asked for an
+    association, from the address holding the most, is closed if that address holds at
+    least two more than the newcomer's (counted from the server's live associations,
+    so nothing can leak)."""
     d = config["dicom"]
+    evicted: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def verify_request(request: Any, client_address: Any) -> bool:
-        active = server.active_associations
-        same = sum(1 for a in active if a.requestor.address == client_address[0])
-        if len(active) < d["max_connections"] and same < d["max_per_address"]:
-            return True
+        active = [a for a in server.active_associations if a not in evicted]
+        by_address = Counter(a.requestor.address for a in active)
+        same = by_address[client_address[0]]
+        if same < d["max_per_address"]:
+            if len(active) < d["max_connections"]:
+                return True
+            idle = [a for a in active if not a.is_established]
+            if idle:
+                top = max({a.requestor.address for a in idle}, key=lambda x: by_address[x])
+                if by_address[top] >= same + 2:
+                    victim = next(a for a in idle if a.requestor.address == top)
+                    evicted.add(victim)
+                    _close(victim)
+                    return True
         log.warning(
             "closed a DICOM connection from %s at once: %d open in all, %d from it",
             client_address[0],
