@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from hub import reading
-from hub.store import HubStore
+from hub.store import HubStore, InstanceFile
 from wire.codec import InstanceBytes, InstanceVerified, Unpacker
 from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest
@@ -152,16 +152,18 @@ def _chunks_of(m: Manifest, offset: int, size: int) -> list[int]:
 def _finish(store: HubStore, r: Reception) -> None:
     m = r.manifest
     unpacker = Unpacker(m)
-    current: dict[str, bytearray] = {}
+    current: dict[str, InstanceFile] = {}  # written to disk piece by piece
     try:
         for i in range(m.chunk_count):
             for ev in unpacker.feed_chunk(i, store.get_chunk(m.transfer_id, i)):
                 if isinstance(ev, InstanceBytes):
-                    current.setdefault(ev.sop_instance_uid, bytearray()).extend(ev.data)
+                    if ev.sop_instance_uid not in current:
+                        current[ev.sop_instance_uid] = store.new_instance()
+                    current[ev.sop_instance_uid].write(ev.data)
                 elif isinstance(ev, InstanceVerified):
                     e = ev.entry
-                    data = bytes(current.pop(e.sop_instance_uid, b""))
-                    store.put_instance(
+                    part = current.pop(e.sop_instance_uid, None) or store.new_instance()
+                    store.keep_instance(
                         {
                             "sop_instance_uid": e.sop_instance_uid,
                             "sha256": e.sha256,
@@ -169,7 +171,7 @@ def _finish(store: HubStore, r: Reception) -> None:
                             "box_id": m.box_id,
                             "transfer_id": m.transfer_id,
                         },
-                        data,
+                        part,
                     )
     except RemoteProtocolError as exc:
         bad = unpacker.current_entry
@@ -183,6 +185,9 @@ def _finish(store: HubStore, r: Reception) -> None:
         )
         r.failed(chunks)
         return
+    finally:
+        for part in current.values():  # what a failure left half written
+            part.discard()
     r.verified()
     store.drop_chunks(m.transfer_id)
     try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +22,7 @@ from sqlite_utils import Migrations
 
 from common.clock import utcnow
 from common.db import Database, create_audit_table
-from common.durable import write_durably
+from common.durable import fsync_dir, write_durably
 from common.sessions import create_session_tables
 
 migrations = Migrations("radsetu.hub.store")
@@ -179,6 +181,26 @@ def m009_sessions(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE api_tokens ADD COLUMN expires REAL")
 
 
+class InstanceFile:
+    """An instance being written, piece by piece, to the hub's temp folder and hashed
+    on the way: the hub never holds a whole instance in memory."""
+
+    def __init__(self, tmp_dir: Path):
+        self.path = tmp_dir / f"{uuid.uuid4().hex}.part"
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed by keep or discard
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
 class HubStore(Protocol):
     """What ingest needs from storage. Every write is durable when the call returns."""
 
@@ -190,6 +212,8 @@ class HubStore(Protocol):
         self, transfer_id: str, manifest_json: str, state_json: str, row: dict[str, Any]
     ) -> None: ...
     def put_instance(self, row: dict[str, Any], data: bytes) -> None: ...
+    def new_instance(self) -> InstanceFile: ...
+    def keep_instance(self, row: dict[str, Any], part: InstanceFile) -> None: ...
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
     def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool: ...
     def touch_box(self, box_id: str, rejection: str | None = None) -> None: ...
@@ -352,12 +376,29 @@ class FileHubStore:
         )
 
     def put_instance(self, row: dict[str, Any], data: bytes) -> None:
-        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        part = self.new_instance()
+        part.write(data)
+        self.keep_instance(row, part)
+
+    def new_instance(self) -> InstanceFile:
+        return InstanceFile(self.tmp)
+
+    def keep_instance(self, row: dict[str, Any], part: InstanceFile) -> None:
+        """Keep a written instance durably under its SHA-256 (file fsynced, renamed,
+        folder fsynced) and index it; the same instance again changes nothing."""
+        if part.sha.hexdigest() != row["sha256"]:
+            part.discard()
             raise ValueError(f"{row['sop_instance_uid']}: bytes do not match their SHA-256")
         if self.has_instance(row["sop_instance_uid"], row["sha256"]):
-            return  # idempotent: the same instance again changes nothing
+            part.discard()
+            return
         final = self.objects / row["sha256"][:2] / f"{row['sha256']}.dcm"
-        self.write_file(final, data)
+        part.file.flush()
+        os.fsync(part.file.fileno())
+        part.file.close()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part.path, final)
+        fsync_dir(final.parent)
         self.db.execute(
             """INSERT INTO instances(sop_instance_uid, sha256, study_uid, box_id, transfer_id,
                    size, path, stored_at) VALUES (?,?,?,?,?,?,?,?)
@@ -368,7 +409,7 @@ class FileHubStore:
                 row["study_uid"],
                 row["box_id"],
                 row["transfer_id"],
-                len(data),
+                part.size,
                 str(final.relative_to(self.root)),
                 utcnow(),
             ],

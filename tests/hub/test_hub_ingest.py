@@ -166,3 +166,29 @@ def test_hub_serve_answers_the_read_api(tmp_path, study):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_hub_writes_an_instance_to_disk_piece_by_piece(tmp_path):
+    """A 200 MB instance (zeros: a few KB on the wire) is verified and kept without
+    ever being whole in the hub's memory."""
+    import tracemalloc
+
+    size = 200 << 20
+    m, chunks = pack_bytes([("1.2.3.9", bytes(size))], chunk_size=32 * 1024, transfer_id="big",
+                           pixel_effort=0, **META)  # fmt: skip
+    store = FileHubStore(tmp_path / "hub")
+    take_manifest(store, m.to_json(), "test")
+    tracemalloc.start()
+    try:
+        for i, c in enumerate(chunks):
+            take_chunk(store, "big", i, c, "test")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (row,) = store.study("1.2.3")
+    kept = store.root / "objects" / row["sha256"][:2] / f"{row['sha256']}.dcm"
+    assert kept.stat().st_size == size
+    assert row["sha256"] == hashlib.sha256(bytes(size)).hexdigest()
+    assert peak < 32 << 20, f"the hub held {peak >> 20} MiB at once"
+    assert list((store.root / "tmp").iterdir()) == []
+    store.close()
