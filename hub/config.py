@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
         "client_id": "radsetu-hub-1",
         "shared_group": "hub",
     },
+    "ingest": {
+        "box_quota_bytes": 20_000_000_000,
+    },
     "alerts": {
         "offline_seconds": 600,
         "backlog_growth_seconds": 1800,
@@ -45,6 +48,8 @@ def _validate(v: dict[str, Any]) -> None:
     for key, value in v["alerts"].items():
         if not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"alerts.{key}: a number, 0 or more")
+    if v["ingest"]["box_quota_bytes"] < 1_000_000:
+        raise ConfigError("ingest.box_quota_bytes: at least 1000000")
     for key in ("client_id", "shared_group"):
         value = v["mqtt"][key]
         if not value or any(c in value for c in "/+#$ "):

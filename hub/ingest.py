@@ -64,10 +64,17 @@ def _save(store: HubStore, r: Reception, source: str, **counts: int) -> None:
 
 
 def take_manifest(
-    store: HubStore, raw: bytes, source: str, box_id: str | None = None
+    store: HubStore,
+    raw: bytes,
+    source: str,
+    box_id: str | None = None,
+    quota_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Register a transfer (again: no change) and return the ack to send. ``box_id``:
-    the box the message came from, which must be the manifest's."""
+    the box the message came from, which must be the manifest's. ``quota_bytes``: what
+    one box's transfers in progress may hold at the hub; a new transfer past it is
+    refused for now (RemoteProtocolError): the box announces it again later, once its
+    other transfers are verified."""
     manifest = Manifest.from_json(raw)
     if box_id is not None and manifest.box_id != box_id:
         raise RemoteProtocolError(
@@ -77,6 +84,15 @@ def take_manifest(
         known = _load(store, manifest.transfer_id)
         if known is not None:
             return known.ack()
+        if quota_bytes is not None:
+            held = store.bytes_in_progress(manifest.box_id)
+            size = max(manifest.payload_bytes, manifest.stream_size)
+            if held + size > quota_bytes:
+                raise RemoteProtocolError(
+                    f"transfer {manifest.transfer_id} ({size} bytes) would "
+                    f"take the box's transfers in progress past its quota of {quota_bytes} "
+                    f"bytes ({held} held): refused for now"
+                )
         r = Reception(manifest)
         _save(store, r, source)
     log.info(

@@ -192,7 +192,8 @@ class Ingest:
                 self._study_update(box_id, up)
                 return
             if isinstance(up, ManifestReceived):
-                ack = take_manifest(self.store, up.raw, source, box_id=box_id)
+                quota = self.config["ingest"]["box_quota_bytes"]
+                ack = take_manifest(self.store, up.raw, source, box_id=box_id, quota_bytes=quota)
             else:
                 ack = take_chunk(
                     self.store,

@@ -17,168 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlite_utils
-from sqlite_utils import Migrations
-
 from common.clock import utcnow
-from common.db import Database, create_audit_table
+from common.db import Database
 from common.durable import fsync_dir, write_durably
-from common.sessions import create_session_tables
-
-migrations = Migrations("radsetu.hub.store")
-
-
-@migrations()
-def m001_hub(db: sqlite_utils.Database) -> None:
-    db.execute("""
-        CREATE TABLE transfers (
-            transfer_id TEXT PRIMARY KEY, box_id TEXT NOT NULL, study_uid TEXT NOT NULL,
-            priority TEXT NOT NULL, state TEXT NOT NULL, reception TEXT NOT NULL,
-            chunk_count INTEGER NOT NULL, chunks_held INTEGER NOT NULL,
-            payload_bytes INTEGER NOT NULL, source TEXT NOT NULL,
-            first_seen TEXT NOT NULL, updated TEXT NOT NULL, verified_at TEXT
-        )""")
-    db.execute("""
-        CREATE TABLE instances (
-            sop_instance_uid TEXT NOT NULL, sha256 TEXT NOT NULL,
-            study_uid TEXT NOT NULL, box_id TEXT NOT NULL, transfer_id TEXT NOT NULL,
-            size INTEGER NOT NULL, path TEXT NOT NULL, stored_at TEXT NOT NULL,
-            PRIMARY KEY (sop_instance_uid, sha256)
-        )""")
-    db.execute("CREATE INDEX hub_instances_study ON instances(study_uid)")
-
-
-@migrations()
-def m002_manifest_apart(db: sqlite_utils.Database) -> None:
-    """The manifest never changes: keep it apart from the state that changes with every
-    chunk, so a chunk's update does not rewrite (nor re-read) every chunk hash."""
-    db.execute("ALTER TABLE transfers ADD COLUMN manifest TEXT")
-    for tid, raw in db.execute("SELECT transfer_id, reception FROM transfers").fetchall():
-        d = json.loads(raw)
-        manifest = d.pop("manifest", None)
-        db.execute(
-            "UPDATE transfers SET manifest=?, reception=? WHERE transfer_id=?",
-            [json.dumps(manifest), json.dumps(d), tid],
-        )
-
-
-@migrations()
-def m003_boxes_and_counts(db: sqlite_utils.Database) -> None:
-    """Each box's last status, and per-transfer counts of what arrived twice."""
-    db.execute("""
-        CREATE TABLE boxes (
-            box_id TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0,
-            status TEXT NOT NULL DEFAULT '{}', status_at TEXT,
-            first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
-            rejected INTEGER NOT NULL DEFAULT 0, last_rejection TEXT
-        )""")
-    for col in ("chunks_received", "duplicates", "resent_held"):
-        db.execute(f"ALTER TABLE transfers ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
-
-
-@migrations()
-def m004_reports(db: sqlite_utils.Database) -> None:
-    """Reports (a signed one never changes; an addendum is a new version) and their
-    delivery to the box, retried until the box acknowledges."""
-    db.execute("""
-        CREATE TABLE reports (
-            report_id TEXT NOT NULL, version INTEGER NOT NULL,
-            study_uid TEXT NOT NULL, box_id TEXT NOT NULL,
-            state TEXT NOT NULL,            -- draft | signed
-            findings TEXT NOT NULL, impression TEXT NOT NULL,
-            radiologist TEXT NOT NULL, critical INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL, signed_at TEXT, pdf_path TEXT,
-            PRIMARY KEY (report_id, version)
-        )""")
-    db.execute("CREATE INDEX reports_study ON reports(study_uid)")
-    db.execute("""
-        CREATE TABLE deliveries (
-            report_id TEXT NOT NULL, version INTEGER NOT NULL, box_id TEXT NOT NULL,
-            state TEXT NOT NULL,            -- pending | acked
-            attempts INTEGER NOT NULL DEFAULT 0, last_sent_at REAL,
-            created_at TEXT NOT NULL, acked_at TEXT,
-            PRIMARY KEY (report_id, version)
-        )""")
-
-
-@migrations()
-def m005_reading(db: sqlite_utils.Database) -> None:
-    """What the reading room needs of a study, and the times its turnaround is made of
-    (the hub's clock, except ``acquired_at`` from the DICOM dates and
-    ``received_at_box`` from the box's clock)."""
-    db.execute("""
-        CREATE TABLE hub_studies (
-            study_uid TEXT PRIMARY KEY, box_id TEXT NOT NULL,
-            patient_name TEXT NOT NULL, patient_id TEXT NOT NULL,
-            modality TEXT NOT NULL, description TEXT NOT NULL,
-            priority TEXT NOT NULL, priority_reason TEXT NOT NULL DEFAULT '',
-            subspecialty TEXT NOT NULL DEFAULT '',
-            claimed_by TEXT, assigned_to TEXT,
-            acquired_at TEXT, received_at_box TEXT, verified_at TEXT NOT NULL,
-            claimed_at TEXT, signed_at TEXT, report_at_box_at TEXT, printed_at TEXT
-        )""")
-    db.execute("CREATE INDEX hub_studies_order ON hub_studies(priority, verified_at)")
-
-
-@migrations()
-def m006_users(db: sqlite_utils.Database) -> None:
-    """People who log in to the hub's pages."""
-    db.execute("""
-        CREATE TABLE users (
-            username TEXT PRIMARY KEY, role TEXT NOT NULL,
-            password_hash TEXT NOT NULL, created_at TEXT NOT NULL
-        )""")
-
-
-@migrations()
-def m007_access_and_fleet(db: sqlite_utils.Database) -> None:
-    """API tokens for scripts, the append-only audit log, and each box's history (its
-    status over time, and the bytes that reached the hub per minute) for the
-    operators' charts and alerts."""
-    db.execute("""
-        CREATE TABLE api_tokens (
-            token_sha256 TEXT PRIMARY KEY, username TEXT NOT NULL, label TEXT NOT NULL,
-            created_at TEXT NOT NULL, last_used_at TEXT
-        )""")
-    create_audit_table(db, "role TEXT NOT NULL")
-    db.execute("""
-        CREATE TABLE box_history (
-            box_id TEXT NOT NULL, at REAL NOT NULL, online INTEGER NOT NULL,
-            backlog_studies INTEGER, backlog_bytes INTEGER, disk_free INTEGER
-        )""")
-    db.execute("CREATE INDEX box_history_box ON box_history(box_id, at)")
-    db.execute("""
-        CREATE TABLE box_traffic (
-            box_id TEXT NOT NULL, minute INTEGER NOT NULL, bytes INTEGER NOT NULL,
-            PRIMARY KEY (box_id, minute)
-        )""")
-
-
-@migrations()
-def m008_clinic_word(db: sqlite_utils.Database) -> None:
-    """The clinic's clinical note on a study (and STAT or a note that came before the
-    study did), and the hub's word back to the box (a radiologist is reading it)."""
-    db.execute("ALTER TABLE hub_studies ADD COLUMN clinical_note TEXT NOT NULL DEFAULT ''")
-    db.execute("""
-        CREATE TABLE study_hints (
-            study_uid TEXT PRIMARY KEY, box_id TEXT NOT NULL, priority TEXT NOT NULL,
-            clinical_note TEXT NOT NULL, at TEXT NOT NULL
-        )""")
-    db.execute("""
-        CREATE TABLE notices (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, box_id TEXT NOT NULL,
-            study_uid TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
-            sent_at TEXT
-        )""")
-
-
-@migrations()
-def m009_sessions(db: sqlite_utils.Database) -> None:
-    """Sessions kept at the hub (a cookie is worth nothing after logout or a change of
-    role), failed-login counters, disabled accounts, and API tokens that expire."""
-    create_session_tables(db)
-    # NULL: a token made before tokens expired; it lasts 90 days from its making
-    db.execute("ALTER TABLE api_tokens ADD COLUMN expires REAL")
+from hub.schema import migrations
 
 
 class InstanceFile:
@@ -218,6 +60,7 @@ class HubStore(Protocol):
     def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool: ...
     def touch_box(self, box_id: str, rejection: str | None = None) -> None: ...
     def count_traffic(self, box_id: str, nbytes: int) -> None: ...
+    def bytes_in_progress(self, box_id: str) -> int: ...
 
 
 class FileHubStore:
@@ -336,6 +179,16 @@ class FileHubStore:
             ],
         )
         return bool(before and before[0])
+
+    def bytes_in_progress(self, box_id: str) -> int:
+        """What a box's transfers that are not verified yet may still put on the hub's
+        disk (their declared payload)."""
+        row = self.db.execute(
+            "SELECT coalesce(sum(payload_bytes), 0) FROM transfers "
+            "WHERE box_id=? AND state != 'verified'",
+            [box_id],
+        ).fetchone()
+        return int(row[0])
 
     def count_traffic(self, box_id: str, nbytes: int) -> None:
         """Bytes of chunks that reached the hub from a box, per minute (throughput)."""

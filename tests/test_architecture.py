@@ -147,7 +147,8 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_each_table_has_one_writer():
-    """One module writes each table (INSERT, UPDATE, DELETE); others call it."""
+    """One module writes each table (INSERT, UPDATE, DELETE); others call it. A side's
+    migrations (its ``schema.py``) reshape rows once at an upgrade and do not count."""
     import re
 
     writes = re.compile(r"\b(?:INSERT INTO|UPDATE|DELETE FROM|REPLACE INTO)\s+([a-z_]+)\b")
@@ -155,7 +156,7 @@ def test_each_table_has_one_writer():
     for side in ("edge", "hub"):
         writers: dict[str, set[str]] = defaultdict(set)
         for name, path in modules().items():
-            if name.startswith(side + "."):
+            if name.startswith(side + ".") and name != f"{side}.schema":
                 for table in writes.findall(path.read_text()):
                     writers[table].add(str(path.relative_to(ROOT)))
         shared += [f"{side} table {t}: {sorted(m)}" for t, m in writers.items() if len(m) > 1]

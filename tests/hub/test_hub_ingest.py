@@ -192,3 +192,32 @@ def test_the_hub_writes_an_instance_to_disk_piece_by_piece(tmp_path):
     assert peak < 32 << 20, f"the hub held {peak >> 20} MiB at once"
     assert list((store.root / "tmp").iterdir()) == []
     store.close()
+
+
+def test_a_box_has_a_quota_for_transfers_in_progress(tmp_path):
+    """Past its quota a box's new transfer is refused for now, and taken once the box's
+    other transfers are verified; another box is not affected."""
+    from wire.errors import RemoteProtocolError
+
+    data = pydicom_file("CT_small.dcm").read_bytes()
+
+    def transfer(tid: str, box: str = "box-1"):  # type: ignore[no-untyped-def]
+        meta = {**META, "box_id": box}
+        return pack_bytes([(f"1.2.3.{tid}", data)], chunk_size=1 << 20, transfer_id=tid,
+                          pixel_effort=0, **meta)  # fmt: skip
+
+    store = FileHubStore(tmp_path / "hub")
+    quota = len(data) * 3 // 2
+    (m1, c1), (m2, c2), (m3, _c3) = transfer("11"), transfer("12"), transfer("13", "box-2")
+    take_manifest(store, m1.to_json(), "test", quota_bytes=quota)
+    with pytest.raises(RemoteProtocolError, match="quota"):
+        take_manifest(store, m2.to_json(), "test", quota_bytes=quota)
+    take_manifest(store, m3.to_json(), "test", quota_bytes=quota)  # another box: its own
+    for i, c in enumerate(c1):
+        take_chunk(store, "11", i, c, "test")
+    ack = take_manifest(store, m2.to_json(), "test", quota_bytes=quota)  # room again
+    assert ack is not None
+    for i, c in enumerate(c2):
+        take_chunk(store, "12", i, c, "test")
+    assert {r["sop_instance_uid"] for r in store.study("1.2.3")} == {"1.2.3.11", "1.2.3.12"}
+    store.close()
