@@ -442,13 +442,33 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert r.returncode == 1 and "not a host name" in r.stdout + r.stderr
     assert not (root / "pwned").exists() and not (root / "etc/radsetu/edge.toml").exists()
     assert not (boot / "box.key").exists() and not (boot / "admin-password").exists()
-    # a file edited on Windows (CR LF) is fine
+    # the box makes its own key (it never travels on the card) and leaves a request to
+    # sign; the box.env here was edited on Windows (CR LF)
     card('BOX_ID=box-img\r\nCLINIC="Test clinic"\r\nBROKER_HOST=broker.test\r\n'
          "LAN_CIDR=10.9.0.0/24\r\n", "first-admin-password\r\n")  # fmt: skip
+    for name in ("box.key", "box.crt"):
+        (boot / name).unlink()
+    r = subprocess.run([*in_root, "/usr/local/sbin/radsetu-firstboot"], capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.returncode == 0 and "box.csr" in r.stdout, r.stdout + r.stderr
+    assert (boot / "box.env").exists() and (root / "etc/radsetu/tls/box.key").exists()
+    signed = playbook("-i", str(inv), "playbooks/sign-box.yml", "-e", "box_id=box-img",
+                      "-e", f"box_csr={boot / 'box.csr'}")  # fmt: skip
+    assert recap(signed.stdout)["failed"] == 0
+    shutil.copy(tmp_path / "pki" / "box-img.crt", boot / "box.crt")
+    (boot / "admin-password").write_bytes(b"first-admin-password\r\n")
     r = subprocess.run(
         [*in_root, "/usr/local/sbin/radsetu-firstboot"], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
+    assert not (boot / "box.csr").exists()
+    key_pub = subprocess.run(["openssl", "pkey", "-pubout", "-in",
+                              str(root / "etc/radsetu/tls/box.key")],
+                             capture_output=True, text=True).stdout  # fmt: skip
+    crt_pub = subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in",
+                              str(root / "etc/radsetu/tls/box.crt")],
+                             capture_output=True, text=True).stdout  # fmt: skip
+    assert key_pub and key_pub == crt_pub
     with sqlite3.connect(root / "var/lib/radsetu/index.db") as index:
         (stored, must_change) = index.execute(
             "SELECT password_hash, must_change FROM users WHERE username='clinic-admin'"
