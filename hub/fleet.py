@@ -78,6 +78,12 @@ def fleet(store: FileHubStore, alerts_cfg: dict[str, Any], now: float | None = N
         box["alerts"] = _alerts(store, box, alerts_cfg, now)
         alerts.extend(box["alerts"])
         boxes.append(box)
+    for uid, first, other in store.db.execute(
+        "SELECT study_uid, first_box, other_box FROM uid_conflicts ORDER BY at"
+    ).fetchall():
+        alerts.append({"box_id": other, "kind": "uid_conflict", "text": (
+            f"{other} sent study {uid}, which {first} had sent first: kept apart as "
+            f"{uid}~{other}; find out why (see docs/hub.md, study UID conflicts)")})  # fmt: skip
     return {"boxes": boxes, "alerts": alerts, "at": now}
 
 

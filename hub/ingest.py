@@ -14,6 +14,7 @@ from typing import Any
 
 from hub import reading
 from hub.store import HubStore, InstanceFile
+from hub.studykeys import study_key
 from wire.codec import InstanceBytes, InstanceVerified, Unpacker
 from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest
@@ -168,6 +169,7 @@ def _chunks_of(m: Manifest, offset: int, size: int) -> list[int]:
 def _finish(store: HubStore, r: Reception) -> None:
     m = r.manifest
     unpacker = Unpacker(m)
+    key = study_key(store, m.box_id, m.study_uid)
     current: dict[str, InstanceFile] = {}  # written to disk piece by piece
     try:
         for i in range(m.chunk_count):
@@ -183,7 +185,7 @@ def _finish(store: HubStore, r: Reception) -> None:
                         {
                             "sop_instance_uid": e.sop_instance_uid,
                             "sha256": e.sha256,
-                            "study_uid": m.study_uid,
+                            "study_uid": key,
                             "box_id": m.box_id,
                             "transfer_id": m.transfer_id,
                         },
@@ -207,7 +209,7 @@ def _finish(store: HubStore, r: Reception) -> None:
     r.verified()
     store.drop_chunks(m.transfer_id)
     try:
-        reading.study_verified(store, m)
+        reading.study_verified(store, m, key)
     except Exception:  # the study is safe; the reading room's summary can be rebuilt
         log.exception("study %s: could not update the reading room's summary", m.study_uid)
     log.info(

@@ -30,6 +30,7 @@ from common.mqtt import connect_properties, mqtt_client
 from hub import reading, reports
 from hub.ingest import take_chunk, take_manifest
 from hub.store import FileHubStore
+from hub.studykeys import real_uid, study_key
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.messages import (
@@ -160,7 +161,7 @@ class Ingest:
             for box_id, message in reports.due(self.store, time.time(), REPORT_RETRY_SECONDS):
                 self.client.publish(frames.topic(box_id, frames.DOWN_REPORT), message, qos=1)
             for nid, box_id, uid, state in reading.unsent_notices(self.store):
-                body = StudyNotice(uid, state).encode()
+                body = StudyNotice(real_uid(uid), state).encode()
                 self.client.publish(frames.topic(box_id, frames.DOWN_STUDY), body, qos=1)
                 reading.notice_sent(self.store, nid)
         except Exception:  # the next round tries again
@@ -221,7 +222,8 @@ class Ingest:
 
     def _study_update(self, box_id: str, update: StudyUpdate) -> None:
         uid, prio = update.study_uid, update.priority
-        here = reading.clinic_update(self.store, box_id, uid, prio, update.clinical_note)
+        key = study_key(self.store, box_id, uid)
+        here = reading.clinic_update(self.store, box_id, key, prio, update.clinical_note)
         log.info(
             "box %s: study %s is %s%s", box_id, uid, prio, "" if here else " (before the study)"
         )

@@ -40,11 +40,13 @@ def _acquired(date: str, time: str) -> str | None:
         return d.isoformat()
 
 
-def study_verified(store: FileHubStore, m: Manifest) -> None:
+def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> None:
     """A transfer of the study was verified: note the study for the reading room (the
-    first verification starts its waiting time; STAT from any transfer wins)."""
+    first verification starts its waiting time; STAT from any transfer wins). ``key``:
+    the hub's key for the study (hub/studykeys.py), its UID unless another box has it."""
+    key = key or m.study_uid
     row = store.db.execute(
-        "SELECT path FROM instances WHERE study_uid=? ORDER BY stored_at LIMIT 1", [m.study_uid]
+        "SELECT path FROM instances WHERE study_uid=? ORDER BY stored_at LIMIT 1", [key]
     ).fetchone()
     info, _ = index_existing(store.root / row[0])
     extra = m.extra if isinstance(m.extra, dict) else {}
@@ -62,7 +64,7 @@ def study_verified(store: FileHubStore, m: Manifest) -> None:
                priority_reason=CASE WHEN excluded.priority_reason != ''
                              THEN excluded.priority_reason ELSE hub_studies.priority_reason END""",
         {
-            "uid": m.study_uid,
+            "uid": key,
             "box": m.box_id,
             "name": info.patient_name,
             "pid": info.patient_id,
@@ -79,15 +81,15 @@ def study_verified(store: FileHubStore, m: Manifest) -> None:
     if isinstance(note, str) and note:
         store.db.execute(
             "UPDATE hub_studies SET clinical_note=? WHERE study_uid=? AND clinical_note=''",
-            [note[:1000], m.study_uid],
+            [note[:1000], key],
         )
     hint = store.db.execute(
         "SELECT priority, clinical_note FROM study_hints WHERE study_uid=? AND box_id=?",
-        [m.study_uid, m.box_id],
+        [key, m.box_id],
     ).fetchone()
     if hint is not None:  # the clinic's word came before the study did
-        clinic_update(store, m.box_id, m.study_uid, hint[0], hint[1])
-        store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [m.study_uid])
+        clinic_update(store, m.box_id, key, hint[0], hint[1])
+        store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [key])
 
 
 def clinic_update(

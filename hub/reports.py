@@ -12,6 +12,7 @@ from common.clock import utcnow
 from hub import reading
 from hub.errors import HubError
 from hub.store import FileHubStore
+from hub.studykeys import real_uid
 from wire import pdf
 from wire.report import encode_report
 
@@ -30,8 +31,12 @@ def _text(body: dict[str, Any], key: str, required: bool = False) -> str:
 
 
 def _study_box(store: FileHubStore, study_uid: str) -> str:
+    """The one box that sent this study's images (studies are keyed by box and UID,
+    hub/studykeys.py): its report goes there and nowhere else."""
     row = store.db.execute(
-        "SELECT box_id FROM instances WHERE study_uid=? LIMIT 1", [study_uid]
+        "SELECT box_id FROM hub_studies WHERE study_uid=? UNION ALL "
+        "SELECT box_id FROM instances WHERE study_uid=? LIMIT 1",
+        [study_uid, study_uid],
     ).fetchone()
     if row is None:
         raise HubError(f"study {study_uid} is not at the hub", 404)
@@ -162,7 +167,7 @@ def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
         ("line", f"Clinic: {r['box_id']}"),
         ("line", f"Patient: {name or '-'} (ID {pid or '-'})"),
         ("line", f"Study: {modality} {description} {acquired or ''}".rstrip()),
-        ("line", f"Study UID: {r['study_uid']}"),
+        ("line", f"Study UID: {real_uid(r['study_uid'])}"),
         ("line", f"Report: {r['report_id']} version {r['version']}"),
     ]
     if r.get("critical"):
@@ -241,6 +246,7 @@ def due(store: FileHubStore, now: float, retry_seconds: float) -> list[tuple[str
                 "signed_at",
             )
         }
+        message["study_uid"] = real_uid(r["study_uid"])  # the UID the box knows
         message["clinic"] = box_id
         out.append((box_id, encode_report(message, data)))
         store.db.execute(

@@ -165,3 +165,14 @@ def m009_sessions(db: sqlite_utils.Database) -> None:
     create_session_tables(db)
     # NULL: a token made before tokens expired; it lasts 90 days from its making
     db.execute("ALTER TABLE api_tokens ADD COLUMN expires REAL")
+
+
+@migrations()
+def m010_uid_conflicts(db: sqlite_utils.Database) -> None:
+    """Study UIDs that came from two boxes: the second box's study is kept apart (its key
+    is ``<UID>~<box>``, hub/studykeys.py) and a person is told."""
+    db.execute("""
+        CREATE TABLE uid_conflicts (
+            study_uid TEXT NOT NULL, first_box TEXT NOT NULL, other_box TEXT NOT NULL,
+            at TEXT NOT NULL, PRIMARY KEY (study_uid, other_box)
+        )""")

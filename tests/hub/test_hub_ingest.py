@@ -221,3 +221,46 @@ def test_a_box_has_a_quota_for_transfers_in_progress(tmp_path):
         take_chunk(store, "12", i, c, "test")
     assert {r["sop_instance_uid"] for r in store.study("1.2.3")} == {"1.2.3.11", "1.2.3.12"}
     store.close()
+
+
+def test_two_clinics_studies_with_one_uid_stay_apart(tmp_path):
+    """Two boxes send studies with the same Study Instance UID (other patients, other
+    images): the hub keeps them apart, each with its own images, flags the clash for a
+    person, and each study's report goes to the box that sent it, with the UID it
+    knows."""
+    import time
+
+    from hub import config as hub_config
+    from hub import fleet, reading, reports
+    from hub.studykeys import conflicts
+    from wire.report import decode_report
+
+    store = FileHubStore(tmp_path / "hub")
+    sent = {}
+    for box, src, tid in (("box-1", data_file("693_UNCI.dcm"), "t1"),
+                          ("box-2", pydicom_file("CT_small.dcm"), "t2")):  # fmt: skip
+        inst = [(f"1.2.3.{tid[1]}", src.read_bytes())]
+        m, chunks = pack_bytes(inst, chunk_size=1 << 20, transfer_id=tid, pixel_effort=0,
+                               **{**META, "box_id": box})  # fmt: skip
+        take_manifest(store, m.to_json(), "test", box_id=box)
+        for i, c in enumerate(chunks):
+            take_chunk(store, tid, i, c, "test", box_id=box)
+        sent[box] = {inst[0][0]}
+    rows = dict(store.db.execute("SELECT study_uid, box_id FROM hub_studies").fetchall())
+    assert rows == {"1.2.3": "box-1", "1.2.3~box-2": "box-2"}
+    assert {s["study_uid"] for s in reading.worklist(store)} == set(rows)
+    assert {r["sop_instance_uid"] for r in store.study("1.2.3")} == sent["box-1"]
+    assert {r["sop_instance_uid"] for r in store.study("1.2.3~box-2")} == sent["box-2"]
+    assert [(c["first_box"], c["other_box"]) for c in conflicts(store)] == [("box-1", "box-2")]
+    alerts = fleet.fleet(store, hub_config.DEFAULTS["alerts"])["alerts"]
+    kinds = {(a["box_id"], a["kind"]) for a in alerts}
+    assert ("box-2", "uid_conflict") in kinds
+    # a report on the second clinic's study goes to that clinic only, with its own UID
+    draft = reports.create_draft(store, "1.2.3~box-2", {"findings": "f", "impression": "i",
+                                                        "radiologist": "dr"})  # fmt: skip
+    reports.sign(store, draft["report_id"], "dr")
+    out = reports.due(store, time.time(), 30)
+    assert [box for box, _payload in out] == ["box-2"]
+    message, _pdf = decode_report(out[0][1])
+    assert message["study_uid"] == "1.2.3"
+    store.close()
