@@ -33,6 +33,7 @@ from wire.dicom import (
     read_meta,
 )
 from wire.errors import RemoteProtocolError
+from wire.jxlsize import jxl_size
 
 MAGIC = b"DJX1"
 MAX_PIXEL_BYTES = 256 * 1024 * 1024
@@ -165,11 +166,22 @@ def decode(record: bytes, max_size: int = 1 << 62) -> bytes:
         raise RemoteProtocolError("not a dicom-jxl record")
     if length > max_size or rows * cols * frames * _DTYPES[code].itemsize != length:
         raise RemoteProtocolError("dicom-jxl record's header does not add up")
+    framed = record[_HEADER.size : _HEADER.size + zlen]
+    codestream = record[_HEADER.size + zlen :]
+    # what each part declares is checked before anything is allocated for it: a
+    # decoder believes the sizes a record states (zstd's frame content size, JPEG XL's
+    # size header), whatever our own header says
     try:
-        rest = zstandard.ZstdDecompressor().decompress(
-            record[_HEADER.size : _HEADER.size + zlen], max_output_size=max_size
-        )
-        image = imagecodecs.jpegxl_decode(record[_HEADER.size + zlen :], numthreads=1)
+        declared = zstandard.frame_content_size(framed)
+    except zstandard.ZstdError as exc:
+        raise RemoteProtocolError(f"dicom-jxl record does not decode: {exc}") from exc
+    if declared > max_size - length:
+        raise RemoteProtocolError("dicom-jxl record's other bytes are larger than its file")
+    if jxl_size(codestream) != (cols, frames * rows):
+        raise RemoteProtocolError("dicom-jxl record's image does not match its header")
+    try:
+        rest = zstandard.ZstdDecompressor().decompress(framed, max_output_size=max_size - length)
+        image = imagecodecs.jpegxl_decode(codestream, numthreads=1)
     except (zstandard.ZstdError, imagecodecs.JpegxlError, ValueError) as exc:
         raise RemoteProtocolError(f"dicom-jxl record does not decode: {exc}") from exc
     if image.shape != (frames * rows, cols) or start > len(rest):

@@ -6,6 +6,7 @@ either through the coder or through the packer's fallback; never an exception.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -105,3 +106,56 @@ def test_the_coder_round_trips_or_declines(image, implicit):
         assert entry.codec == "zstd" and manifest.extra["coder_fallbacks"] == 1
     elif record is not None:  # the coder's record, or zstd where that is smaller
         assert entry.codec in ("dicom-jxl", "zstd") and entry.encoded_size <= len(record)
+
+
+def test_a_record_whose_parts_declare_more_than_its_header_is_refused_undecoded():
+    """The decoders believe the sizes a record's parts state (JPEG XL's size header,
+    zstd's frame content size): a record whose parts declare more than its own header
+    allows is refused before anything is allocated for them."""
+    import tracemalloc
+
+    import imagecodecs
+    import numpy as np
+    import pytest
+    import zstandard
+
+    from devkit.corpus import pydicom_file
+    from wire import pixels
+    from wire.errors import RemoteProtocolError
+    from wire.jxlsize import jxl_size
+
+    data = pydicom_file("CT_small.dcm").read_bytes()
+    record = pixels.encode(data, effort=1)
+    assert record is not None and pixels.decode(record, len(data)) == data
+    head = pixels._HEADER
+    fields = list(head.unpack_from(record))
+    zlen = fields[-1]
+    huge_image = imagecodecs.jpegxl_encode(np.zeros((6000, 6000), np.uint16), lossless=True,
+                                           effort=1)  # fmt: skip
+    assert jxl_size(huge_image) == (6000, 6000)
+    bomb = zstandard.ZstdCompressor().compress(bytes(300 << 20))
+    for name, forged in (
+        ("image", record[: head.size + zlen] + huge_image),
+        ("other bytes", head.pack(*fields[:-1], len(bomb)) + bomb + record[head.size + zlen :]),
+    ):
+        tracemalloc.start()
+        try:
+            with pytest.raises(RemoteProtocolError):
+                pixels.decode(forged, len(data))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20, f"{name}: {peak >> 20} MiB allocated before the refusal"
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (8, 8), (64, 80), (80, 64), (512, 512), (37, 1000), (1000, 37), (200, 356)]
+)
+def test_the_size_a_jpeg_xl_image_declares_is_read_without_decoding_it(shape):
+    import imagecodecs
+    import numpy as np
+
+    from wire.jxlsize import jxl_size
+
+    image = (np.arange(shape[0] * shape[1]) % 4096).astype(np.uint16).reshape(shape)
+    assert jxl_size(imagecodecs.jpegxl_encode(image, lossless=True, effort=1)) == shape[::-1]
