@@ -135,6 +135,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m003_reports",
         "m004_clinic",
         "m005_held",
+        "m006_sessions",
     ]
     s.close()
 
