@@ -42,16 +42,8 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from devkit.box import Box  # noqa: E402
 from devkit.broker import Broker, Hub  # noqa: E402
 from devkit.corpus import data_file, replicate  # noqa: E402
+from devkit.procs import proc_status  # noqa: E402
 from wire import dul, frames  # noqa: E402
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 class Peak:

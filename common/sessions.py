@@ -187,3 +187,29 @@ def log_in(
         return Login("", named, locked_now=locked_now)
     succeeded(db, username, address)
     return Login(start(db, username, seconds, address), named)
+
+
+def change_password(
+    db: sqlite_utils.Database,
+    username: str,
+    form: dict[str, str],
+    check: Callable[[str], bool],
+    store_new: Callable[[str], None],
+    address: str,
+    seconds: float,
+) -> tuple[str, str]:
+    """A person changing their own password from a form (``current``, ``new``,
+    ``again``): ``check`` tells whether a password is theirs, ``store_new`` keeps the
+    new one (ending every session of the account, or raising ValueError with why it
+    cannot be used). Returns (what went wrong: ``wrong_current``, ``differ``,
+    ``unusable`` with the reason, or ``""``; the new session's id when it worked)."""
+    new = form.get("new", "")
+    if not check(form.get("current", "")):
+        return "wrong_current", ""
+    if new != form.get("again", ""):
+        return "differ", ""
+    try:
+        store_new(new)
+    except ValueError as exc:
+        return f"unusable: {exc}", ""
+    return "", start(db, username, seconds, address)

@@ -89,23 +89,26 @@ def password() -> Any:
     """Change one's own password (the current one first); every other session of the
     account ends, this browser gets a new one."""
     if request.method == "POST":
-        db = page_db()
-        user = str(session["user"])
-        new = request.form.get("new", "")
-        if accounts.authenticate(db, user, request.form.get("current", "")) is None:
+        db, user = page_db(), str(session["user"])
+        wrong, sid = sessions.change_password(
+            db,
+            user,
+            request.form,
+            lambda pw: accounts.authenticate(db, user, pw) is not None,
+            lambda pw: accounts.set_password(db, user, pw),
+            request.remote_addr or "",
+            SESSION_HOURS * 3600,
+        )
+        if not wrong:
+            session["sid"] = sid
+            audit("password_changed")
+            flash(_("Password changed."), "ok")
+            return redirect("/")
+        if wrong == "wrong_current":
             flash(_("The current password is wrong."), "error")
-        elif new != request.form.get("again", ""):
+        elif wrong == "differ":
             flash(_("The two new passwords differ."), "error")
         else:
-            try:
-                accounts.set_password(db, user, new)
-            except accounts.AccountError:
-                flash(_("A new password needs at least 10 characters, "
-                        "with no spaces at either end."), "error")  # fmt: skip
-            else:
-                audit("password_changed")
-                session["sid"] = sessions.start(db, user, SESSION_HOURS * 3600,
-                                                request.remote_addr or "")  # fmt: skip
-                flash(_("Password changed."), "ok")
-                return redirect("/")
+            flash(_("A new password needs at least 10 characters, "
+                    "with no spaces at either end."), "error")  # fmt: skip
     return render_page("password.html", "Change your password")

@@ -98,23 +98,27 @@ def password() -> Any:
     account ends, this browser gets a new one."""
     if request.method == "POST":
         store, user = _store(), str(session["user"])
-        new = request.form.get("new", "")
-        if users.authenticate(store, user, request.form.get("current", "")) is None:
-            flash("The current password is wrong.", "error")
-        elif new != request.form.get("again", ""):
-            flash("The two new passwords differ.", "error")
-        else:
-            try:
-                users.set_password(store, user, new)
-            except users.UserError as exc:
-                flash(str(exc), "error")
-            else:
-                access.audit(store, "password_changed")
-                sid = sessions.start(store.db, user, SESSION_HOURS * 3600,
-                                     request.remote_addr or "")  # fmt: skip
-                session["sid"] = sid
-                flash("Password changed.", "ok")
-                return redirect(url_for("ui.worklist"))
+        wrong, sid = sessions.change_password(
+            store.db,
+            user,
+            request.form,
+            lambda pw: users.authenticate(store, user, pw) is not None,
+            lambda pw: users.set_password(store, user, pw),
+            request.remote_addr or "",
+            SESSION_HOURS * 3600,
+        )
+        if not wrong:
+            session["sid"] = sid
+            access.audit(store, "password_changed")
+            flash("Password changed.", "ok")
+            return redirect(url_for("ui.worklist"))
+        flash(
+            {
+                "wrong_current": "The current password is wrong.",
+                "differ": "The two new passwords differ.",
+            }.get(wrong, wrong.removeprefix("unusable: ")),
+            "error",
+        )
     return _page("Change your password", "password.html")
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from devkit.box import Box
 from devkit.corpus import pydicom_file
+from devkit.procs import proc_status
 from tests.conftest import need, storescu, wait_for
 from wire import dul
 
@@ -45,16 +46,6 @@ def echo(port: int) -> subprocess.CompletedProcess:
 def connect(port: int, source: str = ATTACKER) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
     return s
-
-
-def status(pid: int) -> dict[str, int]:
-    """VmRSS (kB) and Threads of a process, from /proc."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def associate_rq(max_pdu: int = 16384) -> bytes:
@@ -93,7 +84,7 @@ def closed_within(s: socket.socket, seconds: float) -> float:
 
 
 def test_idle_sockets_from_one_device_do_not_block_the_modality(box):
-    before = status(box.proc.pid)
+    before = proc_status(box.proc.pid)
     idle = [connect(box.dicom_port) for _ in range(40)]
     try:
         time.sleep(0.5)
@@ -101,7 +92,7 @@ def test_idle_sockets_from_one_device_do_not_block_the_modality(box):
         assert r.returncode == 0, r.stderr  # was "Local Limit Exceeded" with 20
         storescu(box.dicom_port, [pydicom_file("CT_small.dcm")])
         # only dicom.max_per_address of the 40 got a thread
-        threads = status(box.proc.pid)["Threads"] - before["Threads"]
+        threads = proc_status(box.proc.pid)["Threads"] - before["Threads"]
         assert threads <= 8 * box.threads_per_association + 4
     finally:
         for s in idle:
@@ -129,7 +120,7 @@ def test_a_peer_that_drips_bytes_is_cut_off(box):
 
 
 def test_pdu_headers_that_claim_gigabytes_cost_nothing(box):
-    rss = status(box.proc.pid)["VmRSS"]
+    rss = proc_status(box.proc.pid)["VmRSS"]
     # before an association, and inside one: 4 GiB, and 60 MiB (more than negotiated)
     victims = []
     for claim in (0xFFFFFFF0, 0xFFFFFFF0):
@@ -142,7 +133,7 @@ def test_pdu_headers_that_claim_gigabytes_cost_nothing(box):
         victims.append(s)
     for s in victims:
         closed_within(s, 30)
-    grew = status(box.proc.pid)["VmRSS"] - rss
+    grew = proc_status(box.proc.pid)["VmRSS"] - rss
     assert grew < 64 * 1024, f"the box grew by {grew} kB"
     assert echo(box.dicom_port).returncode == 0
     assert "claims" in box.log_text()
@@ -151,7 +142,7 @@ def test_pdu_headers_that_claim_gigabytes_cost_nothing(box):
 def test_a_thousand_connections_make_no_thousand_threads(box):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
-    before = status(box.proc.pid)["Threads"]
+    before = proc_status(box.proc.pid)["Threads"]
     sockets = []
     most = 0
     try:
@@ -165,8 +156,8 @@ def test_a_thousand_connections_make_no_thousand_threads(box):
             except OSError:
                 continue
             if i % 100 == 0:
-                most = max(most, status(box.proc.pid)["Threads"])
-        most = max(most, status(box.proc.pid)["Threads"])
+                most = max(most, proc_status(box.proc.pid)["Threads"])
+        most = max(most, proc_status(box.proc.pid)["Threads"])
         most -= before
         assert most <= 64 * box.threads_per_association + 8, f"{most} threads for the flood"
         # every place is taken by the flood, and the modality still gets one: the oldest

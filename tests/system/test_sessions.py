@@ -318,3 +318,24 @@ def test_behind_a_tls_proxy_the_audit_has_the_persons_address(tmp_path, side):
         else:  # reached directly: a client's X-Forwarded-For is not believed
             assert login_row["address"] == "127.0.0.1"
             assert "Secure" not in cookie and "Strict-Transport-Security" not in r.headers
+
+
+def test_hub_password_change_ends_the_other_sessions(hub_app):
+    app, store, _tokens = hub_app
+    first, second = app.test_client(), app.test_client()
+    hub_login(first, "a-radiologist")
+    hub_login(second, "a-radiologist")
+    token = _session(second, "/account/password")
+    new = "a brand new secret"
+
+    def change(current: str, again: str):  # type: ignore[no-untyped-def]
+        form = {"csrf": token, "current": current, "new": new, "again": again}
+        return second.post("/account/password", data=form)
+
+    wrong = change("not it", new)
+    assert wrong.status_code == 200 and "current password is wrong" in wrong.get_data(as_text=True)
+    assert "differ" in change(PASSWORD, "x" * 12).get_data(as_text=True)
+    assert change(PASSWORD, new).status_code == 302
+    assert first.get("/").status_code == 302  # the other browser's session ended
+    assert second.get("/").status_code == 200
+    assert users.authenticate(store, "a-radiologist", new) == "radiologist"
