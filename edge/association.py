@@ -100,7 +100,6 @@ class Association:
         self.contexts: dict[int, tuple[str, str]] = {}
         self.command = bytearray()
         self.incoming: Incoming | None = None
-        self.associated = False
         self.buf = bytearray(1 << 18)
 
     # -- reading ------------------------------------------------------------------
@@ -228,7 +227,6 @@ class Association:
             log.warning("refused association from %s (%s): %s", rq.calling_ae, self.peer, why)
             self.send(dul.associate_rj(*reject))
             return False
-        self.associated = True
         results = dul.negotiate(rq, r.supported)
         self.contexts = {
             cid: (ctx.abstract_syntax, ts)

@@ -54,10 +54,6 @@ class Receiver:
         self.listener = socket.create_server((d["host"], d["port"]), backlog=128)
         self.thread = threading.Thread(target=self._accept, name="dicom-accept", daemon=True)
 
-    def active(self) -> int:
-        with self._lock:
-            return len(self._sockets)
-
     def take_association(self, sock: socket.socket) -> bool:
         """One more association, if fewer than MAX_ASSOCIATIONS are established
         (connections that never asked for one do not count)."""
