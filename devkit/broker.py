@@ -178,6 +178,7 @@ class Hub:
         mqtt: dict[str, object],
         workers: int = 1,
         sections: dict[str, dict[str, object]] | None = None,
+        web: dict[str, object] | None = None,
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +190,7 @@ class Hub:
             "[web]",
             f"port = {self.web_port}",
             f"workers = {workers}",
+            *(f"{k} = {json.dumps(v)}" for k, v in (web or {}).items()),
             "[mqtt]",
             *(f"{k} = {json.dumps(v)}" for k, v in mqtt.items()),
         ]

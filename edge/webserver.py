@@ -105,12 +105,22 @@ def make_server(app: Flask, config: Config, spool: Path) -> Any:
     """The waitress server for ``app``, its bodies guarded and spooled to ``spool``."""
     tempfile.tempdir = str(spool)  # waitress' overflow buffers are TemporaryFile()s
     w = config["web"]
+    # waitress drops X-Forwarded-* unless it trusts the sender; behind the box's TLS
+    # proxy (nginx on the same machine) it trusts that one hop on loopback, no other
+    proxy: dict[str, Any] = {}
+    if w.get("behind_tls_proxy"):
+        proxy = {
+            "trusted_proxy": "127.0.0.1",
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"},
+        }
     server = create_server(
         app,
         host=w["host"],
         port=w["port"],
         threads=4,
         max_request_body_size=w["max_upload_bytes"] + MULTIPART_SLACK,
+        **proxy,
     )
     server.body_guard = session_guard(app, config)
     server.channel_class = GuardedChannel
