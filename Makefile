@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd
+DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd nginx cryptsetup-bin clevis clevis-luks clevis-tpm2 tpm2-tools swtpm swtpm-tools
 DEBS_BENCH := dcmtk orthanc mosquitto iproute2
 
 .PHONY: test lint demo bench lock clean debs-test debs-bench corpus

@@ -18,6 +18,10 @@ export ROOTFS_DIR RADSETU_SRC RADSETU_WHEELHOUSE
 if [ ! -x "${ROOTFS_DIR}/usr/bin/python3" ]; then
 	debootstrap --variant=minbase --include=python3 bookworm "${ROOTFS_DIR}" "${MIRROR}"
 fi
+# no service starts inside the root while it is built (nginx or mosquitto would bind
+# this machine's ports); pi-gen does the same and removes the file when it exports
+printf '#!/bin/sh\nexit 101\n' >"${ROOTFS_DIR}/usr/sbin/policy-rc.d"
+chmod 0755 "${ROOTFS_DIR}/usr/sbin/policy-rc.d"
 # 00-packages, as pi-gen installs them
 mapfile -t packages < <(grep -v '^#' "${stage}/00-packages")
 chroot "${ROOTFS_DIR}" env DEBIAN_FRONTEND=noninteractive \

@@ -411,19 +411,36 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert {"radsetu-edge.service", "radsetu-firstboot.service"} <= {
         p.name for p in wants.iterdir()
     }
+    assert "radsetu-data-unlock.service" in {
+        p.name for p in (root / "etc/systemd/system/local-fs.target.wants").iterdir()
+    }
     units = [
         root / "etc/systemd/system" / u
-        for u in ("radsetu-edge.service", "radsetu-firstboot.service")
-    ]
+        for u in ("radsetu-edge.service", "radsetu-firstboot.service",
+                  "radsetu-data-unlock.service")
+    ]  # fmt: skip
     v = subprocess.run(
         ["systemd-analyze", f"--root={root}", "verify", *map(str, units)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert v.returncode == 0, v.stderr
 
-    # the first boot, with what a field engineer puts on the boot partition
     inv = inventory(tmp_path, {}, {})
     issue(tmp_path, inv, "box-img")
+    # the image has what the data partition's encryption needs (no TPM in a chroot: the
+    # key file; tests/system/test_data_encryption.py seals to a TPM)
+    (root / "tmp/card").mkdir()
+    shutil.copy(tmp_path / "pki" / "ca.crt", root / "tmp/card/ca.crt")
+    with open(root / "tmp/data.img", "wb") as f:
+        f.truncate(32 << 20)
+    r = subprocess.run([*in_root, "env", "RADSETU_FIRSTBOOT_DIR=/tmp/card",
+                        "RADSETU_ETC=/tmp/etc", "/usr/local/sbin/radsetu-data-crypt",
+                        "format", "/tmp/data.img"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (root / "tmp/etc/data.key").exists() and (root / "tmp/card/data-recovery.cms").exists()
+    assert subprocess.run([*in_root, "sh", "-c", "command -v clevis-luks-bind"]).returncode == 0
+
+    # the first boot, with what a field engineer puts on the boot partition
     boot = root / "boot/firmware/radsetu"
     boot.mkdir(parents=True)
 
@@ -445,7 +462,8 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     # the box makes its own key (it never travels on the card) and leaves a request to
     # sign; the box.env here was edited on Windows (CR LF)
     card('BOX_ID=box-img\r\nCLINIC="Test clinic"\r\nBROKER_HOST=broker.test\r\n'
-         "LAN_CIDR=10.9.0.0/24\r\n", "first-admin-password\r\n")  # fmt: skip
+         "LAN_CIDR=10.9.0.0/24\r\nWEB_NAMES=box-img.clinic.lan, 10.9.0.5\r\n",
+         "first-admin-password\r\n")  # fmt: skip
     for name in ("box.key", "box.crt"):
         (boot / name).unlink()
     r = subprocess.run([*in_root, "/usr/local/sbin/radsetu-firstboot"], capture_output=True,
@@ -455,6 +473,12 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     signed = playbook("-i", str(inv), "playbooks/sign-box.yml", "-e", "box_id=box-img",
                       "-e", f"box_csr={boot / 'box.csr'}")  # fmt: skip
     assert recap(signed.stdout)["failed"] == 0
+    # the signed certificate serves the clinic's page by the names its PCs use
+    san = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName,extendedKeyUsage",
+                          "-in", str(tmp_path / "pki" / "box-img.crt")],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    assert "DNS:box-img, DNS:box-img.clinic.lan, IP Address:10.9.0.5" in san, san
+    assert "TLS Web Server Authentication" in san, san
     shutil.copy(tmp_path / "pki" / "box-img.crt", boot / "box.crt")
     (boot / "admin-password").write_bytes(b"first-admin-password\r\n")
     r = subprocess.run(
@@ -476,7 +500,10 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert check_password(stored, "first-admin-password") and must_change == 1
     assert (root / "etc/hostname").read_text().strip() == "box-img"
     assert not (boot / "box.key").exists() and not (boot / "admin-password").exists()
-    assert 'box_id = "box-img"' in (root / "etc/radsetu/edge.toml").read_text()
+    toml = (root / "etc/radsetu/edge.toml").read_text()
+    assert 'box_id = "box-img"' in toml
+    # the page only behind the image's TLS proxy
+    assert 'host = "127.0.0.1"' in toml and "behind_tls_proxy = true" in toml
     assert "10.9.0.0/24" in (root / "etc/nftables.conf").read_text()
     # no rule lets a packet in for its source port alone (udp sport 123 reached every port)
     assert "sport" not in (root / "etc/nftables.conf").read_text()
@@ -506,6 +533,7 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
          "ansible_become": False, "edge_box_id": "box-img", "edge_clinic": "Test clinic",
          "edge_lan_cidr": "10.9.0.0/24", "radsetu_broker_host": "broker.test",
          "radsetu_broker_port": 8883, "radsetu_wheelhouse": str(wheelhouse),
+         "hub_https_port": 8443, "hub_http_port": 0,  # beside the box on one root
          "edge_modalities": [{"ae_title": "CT_ROOM1", "address": "10.9.0.20"},
                              {"ae_title": "CR_ROOM2", "address": "10.9.0.21"}]},
     )  # fmt: skip
@@ -521,7 +549,15 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert 'allowed_callers = ["CT_ROOM1", "CR_ROOM2"]' in toml
     rules = (root / "etc/nftables.conf").read_text()
     assert "ip saddr { 10.9.0.20, 10.9.0.21 } tcp dport 11112 accept" in rules
-    assert "ip saddr 10.9.0.0/24 tcp dport { 8080, 22 } accept" in rules
+    # the clinic's page through nginx only (HTTPS, and HTTP for the redirect)
+    assert "ip saddr 10.9.0.0/24 tcp dport { 443, 80, 22 } accept" in rules
+    assert 'host = "127.0.0.1"' in toml and "behind_tls_proxy = true" in toml
+    assert "behind_tls_proxy = true" in (root / "etc/radsetu/hub.toml").read_text()
+    sites = {p.name for p in (root / "etc/nginx/conf.d").iterdir()}
+    assert sites == {"radsetu-edge.conf", "radsetu-hub.conf"}
+    assert not (root / "etc/nginx/sites-enabled/default").exists()
+    t = subprocess.run([*in_root, "nginx", "-t"], capture_output=True, text=True)
+    assert t.returncode == 0 and "[warn]" not in t.stderr, t.stderr
     assert oct((root / "etc/radsetu/tls/box.key").stat().st_mode & 0o777) == "0o640"
     assert (
         "pattern readwrite radsetu/v1/%u/#"
@@ -530,9 +566,12 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
     assert "require_certificate true" in (root / "etc/mosquitto/conf.d/radsetu.conf").read_text()
     assert "WatchdogSec=30" in (root / "etc/systemd/system/radsetu-edge.service").read_text()
     assert (root / "etc/systemd/system/radsetu-hub.service").exists()
-    assert {"mosquitto.service", "radsetu-edge.service", "radsetu-hub.service"} <= {
-        p.name for p in wants.iterdir()
-    }
+    assert {
+        "mosquitto.service",
+        "radsetu-edge.service",
+        "radsetu-hub.service",
+        "nginx.service",
+    } <= {p.name for p in wants.iterdir()}
     units = [
         root / "etc/systemd/system" / u for u in ("radsetu-edge.service", "radsetu-hub.service")
     ]

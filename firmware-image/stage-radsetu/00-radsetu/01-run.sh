@@ -21,6 +21,8 @@ ansible-playbook playbooks/image.yml -i "image," -e "@${vars}"
 
 install -m 0755 "${files}/radsetu-firstboot" "${ROOTFS_DIR}/usr/local/sbin/radsetu-firstboot"
 install -m 0644 "${files}/radsetu-firstboot.service" "${ROOTFS_DIR}/etc/systemd/system/"
+install -m 0755 "${files}/radsetu-data-crypt" "${ROOTFS_DIR}/usr/local/sbin/radsetu-data-crypt"
+install -m 0644 "${files}/radsetu-data-unlock.service" "${ROOTFS_DIR}/etc/systemd/system/"
 install -d -m 0755 "${ROOTFS_DIR}/etc/systemd/system.conf.d" "${ROOTFS_DIR}/etc/apt/apt.conf.d"
 install -m 0644 "${files}/watchdog.conf" "${ROOTFS_DIR}/etc/systemd/system.conf.d/radsetu-watchdog.conf"
 install -m 0644 "${files}/52radsetu-unattended" "${ROOTFS_DIR}/etc/apt/apt.conf.d/52radsetu-unattended"
