@@ -100,10 +100,10 @@ def report_pdf(report_id: str) -> Any:
     if not r["pdf_path"]:
         abort(404)
     access.audit(request_store(), "view_report", r.get("study_uid", ""), f"report {report_id}")
-    return send_file(request_store().root / r["pdf_path"], mimetype="application/pdf")
+    return send_file(request_store().blobs.open(r["pdf_path"]), mimetype="application/pdf")
 
 
-def _instance_path(study_uid: str, sop_uid: str) -> Any:
+def _instance_key(study_uid: str, sop_uid: str) -> str:
     row = (
         request_store()
         .db.execute(
@@ -115,7 +115,7 @@ def _instance_path(study_uid: str, sop_uid: str) -> Any:
     )
     if row is None:
         abort(404)
-    return request_store().root / row[0]
+    return str(row[0])
 
 
 @api.get("/studies/<study_uid>/instances/<sop_uid>/rendered")
@@ -125,9 +125,8 @@ def rendered(study_uid: str, sop_uid: str) -> Any:
 
     try:
         frame = int(request.args.get("frame", "0"))
-        png, info = render.render(
-            _instance_path(study_uid, sop_uid), frame, request.args.get("preset") or None
-        )
+        with request_store().blobs.local(_instance_key(study_uid, sop_uid)) as path:
+            png, info = render.render(path, frame, request.args.get("preset") or None)
     except (ValueError, render.RenderError) as exc:
         raise HubError(str(exc)) from exc
     response = current_app.response_class(png, mimetype="image/png")
@@ -140,7 +139,8 @@ def rendered(study_uid: str, sop_uid: str) -> Any:
 @api.get("/studies/<study_uid>/instances/<sop_uid>/tags")
 def tags(study_uid: str, sop_uid: str) -> Any:
 
-    return jsonify(render.key_tags(_instance_path(study_uid, sop_uid)))
+    with request_store().blobs.local(_instance_key(study_uid, sop_uid)) as path:
+        return jsonify(render.key_tags(path))
 
 
 @api.get("/templates")

@@ -23,7 +23,7 @@ from hub.access import add_token, revoke_tokens
 from hub.ingest import import_pack
 from hub.mqtt import run as run_ingest
 from hub.service import serve
-from hub.store import FileHubStore
+from hub.store import FileHubStore, open_store
 from hub.users import UserError, add, disable
 from wire.errors import RemoteProtocolError
 
@@ -77,7 +77,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if args.action == "disable":
-        store = FileHubStore(config.data_dir)
+        store = open_store(config)
 
         def disable_all() -> int:
             ended = disable(store, args.name)
@@ -88,7 +88,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     if not args.role:
         raise CommandError("hub user add needs --role radiologist|operator|admin", CANNOT_RUN)
     password = read_password(args.name)
-    store = FileHubStore(config.data_dir)
+    store = open_store(config)
     return user_add(
         args,
         store,
@@ -100,7 +100,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    store = FileHubStore(config.data_dir)
+    store = open_store(config)
     try:
         if args.action == "revoke":
             n = revoke_tokens(store, args.name, args.label or None)

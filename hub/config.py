@@ -28,6 +28,13 @@ DEFAULTS: dict[str, Any] = {
     "ingest": {
         "box_quota_bytes": 20_000_000_000,
     },
+    "objects": {
+        "url": "",
+        "bucket": "radsetu",
+        "access_key": "",
+        "secret_key": "",
+        "region": "",
+    },
     "alerts": {
         "offline_seconds": 600,
         "backlog_growth_seconds": 1800,
@@ -50,10 +57,24 @@ def _validate(v: dict[str, Any]) -> None:
             raise ConfigError(f"alerts.{key}: a number, 0 or more")
     if v["ingest"]["box_quota_bytes"] < 1_000_000:
         raise ConfigError("ingest.box_quota_bytes: at least 1000000")
+    _validate_objects(v["objects"])
     for key in ("client_id", "shared_group"):
         value = v["mqtt"][key]
         if not value or any(c in value for c in "/+#$ "):
             raise ConfigError(f"mqtt.{key}: {value!r} must be non-empty, without / + # $ or spaces")
+
+
+def _validate_objects(o: dict[str, Any]) -> None:
+    if not o["url"]:
+        return
+    if not str(o["url"]).startswith(("http://", "https://")):
+        raise ConfigError(f"objects.url: {o['url']!r} is not an http(s):// address")
+    bucket = str(o["bucket"])
+    if not 3 <= len(bucket) <= 63 or not all(c.isalnum() or c in ".-" for c in bucket):
+        raise ConfigError(f"objects.bucket: {bucket!r} is not an S3 bucket name")
+    for key in ("access_key", "secret_key"):
+        if not o[key]:
+            raise ConfigError(f"objects.{key}: needed with objects.url")
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from flask import Flask, current_app, g
 
-from hub.store import FileHubStore
+from hub.store import FileHubStore, open_store
 
 
 def request_store() -> FileHubStore:
     """The store for this request (API, pages and DICOMweb alike); closed at its end.
     The app prepared the store once when it was made."""
     if "store" not in g:
-        g.store = FileHubStore(current_app.config["RADSETU"].data_dir, prepare=False)
+        g.store = open_store(current_app.config["RADSETU"], prepare=False)
     return g.store
 
 

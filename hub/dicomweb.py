@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -35,7 +34,8 @@ MATCH = {"PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyInsta
          "ModalitiesInStudy", "Modality", "SeriesInstanceUID", "SOPInstanceUID"}  # fmt: skip
 
 
-def _headers(study_uid: str | None = None) -> Iterator[tuple[Path, pydicom.Dataset]]:
+def _headers(study_uid: str | None = None) -> Iterator[tuple[str, pydicom.Dataset]]:
+    """(object key, header) of every stored instance, or of one study's."""
     store = _store()
     q = "SELECT path FROM instances"
     args: list[Any] = []
@@ -43,8 +43,9 @@ def _headers(study_uid: str | None = None) -> Iterator[tuple[Path, pydicom.Datas
         q += " WHERE study_uid=?"
         args.append(study_uid)
     for (rel,) in store.db.execute(q + " ORDER BY study_uid, stored_at", args).fetchall():
-        path = store.root / rel
-        yield path, pydicom.dcmread(path, stop_before_pixels=True)
+        with store.blobs.open(rel) as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        yield rel, ds
 
 
 def _json(ds: pydicom.Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
@@ -163,14 +164,15 @@ def search_instances(study_uid: str, series_uid: str) -> Response:
     return _answer(out)
 
 
-def _multipart(paths: list[Path]) -> Response:
+def _multipart(keys: list[str]) -> Response:
     """The stored files as they are, one part each (PS3.18 multipart/related)."""
     boundary = uuid.uuid4().hex
+    blobs = _store().blobs  # the parts are sent after the request's store is closed
 
     def parts() -> Iterator[bytes]:
-        for p in paths:
+        for key in keys:
             yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            yield p.read_bytes()
+            yield blobs.get(key)
             yield b"\r\n"
         yield f"--{boundary}--\r\n".encode()
 
@@ -180,12 +182,10 @@ def _multipart(paths: list[Path]) -> Response:
     )
 
 
-def _select(
-    study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> list[Path]:
+def _select(study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
     found = [
-        path
-        for path, ds in _headers(study_uid)
+        key
+        for key, ds in _headers(study_uid)
         if (series_uid is None or str(ds.get("SeriesInstanceUID", "")) == series_uid)
         and (sop_uid is None or str(ds.SOPInstanceUID) == sop_uid)
     ]
@@ -213,8 +213,9 @@ def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str) -> Response
 def study_metadata(study_uid: str) -> Response:
 
     items = []
-    for path in _select(study_uid):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    for key in _select(study_uid):
+        with _store().blobs.open(key) as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
         d = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda _e: "")
         items.append(d)
     return Response(json.dumps(items), mimetype=JSON)

@@ -29,7 +29,7 @@ from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
 from hub import reading, reports
 from hub.ingest import take_chunk, take_manifest
-from hub.store import FileHubStore
+from hub.store import FileHubStore, open_store
 from hub.studykeys import real_uid, study_key
 from wire import frames
 from wire.errors import RemoteProtocolError
@@ -238,7 +238,7 @@ class Ingest:
 def run(config: Config) -> int:
     """``radsetu hub ingest``: run until SIGTERM/SIGINT."""
 
-    store = FileHubStore(config.data_dir)
+    store = open_store(config)
     ingest = Ingest(config, store).start()
     stop = threading.Event()
 

@@ -48,7 +48,8 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
     row = store.db.execute(
         "SELECT path FROM instances WHERE study_uid=? ORDER BY stored_at LIMIT 1", [key]
     ).fetchone()
-    info, _ = index_existing(store.root / row[0])
+    with store.blobs.local(row[0]) as path:
+        info, _ = index_existing(path)
     extra = m.extra if isinstance(m.extra, dict) else {}
     received = extra.get("first_received")
     reason = extra.get("priority_reason")

@@ -142,11 +142,11 @@ def add_addendum(store: FileHubStore, report_id: str, body: dict[str, Any]) -> d
 def _finish(store: FileHubStore, r: dict[str, Any]) -> None:
     """Make the signed version's PDF (kept beside the objects) and queue its delivery."""
     data = render_pdf(store, r)
-    path = store.root / "reports" / f"{r['report_id']}-v{r['version']}.pdf"
-    store.write_file(path, data)
+    key = f"reports/{r['report_id']}-v{r['version']}.pdf"
+    store.blobs.put_bytes(key, data)  # stored before the index names it
     store.db.execute(
         "UPDATE reports SET pdf_path=? WHERE report_id=? AND version=?",
-        [str(path.relative_to(store.root)), r["report_id"], r["version"]],
+        [key, r["report_id"], r["version"]],
     )
     store.db.execute(
         """INSERT INTO deliveries(report_id, version, box_id, state, created_at)
@@ -232,7 +232,7 @@ def due(store: FileHubStore, now: float, retry_seconds: float) -> list[tuple[str
         [now - retry_seconds, now - OFFLINE_RETRY_SECONDS],
     ).fetchall():
         r = get(store, rid, version)
-        data = (store.root / r["pdf_path"]).read_bytes()
+        data = store.blobs.get(r["pdf_path"])
         message = {
             k: r[k]
             for k in (

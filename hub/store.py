@@ -15,12 +15,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.clock import utcnow
 from common.db import Database
-from common.durable import fsync_dir, write_durably
+from hub.objects import S3Objects, object_store
 from hub.schema import migrations
+
+if TYPE_CHECKING:
+    from common.config import Config
 
 
 class InstanceFile:
@@ -66,16 +69,21 @@ class HubStore(Protocol):
 class FileHubStore:
     """The default: chunks and instances as files under ``root``, the index in SQLite."""
 
-    def __init__(self, root: Path, prepare: bool = True):
+    def __init__(self, root: Path, prepare: bool = True, objects: dict[str, Any] | None = None):
         """``prepare``: make the folders and apply the migrations (once per process;
-        the web app's per-request connections skip it)."""
+        the web app's per-request connections skip it). ``objects``: the ``[objects]``
+        config; with a ``url`` the large things go to that S3-compatible store, else
+        under ``root``."""
         self.root = Path(root)
         self.chunks = self.root / "chunks"
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        self.blobs = object_store(objects or {}, self.root, self.tmp)
         if prepare:
             for d in (self.root, self.chunks, self.objects, self.tmp):
                 d.mkdir(parents=True, exist_ok=True)
+            if isinstance(self.blobs, S3Objects):
+                self.blobs.ensure_bucket()
         conn = sqlite3.connect(
             self.root / "hub.db", timeout=30, isolation_level=None, check_same_thread=False
         )
@@ -88,22 +96,14 @@ class FileHubStore:
     def close(self) -> None:
         self.db.conn.close()
 
-    def write_file(self, final: Path, data: bytes) -> None:
-        """Write a file of the hub's durably (temp, fsync, rename, fsync of its folder)."""
-        write_durably(final, data, self.tmp)
-
     def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
-        self.write_file(self.chunks / transfer_id / f"{index:08d}", data)
+        self.blobs.put_bytes(f"chunks/{transfer_id}/{index:08d}", data)
 
     def get_chunk(self, transfer_id: str, index: int) -> bytes:
-        return (self.chunks / transfer_id / f"{index:08d}").read_bytes()
+        return self.blobs.get(f"chunks/{transfer_id}/{index:08d}")
 
     def drop_chunks(self, transfer_id: str) -> None:
-        folder = self.chunks / transfer_id
-        if folder.exists():
-            for p in folder.iterdir():
-                p.unlink()
-            folder.rmdir()
+        self.blobs.delete_prefix(f"chunks/{transfer_id}/")
 
     def load_transfer(self, transfer_id: str) -> tuple[str, str] | None:
         """(manifest JSON, reception state JSON) of a known transfer, else None."""
@@ -245,13 +245,14 @@ class FileHubStore:
         if self.has_instance(row["sop_instance_uid"], row["sha256"]):
             part.discard()
             return
-        final = self.objects / row["sha256"][:2] / f"{row['sha256']}.dcm"
+        key = f"objects/{row['sha256'][:2]}/{row['sha256']}.dcm"
         part.file.flush()
         os.fsync(part.file.fileno())
         part.file.close()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part.path, final)
-        fsync_dir(final.parent)
+        try:
+            self.blobs.put_file(key, part.path)  # stored before it is indexed
+        finally:
+            part.path.unlink(missing_ok=True)
         self.db.execute(
             """INSERT INTO instances(sop_instance_uid, sha256, study_uid, box_id, transfer_id,
                    size, path, stored_at) VALUES (?,?,?,?,?,?,?,?)
@@ -263,7 +264,7 @@ class FileHubStore:
                 row["box_id"],
                 row["transfer_id"],
                 part.size,
-                str(final.relative_to(self.root)),
+                key,
                 utcnow(),
             ],
         )
@@ -297,3 +298,8 @@ class FileHubStore:
                 [*args, limit],
             )
         )
+
+
+def open_store(config: Config, prepare: bool = True) -> FileHubStore:
+    """The hub's store as its config says (data folder, index, object store)."""
+    return FileHubStore(config.data_dir, prepare=prepare, objects=config["objects"])

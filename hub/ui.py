@@ -136,7 +136,8 @@ def _instances(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
     for (rel,) in store.db.execute(
         "SELECT path FROM instances WHERE study_uid=?", [study_uid]
     ).fetchall():
-        ds = pydicom.dcmread(Path(store.root) / rel, stop_before_pixels=True)
+        with store.blobs.open(rel) as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
         out.append(
             {
                 "sop": str(ds.SOPInstanceUID),

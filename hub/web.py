@@ -14,14 +14,14 @@ from hub import config as hub_config
 from hub.api import api
 from hub.dicomweb import dicomweb
 from hub.ops import admin, ops
-from hub.store import FileHubStore
+from hub.store import open_store
 
 
 def create_app(cfg: Config | None = None) -> Flask:
     """Build the hub's app; ``cfg`` defaults to the file in $RADSETU_HUB_CONFIG."""
     if cfg is None:
         cfg = hub_config.load(os.environ.get("RADSETU_HUB_CONFIG"))
-    FileHubStore(cfg.data_dir).close()  # folders and migrations, once per process
+    open_store(cfg).close()  # folders and migrations, once per process
     app = json_app(cfg, api, dicomweb, ops, admin)
     ui.install(app, cfg.data_dir)
     app.before_request(lambda: access.check(db.request_store))
