@@ -38,7 +38,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy --strict --ignore-missing-imports wire/
 
 test: $(VENV)/.installed debs-test lint corpus
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 demo: $(VENV)/.installed debs-test
 	$(PY) scripts/demo.py

@@ -5,8 +5,10 @@ credentials made on the spot."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +52,9 @@ class SeaweedFS:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.access_key = "rs" + secrets.token_hex(8)
         self.secret_key = secrets.token_urlsafe(24)
+        # chosen once, so that a restart (after kill) serves the same addresses
         self.s3_port = _port_pair()
+        self.ports = {name: _port_pair() for name in ("master", "volume", "filer")}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "weed.log"
 
@@ -74,8 +78,8 @@ class SeaweedFS:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-dir={self.workdir / 'data'}", f"-master.port={_port_pair()}",
-             f"-volume.port={_port_pair()}", f"-filer.port={_port_pair()}", "-s3",
+             f"-dir={self.workdir / 'data'}", f"-master.port={self.ports['master']}",
+             f"-volume.port={self.ports['volume']}", f"-filer.port={self.ports['filer']}", "-s3",
              f"-s3.port={self.s3_port}", f"-s3.config={self.workdir / 's3.json'}",
              "-s3.port.iceberg=0", "-master.volumeSizeLimitMB=64", "-volume.max=50"],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
@@ -95,9 +99,14 @@ class SeaweedFS:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL to every SeaweedFS server process: the store gone at once."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
         **MQTT_DEFAULTS,
         "client_id": "radsetu-hub-1",
         "shared_group": "hub",
+        # more brokers, "host:port" each, with the same TLS and credentials: each box is
+        # on one broker (provisioning assigns it); the hub listens on all of them
+        "other_brokers": [],
     },
     "ingest": {
         "box_quota_bytes": 20_000_000_000,
@@ -58,10 +61,25 @@ def _validate(v: dict[str, Any]) -> None:
     if v["ingest"]["box_quota_bytes"] < 1_000_000:
         raise ConfigError("ingest.box_quota_bytes: at least 1000000")
     _validate_objects(v["objects"])
+    _validate_brokers(v["mqtt"])
     for key in ("client_id", "shared_group"):
         value = v["mqtt"][key]
         if not value or any(c in value for c in "/+#$ "):
             raise ConfigError(f"mqtt.{key}: {value!r} must be non-empty, without / + # $ or spaces")
+
+
+def _validate_brokers(m: dict[str, Any]) -> None:
+    others = m["other_brokers"]
+    if not isinstance(others, list):
+        raise ConfigError('mqtt.other_brokers: a list of "host:port"')
+    seen = {f"{m['host']}:{m['port']}"}
+    for b in others:
+        host, _, port = str(b).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"mqtt.other_brokers: {b!r} is not host:port")
+        if b in seen:
+            raise ConfigError(f"mqtt.other_brokers: {b} is named twice")
+        seen.add(str(b))
 
 
 def _validate_objects(o: dict[str, Any]) -> None:

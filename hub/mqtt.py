@@ -53,10 +53,21 @@ RECEIVE_MAXIMUM = 16
 
 
 class Ingest:
-    def __init__(self, config: Config, store: FileHubStore):
+    """One broker's uploads in, acks and reports out. ``broker``: its "host:port" when
+    the fleet has several (each box on one of them, hub.store.through_broker); the first
+    (``primary``) also reaches the boxes not yet heard on any."""
+
+    def __init__(
+        self, config: Config, store: FileHubStore, broker: str | None = None, primary: bool = True
+    ):
         self.config = config
         self.m = config["mqtt"]
         self.store = store
+        self.broker = broker
+        self.primary = primary
+        host, _, port = (broker or "").rpartition(":")
+        self.host, self.port = (host, int(port)) if broker else (self.m["host"], self.m["port"])
+        self.name = f"{self.host}:{self.port}"
         self.inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self.client = mqtt_client(self.m["client_id"], self.m)
         self.client.manual_ack_set(True)
@@ -74,18 +85,17 @@ class Ingest:
         props = connect_properties(self.m)
         props.ReceiveMaximum = RECEIVE_MAXIMUM
         self.client.connect_async(
-            self.m["host"],
-            self.m["port"],
+            self.host,
+            self.port,
             keepalive=self.m["keepalive"],
             clean_start=False,
             properties=props,
         )
         self.client.loop_start()
         log.info(
-            "hub ingest %s: broker %s:%s%s",
+            "hub ingest %s: broker %s%s",
             self.m["client_id"],
-            self.m["host"],
-            self.m["port"],
+            self.name,
             " (TLS)" if self.m["tls"] else "",
         )
         return self
@@ -158,9 +168,13 @@ class Ingest:
         if not self.client.is_connected():
             return
         try:
-            for box_id, message in reports.due(self.store, time.time(), REPORT_RETRY_SECONDS):
+            for box_id, message in reports.due(
+                self.store, time.time(), REPORT_RETRY_SECONDS, self.broker, self.primary
+            ):
                 self.client.publish(frames.topic(box_id, frames.DOWN_REPORT), message, qos=1)
-            for nid, box_id, uid, state in reading.unsent_notices(self.store):
+            for nid, box_id, uid, state in reading.unsent_notices(
+                self.store, broker=self.broker, primary=self.primary
+            ):
                 body = StudyNotice(real_uid(uid), state).encode()
                 self.client.publish(frames.topic(box_id, frames.DOWN_STUDY), body, qos=1)
                 reading.notice_sent(self.store, nid)
@@ -177,7 +191,7 @@ class Ingest:
         now = time.monotonic()
         if now - self._touched.get(box_id, 0) > 5:
             self._touched[box_id] = now
-            self.store.touch_box(box_id)
+            self.store.touch_box(box_id, broker=self.name)
         try:
             up = decode_upload(leaf, msg.payload)
             if isinstance(up, StatusReceived):
@@ -238,8 +252,15 @@ class Ingest:
 def run(config: Config) -> int:
     """``radsetu hub ingest``: run until SIGTERM/SIGINT."""
 
-    store = open_store(config)
-    ingest = Ingest(config, store).start()
+    m = config["mqtt"]
+    brokers = [f"{m['host']}:{m['port']}", *m["other_brokers"]]
+    several = len(brokers) > 1
+    # one client, worker and index connection per broker: a broker that is down holds
+    # up only its own boxes
+    ingests = [
+        Ingest(config, open_store(config), b if several else None, primary=i == 0).start()
+        for i, b in enumerate(brokers)
+    ]
     stop = threading.Event()
 
     def shutdown(signum: int, _frame: Any) -> None:
@@ -249,6 +270,7 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     stop.wait()
-    ingest.stop()
-    store.close()
+    for ingest in ingests:
+        ingest.stop()
+        ingest.store.close()
     return 0

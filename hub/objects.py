@@ -101,8 +101,11 @@ class S3Objects:
             region_name=str(cfg.get("region") or "us-east-1"),
             config=BotoConfig(
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
-                connect_timeout=10,
+                # a store that is down costs the shared ingest worker a few seconds per
+                # message, not minutes: what fails is not acknowledged to the box as
+                # held, and the box sends it again
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=5,
                 read_timeout=60,
             ),
         )

@@ -10,7 +10,7 @@ from typing import Any
 from common.clock import utcnow
 from common.dicomfile import index_existing
 from hub.errors import HubError
-from hub.store import FileHubStore
+from hub.store import FileHubStore, through_broker
 from wire.manifest import Manifest
 
 SUBSPECIALTIES = ("general", "neuro", "msk", "chest", "breast", "cardiac", "paediatric", "abdomen")
@@ -265,12 +265,17 @@ def turnaround_summary(store: FileHubStore) -> list[dict[str, Any]]:
     return out
 
 
-def unsent_notices(store: FileHubStore, limit: int = 100) -> list[tuple[int, str, str, str]]:
-    """(id, box, study, state) of the notices for boxes not yet handed to the broker."""
+def unsent_notices(
+    store: FileHubStore, limit: int = 100, broker: str | None = None, primary: bool = True
+) -> list[tuple[int, str, str, str]]:
+    """(id, box, study, state) of the notices not yet handed to the broker, for the
+    boxes on ``broker`` (store.through_broker)."""
+    on_broker, args = through_broker(broker, primary)
     rows = store.db.execute(
-        "SELECT id, box_id, study_uid, state FROM notices WHERE sent_at IS NULL "
-        "ORDER BY id LIMIT ?",
-        [limit],
+        "SELECT n.id, n.box_id, n.study_uid, n.state FROM notices n "
+        f"LEFT JOIN boxes b ON b.box_id = n.box_id WHERE n.sent_at IS NULL{on_broker} "
+        "ORDER BY n.id LIMIT ?",
+        [*args, limit],
     ).fetchall()
     return [tuple(r) for r in rows]
 

@@ -11,7 +11,7 @@ from typing import Any
 from common.clock import utcnow
 from hub import reading
 from hub.errors import HubError
-from hub.store import FileHubStore
+from hub.store import FileHubStore, through_broker
 from hub.studykeys import real_uid
 from wire import pdf
 from wire.report import encode_report
@@ -218,18 +218,26 @@ def for_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
 OFFLINE_RETRY_SECONDS = 600.0
 
 
-def due(store: FileHubStore, now: float, retry_seconds: float) -> list[tuple[str, bytes]]:
+def due(
+    store: FileHubStore,
+    now: float,
+    retry_seconds: float,
+    broker: str | None = None,
+    primary: bool = True,
+) -> list[tuple[str, bytes]]:
     """(box id, message) for every delivery not acknowledged and not sent within
     ``retry_seconds`` (a box that is offline: ``OFFLINE_RETRY_SECONDS``, its session
-    queue at the broker holds the last copy); marks them sent now."""
+    queue at the broker holds the last copy), for the boxes on ``broker``
+    (store.through_broker); marks them sent now."""
     out = []
+    on_broker, args = through_broker(broker, primary)
     for rid, version, box_id in store.db.execute(
-        """SELECT d.report_id, d.version, d.box_id FROM deliveries d
+        f"""SELECT d.report_id, d.version, d.box_id FROM deliveries d
            LEFT JOIN boxes b ON b.box_id = d.box_id
            WHERE d.state='pending' AND (d.last_sent_at IS NULL OR d.last_sent_at <
-               CASE WHEN coalesce(b.online, 0) = 1 THEN ? ELSE ? END)
+               CASE WHEN coalesce(b.online, 0) = 1 THEN ? ELSE ? END){on_broker}
            ORDER BY d.created_at""",
-        [now - retry_seconds, now - OFFLINE_RETRY_SECONDS],
+        [now - retry_seconds, now - OFFLINE_RETRY_SECONDS, *args],
     ).fetchall():
         r = get(store, rid, version)
         data = store.blobs.get(r["pdf_path"])

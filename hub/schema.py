@@ -176,3 +176,10 @@ def m010_uid_conflicts(db: sqlite_utils.Database) -> None:
             study_uid TEXT NOT NULL, first_box TEXT NOT NULL, other_box TEXT NOT NULL,
             at TEXT NOT NULL, PRIMARY KEY (study_uid, other_box)
         )""")
+
+
+@migrations()
+def m011_box_broker(db: sqlite_utils.Database) -> None:
+    """The broker each box was last heard on ("host:port"; several brokers share the
+    fleet): reports and notices for a box go out through its broker."""
+    db.execute("ALTER TABLE boxes ADD COLUMN broker TEXT NOT NULL DEFAULT ''")

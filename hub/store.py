@@ -61,7 +61,7 @@ class HubStore(Protocol):
     def keep_instance(self, row: dict[str, Any], part: InstanceFile) -> None: ...
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
     def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool: ...
-    def touch_box(self, box_id: str, rejection: str | None = None) -> None: ...
+    def touch_box(self, box_id: str, rejection: str | None = None, broker: str = "") -> None: ...
     def count_traffic(self, box_id: str, nbytes: int) -> None: ...
     def bytes_in_progress(self, box_id: str) -> int: ...
 
@@ -198,16 +198,20 @@ class FileHubStore:
             [box_id, int(time.time() // 60), nbytes],
         )
 
-    def touch_box(self, box_id: str, rejection: str | None = None) -> None:
-        """The box was heard from (and, with ``rejection``, sent something refused)."""
+    def touch_box(self, box_id: str, rejection: str | None = None, broker: str = "") -> None:
+        """The box was heard from (on ``broker``, when given; and, with ``rejection``,
+        sent something refused)."""
         now = utcnow()
         self.db.execute(
-            """INSERT INTO boxes(box_id, first_seen, last_seen, rejected, last_rejection)
-               VALUES (?,?,?,?,?)
+            """INSERT INTO boxes(box_id, first_seen, last_seen, rejected, last_rejection,
+                   broker)
+               VALUES (?,?,?,?,?,?)
                ON CONFLICT(box_id) DO UPDATE SET last_seen=excluded.last_seen,
                    rejected=boxes.rejected + excluded.rejected,
-                   last_rejection=coalesce(excluded.last_rejection, boxes.last_rejection)""",
-            [box_id, now, now, 1 if rejection else 0, rejection],
+                   last_rejection=coalesce(excluded.last_rejection, boxes.last_rejection),
+                   broker=CASE WHEN excluded.broker = '' THEN boxes.broker
+                               ELSE excluded.broker END""",
+            [box_id, now, now, 1 if rejection else 0, rejection, broker],
         )
 
     def boxes(self) -> list[dict[str, Any]]:
@@ -298,6 +302,18 @@ class FileHubStore:
                 [*args, limit],
             )
         )
+
+
+def through_broker(broker: str | None, primary: bool = True) -> tuple[str, list[Any]]:
+    """SQL (on ``boxes b``) keeping to the boxes reached through ``broker``: those last
+    heard on it, and, for the ``primary`` broker, those never heard on any. ``None``:
+    every box (one broker)."""
+    if broker is None:
+        return "", []
+    return (
+        " AND (coalesce(b.broker, '') = ? OR (coalesce(b.broker, '') = '' AND ?))",
+        [broker, 1 if primary else 0],
+    )
 
 
 def open_store(config: Config, prepare: bool = True) -> FileHubStore:

@@ -7,6 +7,8 @@ from the same store."""
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 import urllib.request
 
 import boto3
@@ -90,6 +92,38 @@ def test_a_study_and_its_report_through_an_s3_object_store(tmp_path, seaweed, bo
         broker.stop()
 
 
+def test_a_study_sent_while_the_object_store_is_down_arrives_once_it_is_back(
+    tmp_path, seaweed, boxes
+):
+    """The store killed (SIGKILL) before a study comes: the hub stores nothing, so it
+    tells the box it holds nothing, and the box keeps sending; once the store is back
+    every instance arrives, byte-identical, once."""
+    broker = Broker(tmp_path / "broker").start()
+    hub = Hub(tmp_path / "hub", broker.mqtt_config("hub"),
+              sections={"objects": seaweed.objects_config("radsetu-down")})  # fmt: skip
+    hub.start()
+    try:
+        box = start_box(boxes, tmp_path / "box", broker.mqtt_config(),
+                        sync={"ack_timeout_seconds": 5})  # fmt: skip
+        seaweed.kill()
+        files, uid = make_study(tmp_path, "study", 8)
+        storescu(box.dicom_port, files)
+        wait_for(lambda: "hub error" in str(hub.api("/api/boxes")), 60, "the hub's failed writes")
+        assert not delivered(box, uid)
+        seaweed.start()
+        wait_for(lambda: delivered(box, uid), 120, "the study once the store is back")
+        stored = bucket(seaweed, "radsetu-down")
+        kept = sorted(hashlib.sha256(v).hexdigest() for k, v in stored.items()
+                      if k.startswith("objects/"))  # fmt: skip
+        at_box = sorted(i["sha256"] for i in box.api(f"/api/studies/{uid}")["instances"])
+        assert kept == at_box and len(kept) == len(files)
+        at_hub = hub.api(f"/api/studies/{uid}")["instances"]
+        assert sorted(i["sha256"] for i in at_hub) == at_box  # each once
+    finally:
+        hub.stop()
+        broker.stop()
+
+
 def test_the_object_store_keeps_and_refuses_like_the_folder(tmp_path, seaweed):
     """The same calls on both stores give the same answers."""
     cfg = seaweed.objects_config("radsetu-unit")
@@ -130,3 +164,42 @@ def test_object_store_config_is_checked(tmp_path, objects, message):
     path.write_text(f'data_dir = "{tmp_path}"\n[objects]\n{lines}\n')
     with pytest.raises(hub_config.ConfigError, match=message):
         hub_config.load(path)
+
+
+def test_the_hub_role_writes_the_object_store_section(tmp_path):
+    """The hub role's config template with an object store and a second broker, read
+    by the hub itself."""
+    from tests.system.test_provisioning import ANSIBLE, playbook
+
+    out = tmp_path / "hub.toml"
+    (tmp_path / "etc/tls").mkdir(parents=True)
+    for name in ("ca.crt", "hub.crt", "hub.key"):  # the config checks they are there
+        (tmp_path / "etc/tls" / name).write_text("")
+    book = tmp_path / "render.yml"
+    book.write_text(
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n"
+        f"  vars_files: [{ANSIBLE / 'roles/hub/defaults/main.yml'}]\n"
+        "  tasks:\n"
+        "    - ansible.builtin.template:\n"
+        f"        src: {ANSIBLE / 'roles/hub/templates/hub.toml.j2'}\n"
+        f"        dest: {out}\n"
+        "        mode: '0640'\n"
+    )
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "hub_data_dir": str(tmp_path / "data"),
+        "hub_etc": str(tmp_path / "etc"),
+        "radsetu_broker_host": "broker.test",
+        "radsetu_broker_port": 8883,
+        "hub_objects_url": "http://objects.test:8333",
+        "hub_objects_access_key": "a-key-id",
+        "radsetu_hub_objects_secret_key": "a-test-secret",
+        "hub_other_brokers": ["broker-2.test:8883"],
+    }
+    playbook("-i", "localhost,", "-e", json.dumps(extra), str(book))
+    cfg = hub_config.load(out, env={})
+    assert cfg["objects"] == {"url": "http://objects.test:8333", "bucket": "radsetu",
+                              "access_key": "a-key-id", "secret_key": "a-test-secret",
+                              "region": ""}  # fmt: skip
+    assert cfg["web"]["behind_tls_proxy"] is True
+    assert cfg["mqtt"]["other_brokers"] == ["broker-2.test:8883"]
