@@ -81,7 +81,8 @@ class SeaweedFS:
              f"-dir={self.workdir / 'data'}", f"-master.port={self.ports['master']}",
              f"-volume.port={self.ports['volume']}", f"-filer.port={self.ports['filer']}", "-s3",
              f"-s3.port={self.s3_port}", f"-s3.config={self.workdir / 's3.json'}",
-             "-s3.port.iceberg=0", "-master.volumeSizeLimitMB=64", "-volume.max=50"],
+             "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports otherwise
+             "-master.volumeSizeLimitMB=64", "-volume.max=50"],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         logf.close()

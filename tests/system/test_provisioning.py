@@ -138,9 +138,12 @@ def issue(tmp_path: Path, inv: Path, *names: str, extra: tuple[str, ...] = ()) -
     playbook("-i", str(inv), str(book), *extra)
 
 
-@pytest.fixture
-def role_broker(tmp_path):
-    """Mosquitto running the configuration the broker role wrote (into a folder)."""
+@pytest.fixture(scope="module")
+def role_broker(tmp_path_factory):
+    """Mosquitto running the configuration the broker role wrote (into a folder); one
+    for the module (the role's run takes most of a minute). A test that runs the role
+    again changes only what no other test looks at (box-c's revocation)."""
+    tmp_path = tmp_path_factory.mktemp("role-broker")
     port = free_port()
     etc = tmp_path / "etc-mosquitto"
     inv = inventory(
@@ -319,7 +322,8 @@ def test_the_broker_refuses_an_oversized_packet(role_broker):
     port, pki, _etc, _rerun = role_broker
     got: list[int] = []
     hub = client(pki, "hub", port)
-    hub.on_message = lambda _c, _u, m: got.append(len(m.payload))
+    # chunks only (the broker also keeps the statuses other tests left, retained)
+    hub.on_message = lambda _c, _u, m: m.topic.endswith("/up/chunk") and got.append(len(m.payload))
     hub.subscribe("radsetu/v1/#", qos=1)
     hub.loop_start()
     a = client(pki, "box-a", port)
