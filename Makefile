@@ -4,7 +4,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd nginx cryptsetup-bin clevis clevis-luks clevis-tpm2 tpm2-tools swtpm swtpm-tools
+DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd nginx cryptsetup-bin clevis clevis-luks clevis-tpm2 tpm2-tools swtpm swtpm-tools postgresql
+# the hub's tests whose subject is its index, run a second time on a real PostgreSQL
+# (any test runs on it with --hub-index=postgres)
+HUB_INDEX_TESTS := tests/hub tests/system/test_access.py tests/system/test_sessions.py \
+	tests/system/test_reading_room.py tests/system/test_reports.py tests/system/test_brokers.py
 DEBS_BENCH := dcmtk orthanc mosquitto iproute2
 
 .PHONY: test lint demo bench lock clean debs-test debs-bench corpus
@@ -39,6 +43,7 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed debs-test lint corpus
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --hub-index=postgres $(HUB_INDEX_TESTS)
 
 demo: $(VENV)/.installed debs-test
 	$(PY) scripts/demo.py

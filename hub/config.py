@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "ingest": {
         "box_quota_bytes": 20_000_000_000,
     },
+    "index": {
+        "url": "",
+    },
     "objects": {
         "url": "",
         "bucket": "radsetu",
@@ -61,6 +64,10 @@ def _validate(v: dict[str, Any]) -> None:
     if v["ingest"]["box_quota_bytes"] < 1_000_000:
         raise ConfigError("ingest.box_quota_bytes: at least 1000000")
     _validate_objects(v["objects"])
+    if v["index"]["url"] and not str(v["index"]["url"]).startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ConfigError(f"index.url: {v['index']['url']!r} is not a postgresql:// address")
     _validate_brokers(v["mqtt"])
     for key in ("client_id", "shared_group"):
         value = v["mqtt"][key]

@@ -22,7 +22,7 @@ from wire.packfile import MAGIC, header_length
 from wire.transfer import ChunkAccepted, ChunkRejected, Reception, State, TransferComplete
 
 log = logging.getLogger("radsetu.hub.ingest")
-_lock = threading.Lock()  # one writer per process; across processes SQLite serializes
+_lock = threading.Lock()  # one writer per process; across processes, store.transaction
 
 
 # a manifest never changes: parse and validate each one once per process (keyed by its
@@ -81,7 +81,7 @@ def take_manifest(
         raise RemoteProtocolError(
             f"box {box_id} sent a manifest that names box {manifest.box_id!r}"
         )
-    with _lock:
+    with _lock, store.transaction(manifest.transfer_id):
         known = _load(store, manifest.transfer_id)
         if known is not None:
             return known.ack()
@@ -119,7 +119,7 @@ def take_chunk(
     """Keep one chunk if it matches its manifest; finish the transfer when it is the
     last one. Returns the ack to send (``unknown`` when the manifest has not come).
     ``attempt`` > 0 marks the box's own resend; a held chunk resent so is counted."""
-    with _lock:
+    with _lock, store.transaction(transfer_id):  # load, count and save: one at a time
         r = _load(store, transfer_id)
         if r is None:
             return {"transfer_id": transfer_id, "held": [], "verified": False, "unknown": True}

@@ -14,6 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,16 +65,25 @@ class HubStore(Protocol):
     def touch_box(self, box_id: str, rejection: str | None = None, broker: str = "") -> None: ...
     def count_traffic(self, box_id: str, nbytes: int) -> None: ...
     def bytes_in_progress(self, box_id: str) -> int: ...
+    def transaction(self, key: str = "") -> AbstractContextManager[Any]: ...
 
 
 class FileHubStore:
     """The default: chunks and instances as files under ``root``, the index in SQLite."""
 
-    def __init__(self, root: Path, prepare: bool = True, objects: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        prepare: bool = True,
+        objects: dict[str, Any] | None = None,
+        index_url: str | None = None,
+    ):
         """``prepare``: make the folders and apply the migrations (once per process;
         the web app's per-request connections skip it). ``objects``: the ``[objects]``
         config; with a ``url`` the large things go to that S3-compatible store, else
-        under ``root``."""
+        under ``root``. ``index_url``: a PostgreSQL index (hub/pgindex.py), else
+        SQLite in ``root``; None: ``RADSETU_HUB_INDEX_URL`` (the variable that sets
+        ``index.url`` in the config) when set."""
         self.root = Path(root)
         self.chunks = self.root / "chunks"
         self.objects = self.root / "objects"
@@ -84,6 +94,15 @@ class FileHubStore:
                 d.mkdir(parents=True, exist_ok=True)
             if isinstance(self.blobs, S3Objects):
                 self.blobs.ensure_bucket()
+        if index_url is None:
+            index_url = os.environ.get("RADSETU_HUB_INDEX_URL", "")
+        if index_url:
+            from hub.pgindex import PgDatabase
+
+            self.db: Any = PgDatabase(index_url)
+            if prepare:
+                self.db.migrate(migrations)
+            return
         conn = sqlite3.connect(
             self.root / "hub.db", timeout=30, isolation_level=None, check_same_thread=False
         )
@@ -95,6 +114,15 @@ class FileHubStore:
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def transaction(self, key: str = "") -> AbstractContextManager[Any]:
+        """One transaction that no other process's ``transaction(key)`` interleaves with:
+        SQLite's write lock (whatever the key), or PostgreSQL's advisory lock on ``key``
+        (so hub processes on several machines take a transfer's chunks one at a time,
+        and different transfers at once)."""
+        if isinstance(self.db, Database):
+            return self.db.atomic()
+        return self.db.atomic(key)  # type: ignore[no-any-return]
 
     def put_chunk(self, transfer_id: str, index: int, data: bytes) -> None:
         self.blobs.put_bytes(f"chunks/{transfer_id}/{index:08d}", data)
@@ -194,7 +222,7 @@ class FileHubStore:
         """Bytes of chunks that reached the hub from a box, per minute (throughput)."""
         self.db.execute(
             "INSERT INTO box_traffic(box_id, minute, bytes) VALUES (?,?,?) "
-            "ON CONFLICT(box_id, minute) DO UPDATE SET bytes = bytes + excluded.bytes",
+            "ON CONFLICT(box_id, minute) DO UPDATE SET bytes = box_traffic.bytes + excluded.bytes",
             [box_id, int(time.time() // 60), nbytes],
         )
 
@@ -291,17 +319,20 @@ class FileHubStore:
 
     def transfers(self, box_id: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
         where, args = ("WHERE box_id=?", [box_id]) if box_id else ("", [])
-        return list(
+        bound, more = (" LIMIT ?", [limit]) if limit >= 0 else ("", [])
+        rows = list(
             self.db.query(
                 "SELECT transfer_id, box_id, study_uid, priority, state, chunk_count, "
                 "chunks_held, payload_bytes, source, first_seen, updated, verified_at, "
-                "chunks_received, duplicates, resent_held, "
-                "coalesce(json_extract(manifest, '$.extra.coder_fallbacks'), 0) "
-                f"AS coder_fallbacks FROM transfers {where} "
-                "ORDER BY updated DESC LIMIT ?",
-                [*args, limit],
+                "chunks_received, duplicates, resent_held, manifest "
+                f"FROM transfers {where} ORDER BY updated DESC{bound}",
+                [*args, *more],
             )
         )
+        for r in rows:  # how many instances the box's coder gave up on (lossless instead)
+            extra = json.loads(r.pop("manifest") or "{}").get("extra") or {}
+            r["coder_fallbacks"] = extra.get("coder_fallbacks", 0) if isinstance(extra, dict) else 0
+        return rows
 
 
 def through_broker(broker: str | None, primary: bool = True) -> tuple[str, list[Any]]:
@@ -311,11 +342,16 @@ def through_broker(broker: str | None, primary: bool = True) -> tuple[str, list[
     if broker is None:
         return "", []
     return (
-        " AND (coalesce(b.broker, '') = ? OR (coalesce(b.broker, '') = '' AND ?))",
+        " AND (coalesce(b.broker, '') = ? OR (coalesce(b.broker, '') = '' AND ? = 1))",
         [broker, 1 if primary else 0],
     )
 
 
 def open_store(config: Config, prepare: bool = True) -> FileHubStore:
     """The hub's store as its config says (data folder, index, object store)."""
-    return FileHubStore(config.data_dir, prepare=prepare, objects=config["objects"])
+    return FileHubStore(
+        config.data_dir,
+        prepare=prepare,
+        objects=config["objects"],
+        index_url=config["index"]["url"] or None,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -14,6 +15,55 @@ from common.dicomfile import read_meta
 from devkit.box import Box, free_port, wait_port
 from devkit.broker import Broker, Hub
 from tests.helpers import ROOT
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--hub-index",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the hub's index in these tests: SQLite (default) or a real PostgreSQL, a new "
+        "database per test (make test runs the hub's tests on both)",
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from devkit.postgres import Postgres
+
+    pg = Postgres(tmp_path_factory.mktemp("postgres")).start()
+    yield pg
+    pg.remove()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def hub_index(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """With ``--hub-index=postgres`` every hub this test makes (in-process stores and
+    ``radsetu hub serve`` alike) keeps its index in a new PostgreSQL database."""
+    if request.config.getoption("--hub-index") != "postgres":
+        return "sqlite"
+    pg = request.getfixturevalue("postgres_server")
+    name = f"test{next(_databases)}"
+    monkeypatch.setenv("RADSETU_HUB_INDEX_URL", pg.create_database(name))
+    return "postgres"
+
+
+@pytest.fixture
+def another_hub_index(request: pytest.FixtureRequest, hub_index: str):
+    """For a test with a second hub: the environment that gives it an index of its own
+    (a new PostgreSQL database; nothing with SQLite, whose index is in its folder)."""
+
+    def make() -> dict[str, str]:
+        if hub_index != "postgres":
+            return {}
+        pg = request.getfixturevalue("postgres_server")
+        return {"RADSETU_HUB_INDEX_URL": pg.create_database(f"test{next(_databases)}")}
+
+    return make
+
 
 ACKED = re.compile(r"Sending file: (.+?)\n(?:.*\n)*?.*Received Store Response \(Success\)")
 
@@ -156,10 +206,16 @@ def wire_copy(tmp_path):
     proc.wait()
 
 
-def pdf_text(path: Path) -> str:
-    return subprocess.run(
-        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
-    ).stdout
+def pdf_text(path: Path, timeout: float = 20) -> str:
+    """The text of a PDF that cups-pdf may still be writing (a reprint rewrites the
+    same file in place): read again until it is whole."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            r.check_returncode()
+            return r.stdout
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_a_lying_box_never_gets_a_study_verified(tmp_path):
     store.close()
 
 
-def test_hub_import_of_a_pack_file(tmp_path):
+def test_hub_import_of_a_pack_file(tmp_path, another_hub_index):
     files = replicate(data_file("693_UNCI.dcm"), tmp_path / "s", 5)
     py = [sys.executable, "-m", "radsetu"]
     assert (
@@ -105,6 +106,7 @@ def test_hub_import_of_a_pack_file(tmp_path):
         [*py, "hub", "import", tmp_path / "bad.pack", "--data-dir", tmp_path / "hub2"],
         capture_output=True,
         text=True,
+        env={**os.environ, **another_hub_index()},
     )
     assert r.returncode == 1 and "NOT verified" in r.stderr
 

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import zipfile
 
+import psycopg
 import pydicom
 import pytest
 
@@ -112,9 +113,10 @@ def test_hub_forms_need_their_csrf_token(hub_app):
 def test_hub_audit_log_is_append_only(hub_app):
     _app, store, _tokens = hub_app
     access.audit(store, "sign", "1.2.3", "report r1")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    refused = (sqlite3.DatabaseError, psycopg.Error)  # whichever engine holds the index
+    with pytest.raises(refused, match="append-only"):
         store.db.execute("UPDATE audit SET username='nobody'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(refused, match="append-only"):
         store.db.execute("DELETE FROM audit")
     assert access.audit_rows(store)[0]["action"] == "sign"
 

@@ -195,6 +195,7 @@ def test_the_hub_role_writes_the_object_store_section(tmp_path):
         "hub_objects_access_key": "a-key-id",
         "radsetu_hub_objects_secret_key": "a-test-secret",
         "hub_other_brokers": ["broker-2.test:8883"],
+        "hub_index_url": "postgresql://hub:pw@db.test/radsetu",
     }
     playbook("-i", "localhost,", "-e", json.dumps(extra), str(book))
     cfg = hub_config.load(out, env={})
@@ -203,3 +204,4 @@ def test_the_hub_role_writes_the_object_store_section(tmp_path):
                               "region": ""}  # fmt: skip
     assert cfg["web"]["behind_tls_proxy"] is True
     assert cfg["mqtt"]["other_brokers"] == ["broker-2.test:8883"]
+    assert cfg["index"]["url"] == "postgresql://hub:pw@db.test/radsetu"

@@ -281,7 +281,9 @@ def test_pages_cannot_be_framed_and_run_only_their_own_scripts(box_app, hub_app)
 
 
 @pytest.mark.parametrize("side", ["edge", "hub"])
-def test_behind_a_tls_proxy_the_audit_has_the_persons_address(tmp_path, side):
+def test_behind_a_tls_proxy_the_audit_has_the_persons_address(
+    tmp_path, side, monkeypatch, another_hub_index
+):
     from edge import config as edge_config
     from edge.web import create_app as box_app
     from hub import config as hub_config
@@ -290,6 +292,8 @@ def test_behind_a_tls_proxy_the_audit_has_the_persons_address(tmp_path, side):
 
     proxy = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
     for behind in (True, False):
+        for name, value in another_hub_index().items():  # each hub its own index
+            monkeypatch.setenv(name, value)
         cfg_path = tmp_path / f"{side}-{behind}.toml"
         data = tmp_path / f"data-{behind}"
         cfg_path.write_text(

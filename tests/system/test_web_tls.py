@@ -21,6 +21,7 @@ import pytest
 
 from devkit.box import free_port, wait_port
 from devkit.broker import Hub
+from hub.store import FileHubStore
 from tests.conftest import need
 from tests.helpers import start_box
 from tests.system.test_provisioning import inventory, playbook
@@ -180,10 +181,11 @@ def test_the_reading_room_through_the_provisioned_tls_proxy(tmp_path, nginx, bro
         r, _ = login("localhost", https, pki, "dr-rao")
         assert r.status == 302
         assert "Secure" in r.getheader("Set-Cookie", "")
-        with sqlite3.connect(hub.data_dir / "hub.db") as db:
-            (address,) = db.execute(
-                "SELECT address FROM audit WHERE action='login' ORDER BY id DESC"
-            ).fetchone()
+        store = FileHubStore(hub.data_dir)  # whichever engine holds its index
+        (address,) = store.db.execute(
+            "SELECT address FROM audit WHERE action='login' ORDER BY id DESC"
+        ).fetchone()
+        store.close()
         assert address == PERSON
     finally:
         hub.stop()
