@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from devkit.box import free_port, wait_port
+from devkit.servers import kill_group
 
 MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
 
@@ -222,9 +223,7 @@ class Hub:
 
     def kill(self) -> None:
         """SIGKILL to the hub and its ingest, as a power cut would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        kill_group(self.proc)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from devkit.box import free_port
+from devkit.servers import end_group, kill_group, spawn, until_ready
 
 DATABASE = "radsetu"
 USER = "radsetu"
@@ -63,27 +64,18 @@ class Postgres:
                  "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
                 check=True, capture_output=True,
             )  # fmt: skip
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [*self._as_owner(), pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data}",
              "-c", "max_connections=200"],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            self.log,
         )  # fmt: skip
-        logf.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}: {self.log}")
-            ready = subprocess.run(
-                [pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                capture_output=True,
-            )
-            if ready.returncode == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"PostgreSQL did not start in {timeout:.0f} s")
+
+        def ready() -> bool:
+            probe = [pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]
+            return subprocess.run(probe, capture_output=True).returncode == 0
+
+        until_ready(self.proc, ready, timeout, "PostgreSQL", self.log)
         subprocess.run(
             [pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE],
             capture_output=True,
@@ -99,17 +91,17 @@ class Postgres:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{name}"
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGKILL to the server (through runuser as root), and wait until the
+        postmaster is gone, so that a restart finds its lock file stale."""
+        pid_file = self.data / "postmaster.pid"
+        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else 0
+        kill_group(self.proc)
+        deadline = time.monotonic() + 10
+        while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # "fast" shutdown
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        end_group(self.proc, signal.SIGINT, 20)  # PostgreSQL's "fast" shutdown
 
     def remove(self) -> None:
         """Stop, and remove the cluster's folder when it was made outside ``workdir``."""

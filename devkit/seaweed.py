@@ -5,19 +5,18 @@ credentials made on the spot."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from devkit.box import free_port
+from devkit.servers import end_group, kill_group, spawn, until_ready
 
 #: SeaweedFS serves gRPC on each HTTP port + 10000
 GRPC_OFFSET = 10000
@@ -75,39 +74,31 @@ class SeaweedFS:
         }]}  # fmt: skip
         (self.workdir / "s3.json").write_text(json.dumps(identities))
         (self.workdir / "data").mkdir(exist_ok=True)
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-dir={self.workdir / 'data'}", f"-master.port={self.ports['master']}",
              f"-volume.port={self.ports['volume']}", f"-filer.port={self.ports['filer']}", "-s3",
              f"-s3.port={self.s3_port}", f"-s3.config={self.workdir / 's3.json'}",
              "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports otherwise
              "-master.volumeSizeLimitMB=64", "-volume.max=50"],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            self.log,
         )  # fmt: skip
-        logf.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}: see {self.log}")
+
+        def ready() -> bool:
             try:
                 urllib.request.urlopen(self.url, timeout=2)
             except urllib.error.HTTPError:
-                return self  # the gateway answers (403 without credentials)
+                return True  # the gateway answers (403 without credentials)
             except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"SeaweedFS's S3 gateway did not answer in {timeout:.0f} s")
+                return False
+            return True
+
+        until_ready(self.proc, ready, timeout, "SeaweedFS's S3 gateway", self.log)
+        return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        end_group(self.proc, signal.SIGTERM, 2)
 
     def kill(self) -> None:
         """SIGKILL to every SeaweedFS server process: the store gone at once."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        kill_group(self.proc)

@@ -39,13 +39,38 @@ MULTIPART_SLACK = 1 << 20  # the form's boundaries and headers around the files
 Guard = Callable[[str, dict[str, str], str], bool]
 
 
+class _Discard:
+    """A refused body's remaining bytes, read and dropped (never stored), so that the
+    413 reaches the client: a proxy still sending the body (nginx, unbuffered) would
+    otherwise see the connection reset and answer 502 instead."""
+
+    completed = False
+
+    def __init__(self, remain: int, error: Exception):
+        self.remain = remain
+        self.refusal = error
+        self.error: Exception | None = None if remain > 0 else error
+        self.completed = remain <= 0
+
+    def received(self, data: bytes) -> int:
+        n = min(len(data), self.remain)
+        self.remain -= n
+        if self.remain <= 0:
+            self.error = self.refusal  # the parser completes with the 413
+        return n
+
+    def __len__(self) -> int:
+        return 0
+
+
 class GuardedParser(HTTPRequestParser):  # type: ignore[misc]
     """Waitress's request parser, asking ``guard`` before it reads a large body."""
 
-    def __init__(self, adj: Any, guard: Guard, peer: str):
+    def __init__(self, adj: Any, guard: Guard, peer: str, drain: bool = False):
         super().__init__(adj)
         self._guard = guard
         self._peer = peer
+        self._drain = drain  # the box's own TLS proxy is sending: drain, then refuse
 
     def received(self, data: bytes) -> int:
         was = self.headers_finished
@@ -60,10 +85,19 @@ class GuardedParser(HTTPRequestParser):  # type: ignore[misc]
                     self.path,
                     self._peer,
                 )
-                self.error = RequestEntityTooLarge(
+                refusal = RequestEntityTooLarge(
                     f"log in first: at most {PRE_LOGIN_BYTES} bytes are read before a login"
                 )
-                self.completed = True
+                remain = getattr(self.body_rcv, "remain", None)
+                too_big = remain is None or remain > self.adj.max_request_body_size
+                if not self._drain or self.chunked or too_big:
+                    self.error = refusal  # answered at once, the connection closed
+                    self.completed = True
+                else:  # no bigger than an upload the config allows: drained, not kept
+                    self.body_rcv = _Discard(remain, refusal)
+                    if self.body_rcv.error is not None:
+                        self.error = refusal
+                        self.completed = True
         return consumed
 
 
@@ -71,7 +105,10 @@ class GuardedChannel(HTTPChannel):  # type: ignore[misc]
     def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None):
         super().__init__(server, sock, addr, adj, map)
         peer = addr[0] if isinstance(addr, tuple) else ""
-        self.parser_class = functools.partial(GuardedParser, guard=server.body_guard, peer=peer)
+        drain = getattr(server, "drain_refused", False) and peer in ("127.0.0.1", "::1")
+        self.parser_class = functools.partial(
+            GuardedParser, guard=server.body_guard, peer=peer, drain=drain
+        )
 
 
 def session_guard(app: Flask, config: Config) -> Guard:
@@ -123,5 +160,8 @@ def make_server(app: Flask, config: Config, spool: Path) -> Any:
         **proxy,
     )
     server.body_guard = session_guard(app, config)
+    # a direct client's refused body is never read; the TLS proxy's is read and dropped
+    # (it streams the body on, and would turn a reset into 502 for the person)
+    server.drain_refused = bool(proxy)
     server.channel_class = GuardedChannel
     return server

@@ -56,9 +56,16 @@ def _ddl(sql: str) -> list[str]:
     return [sql]
 
 
+_JSON_EXTRACT = re.compile(r"json_extract\((\w+), '\$\.([\w.]+)'\)")
+
+
 def translate(sql: str, with_params: bool) -> str:
-    """SQLite's placeholders to psycopg's: ``?`` outside string literals becomes ``%s``
+    """SQLite's SQL to psycopg's: ``json_extract(col, '$.a.b')`` (a number) becomes
+    ``(col::jsonb #>> '{a,b}')::bigint``; ``?`` outside string literals becomes ``%s``
     and, when there are parameters, a literal ``%`` is doubled."""
+    sql = _JSON_EXTRACT.sub(
+        lambda m: f"(({m[1]})::jsonb #>> '{{{m[2].replace('.', ',')}}}')::bigint", sql
+    )
     out = []
     quoted = False
     for ch in sql:

@@ -320,19 +320,16 @@ class FileHubStore:
     def transfers(self, box_id: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
         where, args = ("WHERE box_id=?", [box_id]) if box_id else ("", [])
         bound, more = (" LIMIT ?", [limit]) if limit >= 0 else ("", [])
-        rows = list(
+        return list(
             self.db.query(
                 "SELECT transfer_id, box_id, study_uid, priority, state, chunk_count, "
                 "chunks_held, payload_bytes, source, first_seen, updated, verified_at, "
-                "chunks_received, duplicates, resent_held, manifest "
-                f"FROM transfers {where} ORDER BY updated DESC{bound}",
+                "chunks_received, duplicates, resent_held, "
+                "coalesce(json_extract(manifest, '$.extra.coder_fallbacks'), 0) "
+                f"AS coder_fallbacks FROM transfers {where} ORDER BY updated DESC{bound}",
                 [*args, *more],
             )
         )
-        for r in rows:  # how many instances the box's coder gave up on (lossless instead)
-            extra = json.loads(r.pop("manifest") or "{}").get("extra") or {}
-            r["coder_fallbacks"] = extra.get("coder_fallbacks", 0) if isinstance(extra, dict) else 0
-        return rows
 
 
 def through_broker(broker: str | None, primary: bool = True) -> tuple[str, list[Any]]:
