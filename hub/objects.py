@@ -194,7 +194,11 @@ def object_store(cfg: dict[str, Any], root: Path, tmp: Path) -> ObjectStore:
     """The configured store: S3 when ``[objects] url`` is set (one client per process,
     shared by its threads, as boto3's clients allow), else the data folder."""
     if cfg.get("url"):
-        key = tuple(str(cfg.get(k, "")) for k in ("url", "bucket", "access_key", "secret_key"))
+        # per process: a client made before gunicorn forks must not share its pooled
+        # connections with the workers
+        key = (str(os.getpid()),) + tuple(
+            str(cfg.get(k, "")) for k in ("url", "bucket", "access_key", "secret_key")
+        )
         if key not in _S3:
             _S3[key] = S3Objects(cfg, tmp)
         return _S3[key]
