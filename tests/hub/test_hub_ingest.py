@@ -127,12 +127,18 @@ def test_hub_serve_answers_the_read_api(tmp_path, study):
     store.close()
     port = free_port()
     cfg = tmp_path / "hub.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[web]\nport = {port}\n')
+    # the ingest child looks for a broker on a port where none listens: a broker that
+    # happens to run on this machine's 1883 is not this test's
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "hub"}"\n[web]\nport = {port}\n[mqtt]\nport = {free_port()}\n'
+    )
     token = hub_account(cfg, "script", "admin")
+    # the log goes to a file: a pipe nobody reads would stop the hub once it is full
+    log = (tmp_path / "hub.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "radsetu", "hub", "serve", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_port(port, proc=proc)
@@ -167,7 +173,11 @@ def test_hub_serve_answers_the_read_api(tmp_path, study):
             assert exc.code == 404
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=40)
+        finally:
+            log.close()
+    assert proc.returncode == 0, (tmp_path / "hub.log").read_text()[-3000:]
 
 
 def test_the_hub_writes_an_instance_to_disk_piece_by_piece(tmp_path):

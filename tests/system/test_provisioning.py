@@ -518,7 +518,7 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse)
         [*in_root, "env", f"RADSETU_DICOM_PORT={dicom}", f"RADSETU_WEB_PORT={web}",
          "RADSETU_SYNC_ENABLED=false", "runuser", "-u", "radsetu", "--",
          "/opt/radsetu/venv/bin/radsetu", "edge", "serve", "--config", "/etc/radsetu/edge.toml"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=(tmp_path / "edge-in-root.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_port(dicom, proc=proc, timeout=60)
