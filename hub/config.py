@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "index": {
         "url": "",
+        "pool_size": 4,
     },
     "objects": {
         "url": "",
@@ -46,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
         "backlog_growth_seconds": 1800,
         "low_disk_bytes": 5_000_000_000,
         "stall_seconds": 900,
+    },
+    "retention": {
+        "box_history_days": 90,
     },
 }
 
@@ -61,6 +65,9 @@ def _validate(v: dict[str, Any]) -> None:
     for key, value in v["alerts"].items():
         if not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"alerts.{key}: a number, 0 or more")
+    days = v["retention"]["box_history_days"]
+    if not isinstance(days, int | float) or days < 1:
+        raise ConfigError("retention.box_history_days: a number of days, 1 or more")
     if v["ingest"]["box_quota_bytes"] < 1_000_000:
         raise ConfigError("ingest.box_quota_bytes: at least 1000000")
     _validate_objects(v["objects"])
@@ -68,6 +75,8 @@ def _validate(v: dict[str, Any]) -> None:
         ("postgresql://", "postgres://")
     ):
         raise ConfigError(f"index.url: {v['index']['url']!r} is not a postgresql:// address")
+    if not 1 <= v["index"]["pool_size"] <= 100:
+        raise ConfigError("index.pool_size: between 1 and 100")
     _validate_brokers(v["mqtt"])
     for key in ("client_id", "shared_group"):
         value = v["mqtt"][key]

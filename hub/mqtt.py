@@ -29,8 +29,9 @@ from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
 from hub import reading, reports
 from hub.ingest import take_chunk, take_manifest
+from hub.jobs import Jobs
 from hub.store import FileHubStore, open_store
-from hub.studykeys import real_uid, study_key
+from hub.studykeys import study_key
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.messages import (
@@ -38,14 +39,12 @@ from wire.messages import (
     ReportAcked,
     StatusCleared,
     StatusReceived,
-    StudyNotice,
     StudyUpdate,
     decode_upload,
 )
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
-REPORT_RETRY_SECONDS = 30.0  # attempts at a message that fails for a reason of the hub's own
 # QoS 1 messages the broker may have given this process and not yet had PUBACKed (MQTT
 # v5 Receive Maximum): the worker PUBACKs each after handling it, so this bounds what
 # waits in memory, whatever one box publishes
@@ -76,9 +75,17 @@ class Ingest:
         self.client.on_message = lambda _c, _u, msg: self.inbox.put(msg)
         self.client.reconnect_delay_set(1, 30)
         self.worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self.jobs = Jobs(
+            store,
+            config,
+            lambda topic, body: self.client.publish(topic, body, qos=1),
+            self.client.is_connected,
+            broker,
+            primary,
+        )
         self.handled = 0
         self._touched: dict[str, float] = {}
-        self._last_delivery = 0.0
+        self._last_tick = 0.0
 
     def start(self) -> Ingest:
         self.worker.start()
@@ -103,6 +110,7 @@ class Ingest:
     def stop(self) -> None:
         self.inbox.put(None)
         self.worker.join(timeout=30)
+        self.jobs.release()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -134,7 +142,7 @@ class Ingest:
             try:
                 msg = self.inbox.get(timeout=1.0)
             except queue.Empty:
-                self._deliver_reports()
+                self._tick()
                 continue
             if msg is None:
                 return
@@ -151,8 +159,8 @@ class Ingest:
             # giving up: the box resends what the hub never acked)
             self.client.ack(msg.mid, msg.qos)
             self.handled += 1
-            if time.monotonic() - self._last_delivery > 1.0:
-                self._deliver_reports()
+            if time.monotonic() - self._last_tick > 1.0:
+                self._tick()
 
     def _count_failure(self, topic: str, exc: Exception) -> None:
         try:
@@ -161,25 +169,9 @@ class Ingest:
         except Exception:  # noqa: BLE001 - the store itself is failing: the log has it
             log.exception("could not count the failure")
 
-    def _deliver_reports(self) -> None:
-        """Send signed reports the boxes have not acknowledged (again every
-        REPORT_RETRY_SECONDS, across outages, until they do)."""
-        self._last_delivery = time.monotonic()
-        if not self.client.is_connected():
-            return
-        try:
-            for box_id, message in reports.due(
-                self.store, time.time(), REPORT_RETRY_SECONDS, self.broker, self.primary
-            ):
-                self.client.publish(frames.topic(box_id, frames.DOWN_REPORT), message, qos=1)
-            for nid, box_id, uid, state in reading.unsent_notices(
-                self.store, broker=self.broker, primary=self.primary
-            ):
-                body = StudyNotice(real_uid(uid), state).encode()
-                self.client.publish(frames.topic(box_id, frames.DOWN_STUDY), body, qos=1)
-                reading.notice_sent(self.store, nid)
-        except Exception:  # the next round tries again
-            log.exception("sending reports failed")
+    def _tick(self) -> None:
+        self._last_tick = time.monotonic()
+        self.jobs.tick()
 
     def handle(self, msg: mqtt.MQTTMessage) -> None:
         try:

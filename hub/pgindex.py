@@ -16,6 +16,7 @@ commit on their own, as in SQLite. Nothing that SQLite made safe becomes a race.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Generator, Iterator, Sequence
@@ -96,15 +97,57 @@ def _named(sql: str, params: Any) -> str:
     return sql
 
 
-class PgDatabase:
-    """A PostgreSQL connection with the calls the hub makes of its index."""
+_POOLS: dict[tuple[int, str], Any] = {}
+_POOLS_LOCK = threading.Lock()
 
-    def __init__(self, url: str):
+
+def _pool(url: str, size: int) -> Any:
+    """This process's pool of connections to ``url`` (made on first use; keyed by pid,
+    so a pool is never shared across gunicorn's fork)."""
+    key = (os.getpid(), url)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            from psycopg_pool import ConnectionPool
+
+            _POOLS[key] = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=size,
+                kwargs={"autocommit": True},
+                name="radsetu-index",
+                open=True,
+            )
+        return _POOLS[key]
+
+
+def close_pools() -> None:
+    """Close this process's pools (their connections and threads)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.close()
+
+
+class PgDatabase:
+    """A PostgreSQL connection with the calls the hub makes of its index. ``pool_size``:
+    borrow the connection from this process's pool of that size and give it back on
+    ``close`` (the web's per-request stores), instead of a connection of its own (the
+    ingest's long-lived one)."""
+
+    def __init__(self, url: str, pool_size: int = 0):
         import psycopg  # only a hub with a PostgreSQL index needs it
 
-        self.conn = psycopg.connect(url, autocommit=True)
+        self._pool = _pool(url, pool_size) if pool_size else None
+        self.conn = self._pool.getconn() if self._pool else psycopg.connect(url, autocommit=True)
         self._lock = threading.RLock()  # one connection, shared by a process's threads
         self._depth = 0
+
+    def close(self) -> None:
+        if self._pool is None:
+            self.conn.close()
+        else:
+            self._pool.putconn(self.conn)
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
         p = _params(params)

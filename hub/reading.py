@@ -280,5 +280,10 @@ def unsent_notices(
     return [tuple(r) for r in rows]
 
 
-def notice_sent(store: FileHubStore, notice_id: int) -> None:
-    store.db.execute("UPDATE notices SET sent_at=? WHERE id=?", [utcnow(), notice_id])
+def notice_sent(store: FileHubStore, notice_id: int) -> bool:
+    """Mark a notice sent; False when another hub process marked it first (then this
+    one does not send it)."""
+    cur = store.db.execute(
+        "UPDATE notices SET sent_at=? WHERE id=? AND sent_at IS NULL", [utcnow(), notice_id]
+    )
+    return bool(cur.rowcount == 1)

@@ -231,14 +231,24 @@ def due(
     (store.through_broker); marks them sent now."""
     out = []
     on_broker, args = through_broker(broker, primary)
-    for rid, version, box_id in store.db.execute(
-        f"""SELECT d.report_id, d.version, d.box_id FROM deliveries d
+    for rid, version, box_id, seen in store.db.execute(
+        f"""SELECT d.report_id, d.version, d.box_id, coalesce(d.last_sent_at, -1) FROM deliveries d
            LEFT JOIN boxes b ON b.box_id = d.box_id
            WHERE d.state='pending' AND (d.last_sent_at IS NULL OR d.last_sent_at <
                CASE WHEN coalesce(b.online, 0) = 1 THEN ? ELSE ? END){on_broker}
            ORDER BY d.created_at""",
         [now - retry_seconds, now - OFFLINE_RETRY_SECONDS, *args],
     ).fetchall():
+        # claimed in the statement that marks it sent, if nobody did since we read it
+        # (another hub process whose lease ran out while it was paused)
+        claimed = store.db.execute(
+            "UPDATE deliveries SET attempts=attempts+1, last_sent_at=? "
+            "WHERE report_id=? AND version=? AND state='pending' "
+            "AND coalesce(last_sent_at, -1) = ?",
+            [now, rid, version, seen],
+        ).rowcount
+        if claimed != 1:
+            continue
         r = get(store, rid, version)
         data = store.blobs.get(r["pdf_path"])
         message = {
@@ -257,11 +267,6 @@ def due(
         message["study_uid"] = real_uid(r["study_uid"])  # the UID the box knows
         message["clinic"] = box_id
         out.append((box_id, encode_report(message, data)))
-        store.db.execute(
-            "UPDATE deliveries SET attempts=attempts+1, last_sent_at=? "
-            "WHERE report_id=? AND version=?",
-            [now, rid, version],
-        )
     return out
 
 

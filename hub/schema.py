@@ -183,3 +183,15 @@ def m011_box_broker(db: sqlite_utils.Database) -> None:
     """The broker each box was last heard on ("host:port"; several brokers share the
     fleet): reports and notices for a box go out through its broker."""
     db.execute("ALTER TABLE boxes ADD COLUMN broker TEXT NOT NULL DEFAULT ''")
+
+
+@migrations()
+def m012_leases(db: sqlite_utils.Database) -> None:
+    """Who runs each of the hub's periodic jobs (the report sender per broker, the
+    retention), so that a job runs in one process of a cluster, and in another within
+    a lease's length after that process dies (hub/leases.py)."""
+    db.execute("""
+        CREATE TABLE leases (
+            job TEXT PRIMARY KEY, holder TEXT NOT NULL, held_until REAL NOT NULL,
+            held_since REAL NOT NULL
+        )""")

@@ -78,13 +78,15 @@ class FileHubStore:
         prepare: bool = True,
         objects: dict[str, Any] | None = None,
         index_url: str | None = None,
+        pool_size: int = 4,
     ):
         """``prepare``: make the folders and apply the migrations (once per process;
         the web app's per-request connections skip it). ``objects``: the ``[objects]``
         config; with a ``url`` the large things go to that S3-compatible store, else
         under ``root``. ``index_url``: a PostgreSQL index (hub/pgindex.py), else
         SQLite in ``root``; None: ``RADSETU_HUB_INDEX_URL`` (the variable that sets
-        ``index.url`` in the config) when set."""
+        ``index.url`` in the config) when set. ``pool_size``: the most connections to
+        PostgreSQL that this process's per-request stores hold at once."""
         self.root = Path(root)
         self.chunks = self.root / "chunks"
         self.objects = self.root / "objects"
@@ -100,7 +102,8 @@ class FileHubStore:
         if index_url:
             from hub.pgindex import PgDatabase
 
-            self.db: Any = PgDatabase(index_url)
+            # the web's per-request stores (prepare=False) borrow from a pool
+            self.db: Any = PgDatabase(index_url, pool_size=0 if prepare else pool_size)
             if prepare:
                 self.db.migrate(migrations)
             return
@@ -114,7 +117,10 @@ class FileHubStore:
             migrations.apply(self.db)
 
     def close(self) -> None:
-        self.db.conn.close()
+        if isinstance(self.db, Database):
+            self.db.conn.close()
+        else:
+            self.db.close()
 
     def transaction(self, key: str = "") -> AbstractContextManager[Any]:
         """With PostgreSQL, one transaction that no other process's ``transaction(key)``
@@ -210,6 +216,10 @@ class FileHubStore:
             ],
         )
         return bool(before and before[0])
+
+    def prune_history(self, before: float) -> int:
+        """Drop every box's history rows from before ``before``; how many went."""
+        return int(self.db.execute("DELETE FROM box_history WHERE at < ?", [before]).rowcount)
 
     def bytes_in_progress(self, box_id: str) -> int:
         """What a box's transfers that are not verified yet may still put on the hub's
@@ -354,4 +364,5 @@ def open_store(config: Config, prepare: bool = True) -> FileHubStore:
         prepare=prepare,
         objects=config["objects"],
         index_url=config["index"]["url"] or None,
+        pool_size=config["index"]["pool_size"],
     )

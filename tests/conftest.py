@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,15 +41,19 @@ _databases = itertools.count()
 
 
 @pytest.fixture(autouse=True)
-def hub_index(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def hub_index(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """With ``--hub-index=postgres`` every hub this test makes (in-process stores and
     ``radsetu hub serve`` alike) keeps its index in a new PostgreSQL database."""
     if request.config.getoption("--hub-index") != "postgres":
-        return "sqlite"
+        yield "sqlite"
+        return
     pg = request.getfixturevalue("postgres_server")
     name = f"test{next(_databases)}"
     monkeypatch.setenv("RADSETU_HUB_INDEX_URL", pg.create_database(name))
-    return "postgres"
+    yield "postgres"
+    from hub.pgindex import close_pools
+
+    close_pools()  # the web's pooled connections of this test's in-process hubs
 
 
 @pytest.fixture
