@@ -195,3 +195,11 @@ def m012_leases(db: sqlite_utils.Database) -> None:
             job TEXT PRIMARY KEY, holder TEXT NOT NULL, held_until REAL NOT NULL,
             held_since REAL NOT NULL
         )""")
+
+
+@migrations()
+def m013_shared_keys(db: sqlite_utils.Database) -> None:
+    """Keys every hub process must share, on any machine: the one that signs the
+    pages' session cookies (hub.users.session_key), so that a load balancer may send
+    a person's requests to any web process."""
+    db.execute("CREATE TABLE hub_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)")

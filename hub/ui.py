@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 from functools import wraps
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -26,7 +25,7 @@ from flask import (
 )
 
 from common import sessions
-from common.passwords import csrf_sent, csrf_token, local_next, session_key
+from common.passwords import csrf_sent, csrf_token, local_next
 from hub import access, reading, reports, users
 from hub.db import request_store as _store
 from hub.errors import HubError
@@ -266,10 +265,10 @@ def turnaround() -> Any:
     )
 
 
-def install(app: Flask, data_dir: Path) -> None:
-    """Register the pages; the session key is made once per hub and kept in its data
-    folder (never in the repository), sessions expire after 8 hours."""
-    app.secret_key = session_key(data_dir)
+def install(app: Flask, key: str) -> None:
+    """Register the pages; ``key`` signs the session cookies (hub.users.session_key:
+    one per hub, in its index); sessions expire after 8 hours."""
+    app.secret_key = key
     app.config.update(
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
         SESSION_COOKIE_HTTPONLY=True,

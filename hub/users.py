@@ -8,6 +8,8 @@ page and API call.
 from __future__ import annotations
 
 import re
+import secrets
+from pathlib import Path
 
 from common import sessions
 from common.clock import utcnow
@@ -76,3 +78,21 @@ def authenticate(store: FileHubStore, username: str, password: str) -> str | Non
         check_unknown(password)  # do not tell who exists
         return None
     return str(row[0]) if check_password(row[1], password) else None
+
+
+def session_key(store: FileHubStore, data_dir: Path) -> str:
+    """The key that signs the pages' session cookies: made once per hub and kept in its
+    index, so that every web process on every machine signs and checks cookies alike
+    (no sticky sessions). A hub that kept it in its data folder (``session.key``)
+    carries that one over: nobody is logged out by the change."""
+    query = "SELECT value FROM hub_keys WHERE name='session'"
+    row = store.db.execute(query).fetchone()
+    if row:
+        return str(row[0])
+    old = Path(data_dir) / "session.key"
+    value = old.read_text().strip() if old.is_file() else secrets.token_hex(32)
+    store.db.execute(
+        "INSERT INTO hub_keys(name, value) VALUES ('session', ?) ON CONFLICT(name) DO NOTHING",
+        [value],
+    )
+    return str(store.db.execute(query).fetchone()[0])  # the first process's, if it raced

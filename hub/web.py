@@ -9,7 +9,7 @@ from flask import Flask
 
 from common.config import Config
 from common.web import json_app
-from hub import access, db, ui
+from hub import access, db, ui, users
 from hub import config as hub_config
 from hub.api import api
 from hub.dicomweb import dicomweb
@@ -21,9 +21,13 @@ def create_app(cfg: Config | None = None) -> Flask:
     """Build the hub's app; ``cfg`` defaults to the file in $RADSETU_HUB_CONFIG."""
     if cfg is None:
         cfg = hub_config.load(os.environ.get("RADSETU_HUB_CONFIG"))
-    open_store(cfg).close()  # folders and migrations, once per process
+    store = open_store(cfg)  # folders and migrations, once per process
+    try:
+        key = users.session_key(store, cfg.data_dir)
+    finally:
+        store.close()
     app = json_app(cfg, api, dicomweb, ops, admin)
-    ui.install(app, cfg.data_dir)
+    ui.install(app, key)
     app.before_request(lambda: access.check(db.request_store))
     app.after_request(lambda response: access.audit_reads(db.request_store, response))
     db.init_app(app)
