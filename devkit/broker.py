@@ -59,8 +59,10 @@ class Broker:
         tls_dir: Path | None = None,
         users: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        verbose: bool = True,
     ):
         self.workdir = Path(workdir)
+        self.verbose = verbose  # every packet in the log (tests read it; benches need not)
         self.host = host
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -113,7 +115,9 @@ class Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [exe, "-c", str(self.conf), "-v"], stdout=logf, stderr=subprocess.STDOUT
+            [exe, "-c", str(self.conf), *(["-v"] if self.verbose else [])],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
         )
         logf.close()
         if self.host in ("127.0.0.1", "0.0.0.0"):

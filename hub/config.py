@@ -22,6 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "mqtt": {
         "enabled": True,
         **MQTT_DEFAULTS,
+        # short: Mosquitto keeps giving a shared subscription's messages to a member's
+        # session while it is away; the boxes resend whatever the hub did not ack, so a
+        # dead ingest worker should leave the group within minutes (docs/scale.md)
+        "session_expiry_seconds": 300,
         "client_id": "radsetu-hub-1",
         "shared_group": "hub",
         # more brokers, "host:port" each, with the same TLS and credentials: each box is

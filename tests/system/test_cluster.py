@@ -1,15 +1,20 @@
-"""The hub as a cluster: two hub "machines" (each ``radsetu hub serve``: two web workers
-and an ingest process) share one index on a real PostgreSQL and one bucket on a real
-SeaweedFS, and listen on two real Mosquitto brokers with a box on each. Each machine
-is killed with SIGKILL while studies are on their way, and the one holding the report
-sender's lease is killed before reports are signed. Nothing is lost and nothing is
-counted, kept or delivered twice; a person's session works on either machine."""
+"""The hub as a cluster on loopback: two hub "machines" (each ``radsetu hub serve``: two
+web workers and an ingest process) and a third ingest worker share one index on a real
+PostgreSQL and one bucket on a real SeaweedFS, and listen on two real Mosquitto
+brokers with a box on each. While studies are on their way an ingest worker, a web
+worker, a broker (started again) and a whole machine are killed with SIGKILL; then the
+process holding the report sender's lease is killed before reports are signed.
+Nothing is lost and nothing is counted, kept or delivered twice (the counters in the
+index say so, not only the end state); a person's session works on either machine."""
 
 from __future__ import annotations
 
 import http.cookiejar
 import itertools
+import os
 import re
+import signal
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -20,6 +25,7 @@ import pytest
 
 from devkit.broker import Broker, Hub
 from devkit.seaweed import SeaweedFS
+from devkit.servers import kill_group, spawn
 from hub.jobs import REPORT_RETRY_SECONDS
 from tests.conftest import storescu, wait_for
 from tests.helpers import delivered, make_study, start_box
@@ -53,6 +59,13 @@ def ingest_pid(hub: Hub) -> int:
     return 0
 
 
+def web_worker(hub: Hub) -> int:
+    """A gunicorn worker of this machine's web (forked by its main thread)."""
+    assert hub.proc is not None
+    kids = Path(f"/proc/{hub.proc.pid}/task/{hub.proc.pid}/children").read_text().split()
+    return int(kids[0])
+
+
 def session_on_both(a: Hub, b: Hub) -> None:
     """Log in on machine A's page, with the form posted to machine B; then the pages of
     both know the person (a load balancer without sticky sessions)."""
@@ -75,9 +88,7 @@ def report(hub: Hub, uid: str) -> str:
     return str(r["report_id"])
 
 
-def test_two_hub_machines_lose_nothing_and_double_nothing(
-    tmp_path, postgres_server, seaweed, boxes
-):
+def test_a_hub_cluster_loses_nothing_and_doubles_nothing(tmp_path, postgres_server, seaweed, boxes):
     url = postgres_server.create_database("cluster")
     one = Broker(tmp_path / "broker-1").start()
     two = Broker(tmp_path / "broker-2").start()
@@ -92,26 +103,42 @@ def test_two_hub_machines_lose_nothing_and_double_nothing(
     b = machine("b")
     b.token = a.token  # one hub: its accounts and tokens are in the shared index
     b.start()
+    c = machine("c")  # a third ingest worker alone, as on a machine of its own
+    third = spawn([sys.executable, "-m", "radsetu", "hub", "ingest", "--config", str(c.config)],
+                  c.log)  # fmt: skip
     hubs = {"a": a, "b": b}
     try:
-        slow = {"ack_timeout_seconds": 5, "chunk_bytes": 16384, "max_bytes_per_second": 400_000}
+        slow = {"ack_timeout_seconds": 5, "chunk_bytes": 16384, "max_bytes_per_second": 250_000}
         box_a = start_box(boxes, tmp_path / "box-a", one.mqtt_config(), box_id="box-a", sync=slow)
         box_b = start_box(boxes, tmp_path / "box-b", two.mqtt_config(), box_id="box-b", sync=slow)
         studies = []
         for box, name in ((box_a, "a1"), (box_b, "b1")):
-            files, uid = make_study(tmp_path, name, 12)
+            files, uid = make_study(tmp_path, name, 16)
             storescu(box.dicom_port, files)
             studies.append((box, uid, len(files)))
 
         def held() -> int:
             return int(rows(url, "SELECT coalesce(sum(chunks_held), 0) FROM transfers")[0][0])
 
-        # each machine killed mid-transfer in turn, and started again
-        for hub in (a, b):
+        def after_more_chunks() -> None:
             before = held()
-            wait_for(lambda before=before: held() > before + 20, 90, "chunks arriving")
-            hub.kill()
-            hub.start()
+            wait_for(lambda: held() > before + 15, 90, "chunks arriving")
+
+        # mid-transfer, SIGKILL to: one ingest worker; one web worker (gunicorn starts
+        # another, and the API answers on); one broker, started again; then a whole
+        # machine (its web and its ingest), started again
+        after_more_chunks()
+        kill_group(third)
+        after_more_chunks()
+        os.kill(web_worker(a), signal.SIGKILL)
+        wait_for(lambda: a.api("/api/transfers")["transfers"], 30, "machine A's API")
+        after_more_chunks()
+        two.kill()
+        time.sleep(2)
+        two.start()
+        after_more_chunks()
+        b.kill()
+        b.start()
         for box, name in ((box_a, "a2"), (box_b, "b2")):
             files, uid = make_study(tmp_path, name, 4)
             storescu(box.dicom_port, files)
@@ -181,6 +208,7 @@ def test_two_hub_machines_lose_nothing_and_double_nothing(
             assert all(later - earlier >= REPORT_RETRY_SECONDS - 1
                        for earlier, later in itertools.pairwise(at))  # fmt: skip
     finally:
+        kill_group(third)
         for hub in (a, b):
             hub.stop()
         one.stop()
