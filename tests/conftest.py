@@ -341,3 +341,22 @@ def hub(tmp_path: Path, broker: Broker):
     h = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
     yield h
     h.stop()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The image test's Debian root starts building now, in the background, when that
+    test is to run (tests/system/rootfs.py)."""
+    from tests.system.rootfs import PREBUILD, TEST, Prebuild
+
+    if session.config.option.collectonly:
+        return
+    if any(getattr(item, "originalname", "") == TEST for item in session.items):
+        session.config.stash[PREBUILD] = Prebuild()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests.system.rootfs import PREBUILD
+
+    pre = config.stash.get(PREBUILD, None)
+    if pre is not None:
+        pre.remove()

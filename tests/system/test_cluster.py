@@ -95,7 +95,9 @@ def test_a_hub_cluster_loses_nothing_and_doubles_nothing(tmp_path, postgres_serv
     shared = {"index": {"url": url}, "objects": seaweed.objects_config("cluster")}
 
     def machine(name: str) -> Hub:
-        mqtt = {**one.mqtt_config("hub"), "client_id": f"hub-{name}",
+        # a dead worker's session (and its share of the group's messages) goes after
+        # 5 s here, as after mqtt.session_expiry_seconds' 5 minutes in the field
+        mqtt = {**one.mqtt_config("hub"), "client_id": f"hub-{name}", "session_expiry_seconds": 5,
                 "other_brokers": [f"127.0.0.1:{two.port}"]}  # fmt: skip
         return Hub(tmp_path / f"hub-{name}", mqtt, workers=2, sections=shared)
 
@@ -113,7 +115,7 @@ def test_a_hub_cluster_loses_nothing_and_doubles_nothing(tmp_path, postgres_serv
         box_b = start_box(boxes, tmp_path / "box-b", two.mqtt_config(), box_id="box-b", sync=slow)
         studies = []
         for box, name in ((box_a, "a1"), (box_b, "b1")):
-            files, uid = make_study(tmp_path, name, 16)
+            files, uid = make_study(tmp_path, name, 10)
             storescu(box.dicom_port, files)
             studies.append((box, uid, len(files)))
 
@@ -140,7 +142,7 @@ def test_a_hub_cluster_loses_nothing_and_doubles_nothing(tmp_path, postgres_serv
         b.kill()
         b.start()
         for box, name in ((box_a, "a2"), (box_b, "b2")):
-            files, uid = make_study(tmp_path, name, 4)
+            files, uid = make_study(tmp_path, name, 2)
             storescu(box.dicom_port, files)
             studies.append((box, uid, len(files)))
         for box, uid, _n in studies:

@@ -26,6 +26,7 @@ from devkit.box import free_port, wait_port
 from devkit.broker import Hub
 from tests.conftest import need, storescu, wait_for
 from tests.helpers import ROOT, delivered, make_study, start_box
+from tests.system.rootfs import PREBUILD, Prebuild
 
 ANSIBLE = ROOT / "ansible"
 VENV_BIN = Path(sys.executable).parent
@@ -382,30 +383,16 @@ def test_certificates_are_renewed_before_they_expire(tmp_path):
 # -- a throwaway Debian root ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory):
-    """RadSetu's wheel and what it needs, for the box's offline install."""
-    wh = tmp_path_factory.mktemp("wheelhouse")
-    pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wh), str(ROOT)], check=True,
-                   capture_output=True)  # fmt: skip
-    (wheel,) = wh.glob("radsetu-*.whl")
-    subprocess.run(
-        [*pip, "download", "--only-binary=:all:", "-d", str(wh), "-c",
-         str(ROOT / "requirements.lock"), str(wheel)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return wh
-
-
 @pytest.mark.slow
-def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, wheelhouse):
-    root = tmp_path / "rootfs"
-    r = subprocess.run(
-        [str(ROOT / "firmware-image/build-rootfs.sh"), str(root), str(wheelhouse)],
-        env=env(), capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-3000:]
+def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, request):
+    # the root was being built in the background since the session began (rootfs.py)
+    pre = request.config.stash.get(PREBUILD, None)
+    if pre is None:  # this test run on its own: build it now
+        pre = Prebuild()
+        request.addfinalizer(pre.remove)
+    code, log = pre.result()
+    assert code == 0, log
+    root, wheelhouse = pre.root, pre.wheelhouse
     in_root = ["chroot", str(root)]
 
     # the image holds RadSetu, its units, and no box yet
