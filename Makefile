@@ -9,7 +9,7 @@ DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-drive
 # (any test runs on it with --hub-index=postgres)
 HUB_INDEX_TESTS := tests/hub tests/system/test_access.py tests/system/test_sessions.py \
 	tests/system/test_reading_room.py tests/system/test_reports.py tests/system/test_brokers.py
-DEBS_BENCH := dcmtk orthanc mosquitto iproute2
+DEBS_BENCH := dcmtk orthanc mosquitto iproute2 postgresql
 
 .PHONY: test lint demo bench lock clean debs-test debs-bench corpus
 
@@ -42,8 +42,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy --strict --ignore-missing-imports wire/
 
 test: $(VENV)/.installed debs-test lint corpus
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
-	$(PY) -m pytest -q -p no:cacheprovider --hub-index=postgres $(HUB_INDEX_TESTS)
+	PY=$(PY) HUB_INDEX_TESTS="$(HUB_INDEX_TESTS)" ./scripts/run-tests.sh
 
 demo: $(VENV)/.installed debs-test
 	$(PY) scripts/demo.py
@@ -52,6 +51,7 @@ bench: $(VENV)/.installed debs-bench corpus
 	$(PY) bench/compress.py
 	$(PY) bench/ingest.py
 	$(PY) bench/link.py
+	$(PY) bench/fleet.py
 
 # Regenerate the lock file from pyproject.toml (needs the registry).
 lock:
