@@ -19,6 +19,8 @@ from wire.pacing import parse_window
 DEFAULTS: dict[str, Any] = {
     "box_id": "",  # empty: the machine's host name
     "clinic": "",
+    # the clinic's language: the headings of its printed reports ("en", "hi", "kn")
+    "language": "en",
     "data_dir": "radsetu-data",
     "log_level": "INFO",
     "dicom": {
@@ -88,6 +90,8 @@ def _validate(v: dict[str, Any]) -> None:
             f"box_id: {v['box_id']!r} must be 1-64 letters, digits, '-' or '_' "
             "(it becomes part of MQTT topics)"
         )
+    if v["language"] not in ("en", "hi", "kn"):
+        raise ConfigError(f"language: {v['language']!r} must be en, hi or kn")
     d = v["dicom"]
     if not _AE_RE.match(d["ae_title"]) or d["ae_title"].strip() == "":
         raise ConfigError(f"dicom.ae_title: {d['ae_title']!r} is not a valid AE title (1-16 chars)")

@@ -68,6 +68,7 @@ class Agent:
         self.box_id = config.box_id
         self.last_study_check = 0.0
         self.clinic = str(config["clinic"])
+        self.language = str(config["language"])
         self.m = config["mqtt"]
         self.s = config["sync"]
         self.store = store
@@ -377,6 +378,7 @@ class Agent:
         return {
             "box_id": self.box_id,
             "clinic": self.clinic,
+            "language": self.language,
             "online": True,
             "link": "up" if self.connected else "down",
             "version": version(),

@@ -9,11 +9,10 @@ import uuid
 from typing import Any
 
 from common.clock import utcnow
-from hub import reading
+from hub import pdf, reading, reportwords
 from hub.errors import HubError
 from hub.store import FileHubStore, through_broker
 from hub.studykeys import real_uid
-from wire import pdf
 from wire.report import encode_report
 
 log = logging.getLogger("radsetu.hub.reports")
@@ -162,22 +161,28 @@ def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
         [r["study_uid"]],
     ).fetchone()
     name, pid, modality, description, acquired = study or ("", "", "", "", "")
+    lang = reportwords.language_of(store, r["box_id"])
+
+    def h(english: str) -> str:
+        return reportwords.heading(lang, english)
+
+    title = h("Radiology report") + (f" - {h('ADDENDUM')}" if r["version"] > 1 else "")
     blocks: list[tuple[str, str]] = [
-        ("title", "Radiology report" + (" - ADDENDUM" if r["version"] > 1 else "")),
-        ("line", f"Clinic: {r['box_id']}"),
-        ("line", f"Patient: {name or '-'} (ID {pid or '-'})"),
-        ("line", f"Study: {modality} {description} {acquired or ''}".rstrip()),
-        ("line", f"Study UID: {real_uid(r['study_uid'])}"),
-        ("line", f"Report: {r['report_id']} version {r['version']}"),
+        ("title", title),
+        ("line", f"{h('Clinic')}: {r['box_id']}"),
+        ("line", f"{h('Patient')}: {name or '-'} (ID {pid or '-'})"),
+        ("line", f"{h('Study')}: {modality} {description} {acquired or ''}".rstrip()),
+        ("line", f"{h('Study UID')}: {real_uid(r['study_uid'])}"),
+        ("line", f"{h('Report')}: {r['report_id']} {h('version')} {r['version']}"),
     ]
     if r.get("critical"):
-        blocks.append(("heading", "CRITICAL FINDING - act on this report now"))
+        blocks.append(("heading", h("CRITICAL FINDING - act on this report now")))
     blocks += [
-        ("heading", "Findings"),
+        ("heading", h("Findings")),
         ("para", r["findings"] or "-"),
-        ("heading", "Impression"),
+        ("heading", h("Impression")),
         ("para", r["impression"] or "-"),
-        ("heading", "Signed"),
+        ("heading", h("Signed")),
         ("line", f"{r['radiologist']}, {r['signed_at']}"),
     ]
     return pdf.render(blocks, title=f"RadSetu report {r['report_id']}")

@@ -123,6 +123,10 @@ def parse_status(payload: bytes) -> dict[str, Any]:
         v = d.get(key)
         if key in d and not (isinstance(v, str) or (v is None and key in _OPTIONAL_TEXTS)):
             raise RemoteProtocolError(f"status: {key} must be text")
+    if "language" in d and not (
+        isinstance(d["language"], str) and re.fullmatch(r"[a-z]{2,3}", d["language"])
+    ):
+        raise RemoteProtocolError("status: language must be a language code (en, hi, kn)")
     for key in _LISTS:
         v = d.get(key)
         if key in d and not (

@@ -15,6 +15,7 @@ from devkit.broker import Broker, Hub
 from devkit.corpus import data_file, replicate
 from tests.conftest import pdf_text, printed, screenshots, until, wait_for
 from tests.helpers import delivered, start_box
+from tests.printing import assert_printed, made
 
 EVIL = "<script>window.pwned=1</script>^Evil"
 PASSWORD = "correct horse battery"
@@ -143,7 +144,8 @@ def test_clinic_flow_in_the_browser(tmp_path, browser, boxes, cups_printer):
         hub.api(f"/api/reports/{r['report_id']}/sign", {"radiologist": "dr-rao"})
         until(b, lambda d: where(d, uid) == "printed", 90)
         first = wait_for(lambda: printed(out, r["report_id"]), 60, "the printed PDF")
-        assert "Small right frontal contusion" in pdf_text(first[0])
+        assert "Small right frontal contusion" in pdf_text(made(hub, first[0]))
+        assert_printed(first[0], made(hub, first[0]), "Small right frontal contusion")
 
         # the reports page: critical first, view, print again
         b.find_element(By.ID, "nav-reports").click()
@@ -158,7 +160,7 @@ def test_clinic_flow_in_the_browser(tmp_path, browser, boxes, cups_printer):
             lambda: box.api("/api/reports")["reports"][0]["print_count"] == 2, 60, "the reprint"
         )
         again = wait_for(lambda: printed(out, r["report_id"]), 60, "the reprinted PDF")
-        assert "Small right frontal contusion" in pdf_text(again[0])
+        assert_printed(again[0], made(hub, again[0]), "Small right frontal contusion")
 
         # her own language, kept for her next login
         Select(b.find_element(By.NAME, "language")).select_by_value("kn")

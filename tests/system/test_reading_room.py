@@ -14,6 +14,7 @@ from devkit.broker import Broker, Hub
 from devkit.corpus import data_file, replicate
 from tests.conftest import pdf_text, printed, storescu, until, wait_for
 from tests.helpers import delivered, start_box
+from tests.printing import assert_printed, made
 
 EVIL = "<script>window.pwned=1</script>^Evil"
 
@@ -127,9 +128,14 @@ def test_radiologist_reads_and_signs(tmp_path, browser, boxes, cups_printer):
         # and the clinic's printer prints it: the report and then its addendum
         rid = report["report_id"]
         done = wait_for(lambda: len(printed(out, rid)) == 2 and printed(out, rid), 60, "prints")
-        texts = [pdf_text(p) for p in done]
-        assert any("No intracranial haemorrhage" in t for t in texts)
-        assert any("lacunar infarct" in t for t in texts)
+        shown = {}
+        for paper in done:
+            text = pdf_text(made(hub, paper))
+            for phrase in ("No intracranial haemorrhage", "lacunar infarct"):
+                if phrase in text:
+                    assert_printed(paper, made(hub, paper), phrase)
+                    shown[phrase] = paper
+        assert len(shown) == 2
     finally:
         hub.stop()
         broker.stop()

@@ -8,9 +8,11 @@ import urllib.error
 
 import pytest
 
+from devkit.box import Box
 from devkit.broker import Broker, Hub
-from tests.conftest import pdf_text, printed, storescu, wait_for
+from tests.conftest import SCREENSHOTS, pdf_text, printed, storescu, wait_for
 from tests.helpers import delivered, make_study, start_box
+from tests.printing import assert_printed, made
 
 
 @pytest.fixture
@@ -84,8 +86,9 @@ def test_signed_report_is_printed_at_the_box(tmp_path, site, boxes, cups_printer
     )
     hub.api(f"/api/reports/{r['report_id']}/sign", {})
     files_out = wait_for(lambda: printed(out, r["report_id"]), 60, "the printed PDF")
-    text = pdf_text(files_out[0])
+    text = pdf_text(made(hub, files_out[0]))
     assert "right lower lobe" in text and "Dr Rao" in text and uid in text
+    assert_printed(files_out[0], made(hub, files_out[0]), "right lower lobe", "Dr Rao", uid)
     patient = box.api(f"/api/studies/{uid}")
     assert patient["patient_id"] in text and "Patient:" in text and "CT" in text
     (at_box,) = box.api("/api/reports")["reports"]
@@ -122,8 +125,9 @@ def test_report_signed_while_the_box_is_offline_arrives_once(tmp_path, site, box
     time.sleep(3)  # anything sent twice would have arrived by now
     reports = box.api("/api/reports")["reports"]
     assert len(reports) == 1 and reports[0]["critical"] is True and reports[0]["print_count"] == 1
-    assert len(printed(out, rid)) == 1
-    assert "subdural" in pdf_text(printed(out, rid)[0])
+    (paper,) = printed(out, rid)
+    assert "subdural" in pdf_text(made(hub, paper))
+    assert_printed(paper, made(hub, paper), "Large subdural haematoma")
     assert "CRITICAL" in box.log_text()
 
 
@@ -188,3 +192,67 @@ def test_worklist_claims_and_turnaround(tmp_path, site, boxes, cups_printer):
     stat = summary[("test-box", "stat")]["seconds"]
     assert stat["hub_to_signed"]["n"] == 1 and stat["hub_to_signed"]["median"] >= 0
     assert summary[("test-box", "routine")]["seconds"]["hub_to_signed"]["n"] == 0
+
+
+NAMES = {
+    "kannada": ("ಶ್ರೀನಿವಾಸ ಕುಲಕರ್ಣಿ", "ಬಲ ಶ್ವಾಸಕೋಶದಲ್ಲಿ ನ್ಯುಮೋನಿಯಾ."),
+    "devanagari": ("प्रियंका शर्मा", "दाहिने फेफड़े में निमोनिया।"),
+}
+
+
+def named_study(tmp_path, name: str, patient: str):  # type: ignore[no-untyped-def]
+    """A real study whose patient is named in an Indian script (ISO_IR 192)."""
+    import pydicom
+
+    files, uid = make_study(tmp_path, name, 1)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = patient
+        ds.save_as(f)
+    return files, uid
+
+
+def test_a_report_prints_in_kannada_and_devanagari(tmp_path, site, boxes, cups_printer):
+    """Patients named in Kannada and in Devanagari, findings in those scripts beside
+    Latin, at a clinic whose language is Kannada: the report's PDF embeds subsets of the
+    Noto fonts for each script, its headings are in Kannada beside English, its text
+    comes back as written (conjuncts and vowel signs shaped), and the page printed
+    through CUPS shows it."""
+    import subprocess
+
+    broker, hub = site
+    queue, out = cups_printer
+    # a clinic in Karnataka: its reports' headings in Kannada beside English
+    box = Box(tmp_path / "box", mqtt=broker.mqtt_config(), printer=queue, quiet_seconds=1)
+    boxes.append(box)
+    box.start(env={"RADSETU_LANGUAGE": "kn"})
+    for script, (patient, finding) in NAMES.items():
+        files, uid = named_study(tmp_path, script, patient)
+        storescu(box.dicom_port, files)
+        wait_for(lambda uid=uid: delivered(box, uid), 40, "the study at the hub")
+        r = hub.api(f"/api/studies/{uid}/reports", {"findings": f"{finding} Right lower lobe.",
+                                                    "impression": finding,
+                                                    "radiologist": "Dr Rao"})  # fmt: skip
+        hub.api(f"/api/reports/{r['report_id']}/sign", {})
+        (pdf,) = wait_for(lambda r=r: printed(out, r["report_id"]), 60, "the printed PDF")
+        fonts = subprocess.run(["pdffonts", str(made(hub, pdf))], capture_output=True,
+                               text=True).stdout  # fmt: skip
+        family = "NotoSansKannada" if script == "kannada" else "NotoSansDevanagari"
+        # embedded, as a subset (a six-letter tag before the name), with a Unicode map
+        (row,) = [line for line in fonts.splitlines() if f"+{family} " in line]
+        assert row.split()[-5:-2] == ["yes", "yes", "yes"], fonts
+        # the hub's PDF reads back as written (pdftotext may split a syllable whose
+        # vowel sign is drawn before its consonant: compare without spaces), and the
+        # printed page shows the same ink there
+        text = "".join(pdf_text(made(hub, pdf)).split())
+        phrases = (patient, finding, "Right lower lobe.", "Dr Rao", "Findings / ಕಂಡುಬಂದ ಅಂಶಗಳು",
+                   "Patient / ರೋಗಿ:")  # fmt: skip
+        for words in phrases:
+            assert "".join(words.split()) in text, (words, text)
+        assert_printed(pdf, made(hub, pdf), *phrases)
+        # the printed page as an image, for people to look at (test-artifacts/)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["pdftoppm", "-r", "80", "-png", "-singlefile", str(pdf),
+                        str(SCREENSHOTS / f"printed-report-{script}")], check=True,
+                       capture_output=True)  # fmt: skip
