@@ -43,3 +43,13 @@ def box_app(tmp_path):
     accounts.add_user(store.db, "asha", "staff", PASSWORD, "hi")
     accounts.add_user(store.db, "boss", "admin", PASSWORD)
     return app, store
+
+
+@pytest.fixture
+def seaweed(tmp_path):
+    """A real S3 server (SeaweedFS) as a plain process, for the hub's [objects]."""
+    from devkit.seaweed import SeaweedFS
+
+    s = SeaweedFS(tmp_path / "seaweed").start()
+    yield s
+    s.stop()

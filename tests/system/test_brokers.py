@@ -7,15 +7,8 @@ from __future__ import annotations
 
 from devkit.broker import Broker, Hub
 from tests.conftest import storescu, wait_for
-from tests.helpers import delivered, make_study, start_box
+from tests.helpers import delivered, make_study, sign_report, start_box
 from wire import frames
-
-
-def report(hub: Hub, uid: str, words: str) -> str:
-    r = hub.api(f"/api/studies/{uid}/reports",
-                {"findings": words, "impression": words, "radiologist": "Dr B"})  # fmt: skip
-    hub.api(f"/api/reports/{r['report_id']}/sign", {})
-    return str(r["report_id"])
 
 
 def test_boxes_on_two_brokers_and_one_broker_down(tmp_path, boxes):
@@ -38,7 +31,7 @@ def test_boxes_on_two_brokers_and_one_broker_down(tmp_path, boxes):
         assert on == {"box-a": f"127.0.0.1:{one.port}", "box-b": f"127.0.0.1:{two.port}"}
 
         # each box gets its report through its own broker, once
-        ra, rb = report(hub, uids["a1"], "a first"), report(hub, uids["b1"], "b first")
+        ra, rb = sign_report(hub, uids["a1"], "a first"), sign_report(hub, uids["b1"], "b first")
         wait_for(lambda: hub.api(f"/api/reports/{ra}")["delivery"]["state"] == "acked"
                  and hub.api(f"/api/reports/{rb}")["delivery"]["state"] == "acked", 60,
                  "both reports acknowledged")  # fmt: skip
@@ -55,7 +48,7 @@ def test_boxes_on_two_brokers_and_one_broker_down(tmp_path, boxes):
         files_b, uids["b2"] = make_study(tmp_path, "b2", 3)
         storescu(a.dicom_port, files_a)
         storescu(b.dicom_port, files_b)
-        rb2 = report(hub, uids["b1"], "b addendum-like second report")
+        rb2 = sign_report(hub, uids["b1"], "b addendum-like second report")
         wait_for(lambda: delivered(a, uids["a2"]), 60, "box A's study with broker two down")
         assert not delivered(b, uids["b2"])
         assert hub.api(f"/api/reports/{rb2}")["delivery"]["state"] == "pending"

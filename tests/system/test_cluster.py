@@ -21,24 +21,15 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from devkit.broker import Broker, Hub
-from devkit.seaweed import SeaweedFS
 from devkit.servers import kill_group, spawn
 from hub.jobs import REPORT_RETRY_SECONDS
 from tests.conftest import storescu, wait_for
-from tests.helpers import delivered, make_study, start_box
+from tests.helpers import delivered, make_study, sign_report, start_box
 from wire import frames
 
 PASSWORD = "a long enough password"
-
-
-@pytest.fixture
-def seaweed(tmp_path):
-    s = SeaweedFS(tmp_path / "seaweed").start()
-    yield s
-    s.stop()
 
 
 def rows(url: str, sql: str) -> list[tuple]:  # type: ignore[type-arg]
@@ -79,13 +70,6 @@ def session_on_both(a: Hub, b: Hub) -> None:
     for hub in (a, b):
         r = web.open(f"http://127.0.0.1:{hub.web_port}/", timeout=30)
         assert "/login" not in r.url and "Log in" not in r.read().decode()
-
-
-def report(hub: Hub, uid: str) -> str:
-    r = hub.api(f"/api/studies/{uid}/reports",
-                {"findings": "f", "impression": "i", "radiologist": "Dr C"})  # fmt: skip
-    hub.api(f"/api/reports/{r['report_id']}/sign", {})
-    return str(r["report_id"])
 
 
 def test_a_hub_cluster_loses_nothing_and_doubles_nothing(tmp_path, postgres_server, seaweed, boxes):
@@ -186,7 +170,7 @@ def test_a_hub_cluster_loses_nothing_and_doubles_nothing(tmp_path, postgres_serv
         other = "b" if leader == "a" else "a"
         hubs[leader].kill()
         killed = time.monotonic()
-        ids = {report(hubs[other], uid): box for box, uid, _n in studies[:2]}
+        ids = {sign_report(hubs[other], uid): box for box, uid, _n in studies[:2]}
         wait_for(lambda: sender() == other, 40, "the other machine taking the report sender")
         print(f"cluster: the report sender moved from {leader} to {other} in "
               f"{time.monotonic() - killed:.1f} s")  # fmt: skip

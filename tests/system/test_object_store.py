@@ -22,13 +22,6 @@ from tests.conftest import storescu, wait_for
 from tests.helpers import delivered, make_study, start_box
 
 
-@pytest.fixture
-def seaweed(tmp_path):
-    s = SeaweedFS(tmp_path / "seaweed").start()
-    yield s
-    s.stop()
-
-
 def bucket(s: SeaweedFS, name: str) -> dict[str, bytes]:
     """Every object in the bucket, by key, with its bytes."""
     c = boto3.client("s3", endpoint_url=s.url, aws_access_key_id=s.access_key,
