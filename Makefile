@@ -9,6 +9,10 @@ DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-drive
 # (any test runs on it with --hub-index=postgres)
 HUB_INDEX_TESTS := tests/hub tests/system/test_access.py tests/system/test_sessions.py \
 	tests/system/test_reading_room.py tests/system/test_reports.py tests/system/test_brokers.py
+# the heaviest self-contained tests, run in the background stream after the image test
+# and the PostgreSQL pass (scripts/run-tests.sh), so the two streams end about together
+BESIDE_TESTS := tests/system/test_corpus.py tests/edge/test_crash.py tests/system/test_cluster.py \
+	tests/system/test_object_store.py
 DEBS_BENCH := dcmtk orthanc mosquitto iproute2 postgresql
 
 .PHONY: test lint demo bench lock clean debs-test debs-bench corpus
@@ -42,7 +46,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy --strict --ignore-missing-imports wire/
 
 test: $(VENV)/.installed debs-test lint corpus
-	PY=$(PY) HUB_INDEX_TESTS="$(HUB_INDEX_TESTS)" ./scripts/run-tests.sh
+	PY=$(PY) HUB_INDEX_TESTS="$(HUB_INDEX_TESTS)" BESIDE_TESTS="$(BESIDE_TESTS)" \
+		./scripts/run-tests.sh
 
 demo: $(VENV)/.installed debs-test
 	$(PY) scripts/demo.py

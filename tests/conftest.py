@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,22 +229,20 @@ def pdf_text(path: Path, timeout: float = 20) -> str:
 @pytest.fixture(scope="module")
 def cups_printer():
     """A CUPS queue whose device is cups-pdf; yields (queue, folder its PDFs land in).
-    Starts the scheduler when none runs (there is no systemd here)."""
+    Starts the scheduler when none runs (there is no systemd here). make test runs two
+    pytest processes at once, so the queue is this process's own and the scheduler is
+    shared: each user holds a shared lock on it, and the one that started it stops it
+    only once it alone holds the lock."""
     for tool in ("cupsd", "lpadmin", "lp", "pdftotext"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing (make test installs cups and poppler-utils)")
+    lock = open(Path(tempfile.gettempdir()) / "radsetu-test-cupsd.lock", "a")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_SH)
     started = None
-    if "is running" not in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout:
+    if not _cups_running():
         started = subprocess.Popen(["cupsd", "-f"], stderr=subprocess.DEVNULL)
-        wait_for(
-            lambda: (
-                "is running"
-                in subprocess.run(["lpstat", "-r"], capture_output=True, text=True).stdout
-            ),
-            20,
-            "cupsd",
-        )
-    queue = "radsetu-test"
+        wait_for(_cups_running, 20, "cupsd")
+    queue = f"radsetu-test-{os.getpid()}"
     subprocess.run(
         [
             "lpadmin",
@@ -257,11 +258,20 @@ def cups_printer():
         capture_output=True,
     )
     out = Path.home() / "PDF"  # cups-pdf's "Out ${HOME}/PDF" for the user who prints
-    yield queue, out
-    subprocess.run(["lpadmin", "-x", queue], capture_output=True)
-    if started is not None:
-        started.terminate()
-        started.wait()
+    try:
+        yield queue, out
+    finally:
+        subprocess.run(["lpadmin", "-x", queue], capture_output=True)
+        if started is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the other process's queue to go
+            started.terminate()
+            started.wait()
+        lock.close()
+
+
+def _cups_running() -> bool:
+    r = subprocess.run(["lpstat", "-r"], capture_output=True, text=True)
+    return "is running" in r.stdout and "not running" not in r.stdout
 
 
 def printed(out: Path, report_id: str) -> list[Path]:
