@@ -55,7 +55,7 @@ def check() -> Any:
     session, and a change needs the session's CSRF token too."""
     if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    is_api = request.path.startswith("/api/")
+    is_api = request.path.startswith("/api/") or request.path == "/metrics"
     if is_api and current_app.config["RADSETU"]["web"]["trust_loopback"] and _loopback():
         return None
     who = current_user()

@@ -8,8 +8,9 @@ from typing import Any
 
 from flask import Flask
 
+from common.metrics import time_requests
 from common.web import json_app
-from edge import clinic, db
+from edge import clinic, db, metrics
 from edge import config as edge_config
 from edge.api import api
 from edge.boot import open_store
@@ -24,7 +25,8 @@ def create_app(
         cfg = edge_config.load(os.environ.get("RADSETU_CONFIG"))
     if store is None:
         store = open_store(cfg)
-    app = json_app(cfg, api)
+    app = json_app(cfg, api, metrics.metrics)
+    time_requests(app, "radsetu")
     app.config["RADSETU_AGENT"] = agent
     clinic.install(app, cfg.data_dir, store)
     db.init_app(app)

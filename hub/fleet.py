@@ -195,59 +195,6 @@ def history(store: FileHubStore, box_id: str, days: float, now: float | None = N
     }
 
 
-METRICS = [
-    ("online", "gauge", "1 when the box is online (from its status and its last will)"),
-    ("last_seen_timestamp_seconds", "gauge", "when the hub last heard from the box"),
-    ("backlog_studies", "gauge", "studies on the box not yet delivered"),
-    ("backlog_bytes", "gauge", "bytes on the box not yet delivered"),
-    ("oldest_pending_age_seconds", "gauge", "age of the oldest study not yet delivered"),
-    ("throughput_bytes_per_second", "gauge", "bytes per second that reached the hub, last hour"),
-    ("disk_free_bytes", "gauge", "free disk on the box"),
-    ("held_instances", "gauge", "instances on the box that cannot be sent (gone or damaged)"),
-]
-_FIELD = {
-    "online": "online",
-    "last_seen_timestamp_seconds": "last_seen_ts",
-    "backlog_studies": "backlog_studies",
-    "backlog_bytes": "backlog_bytes",
-    "oldest_pending_age_seconds": "oldest_pending_age_seconds",
-    "throughput_bytes_per_second": "throughput_bytes_per_second",
-    "disk_free_bytes": "disk_free_bytes",
-    "held_instances": "held_instances",
-}
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_text(data: dict) -> str:
-    """The Prometheus text exposition format (version 0.0.4)."""
-    lines = []
-    for name, kind, text in METRICS:
-        full = f"radsetu_box_{name}"
-        lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
-        for b in data["boxes"]:
-            value = float(b[_FIELD[name]])
-            lines.append(f'{full}{{box="{_label(b["box_id"])}"}} {value!r}')
-    lines += [
-        "# HELP radsetu_box_info the box's version and clinic",
-        "# TYPE radsetu_box_info gauge",
-    ]
-    for b in data["boxes"]:
-        lines.append(
-            f'radsetu_box_info{{box="{_label(b["box_id"])}",clinic="{_label(b["clinic"])}",'
-            f'version="{_label(b["version"])}"}} 1.0'
-        )
-    lines += ["# HELP radsetu_alerts alerts now open, by kind", "# TYPE radsetu_alerts gauge"]
-    kinds: dict[tuple[str, str], int] = {}
-    for a in data["alerts"]:
-        kinds[(a["box_id"], a["kind"])] = kinds.get((a["box_id"], a["kind"]), 0) + 1
-    for (box, kind), n in sorted(kinds.items()):
-        lines.append(f'radsetu_alerts{{box="{_label(box)}",kind="{kind}"}} {float(n)!r}')
-    return "\n".join(lines) + "\n"
-
-
 def svg_chart(points: list[tuple[float, float]], title: str, unit: str, step: bool = False) -> str:
     """A small line chart as inline SVG (no script, no library): x is time."""
     w, h, pad = 600, 160, 30

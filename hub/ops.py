@@ -3,12 +3,15 @@ transfers and charts, ``/metrics`` for Prometheus, and the admin's audit log."""
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, session
+from flask import Blueprint, abort, current_app, render_template, request, session
 
+from common.metrics import exposition
 from common.passwords import csrf_token
 from hub import access, fleet
+from hub import metrics as hub_metrics
 from hub.db import request_store
 
 ops = Blueprint("ops", __name__, template_folder="pages")
@@ -100,8 +103,11 @@ def box_page(box_id: str) -> Any:
 
 @ops.get("/metrics")
 def metrics() -> Any:
-    return Response(
-        fleet.metrics_text(_fleet()), mimetype="text/plain; version=0.0.4; charset=utf-8"
+    """The fleet's figures and the hub's own, for Prometheus (hub/metrics.py)."""
+    store = request_store()
+    return exposition(
+        current_app,
+        lambda: chain(hub_metrics.fleet_families(_fleet()), hub_metrics.hub_families(store)),
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from common.config import Config
+from common.metrics import share_between_processes, worker_gone
 from hub.web import create_app
 
 log = logging.getLogger("radsetu.hub")
@@ -89,6 +90,9 @@ def serve(config: Config) -> int:
 
 def _run_gunicorn(config: Config) -> None:
     w = config["web"]
+    # before the app's figures are made and the workers fork: one set of request figures
+    # for all the workers, whichever answers the scrape
+    share_between_processes(config.data_dir / "run" / "metrics")
     _Gunicorn(
         create_app(config),
         {
@@ -103,5 +107,6 @@ def _run_gunicorn(config: Config) -> None:
             # one shared control socket per user would make two hubs on one machine
             # fight over it; the hub is managed by signals and its unit instead
             "control_socket_disable": True,
+            "child_exit": lambda _server, worker: worker_gone(worker.pid),
         },
     ).run()

@@ -8,6 +8,7 @@ import os
 from flask import Flask
 
 from common.config import Config
+from common.metrics import time_requests
 from common.web import json_app
 from hub import access, db, ui, users
 from hub import config as hub_config
@@ -27,6 +28,7 @@ def create_app(cfg: Config | None = None) -> Flask:
     finally:
         store.close()
     app = json_app(cfg, api, dicomweb, ops, admin)
+    time_requests(app, "radsetu_hub")
     ui.install(app, key)
     app.before_request(lambda: access.check(db.request_store))
     app.after_request(lambda response: access.audit_reads(db.request_store, response))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import re
+import urllib.parse
 from pathlib import Path
 
 from devkit.box import Box
@@ -67,3 +70,19 @@ def sign_report(hub: Hub, uid: str, words: str = "No acute findings.", by: str =
                 {"findings": words, "impression": words, "radiologist": by})  # fmt: skip
     hub.api(f"/api/reports/{r['report_id']}/sign", {})
     return str(r["report_id"])
+
+
+def box_login(port: int, user: str, password: str) -> str:
+    """A session cookie for the box's pages, got the way a browser gets it."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/login")
+    r = c.getresponse()
+    cookie = r.getheader("Set-Cookie", "").split(";")[0]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', r.read().decode())[1]  # type: ignore[index]
+    body = urllib.parse.urlencode({"csrf": csrf, "username": user, "password": password})
+    c.request("POST", "/login", body, {"Cookie": cookie,
+              "Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    r = c.getresponse()
+    r.read()
+    assert r.status == 302, r.status
+    return r.getheader("Set-Cookie", "").split(";")[0]

@@ -5,19 +5,17 @@ what is read is spooled on the data disk, never in /tmp."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import re
 import socket
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from devkit.box import Box
 from edge.webserver import PRE_LOGIN_BYTES
+from tests.helpers import box_login
 
 PASSWORD = "correct horse battery"
 REFUSED = b"HTTP/1.1 413 (or the connection closed before it could be read)"
@@ -33,19 +31,7 @@ def box(tmp_path: Path):
 
 
 def login(port: int) -> str:
-    """A session cookie, got the way a browser gets it."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", "/login")
-    r = c.getresponse()
-    cookie = r.getheader("Set-Cookie", "").split(";")[0]
-    csrf = re.search(r'name="csrf" value="([^"]+)"', r.read().decode())[1]  # type: ignore[index]
-    body = urllib.parse.urlencode({"csrf": csrf, "username": "asha", "password": PASSWORD})
-    c.request("POST", "/login", body, {"Cookie": cookie,
-              "Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
-    r = c.getresponse()
-    r.read()
-    assert r.status == 302, r.status
-    return r.getheader("Set-Cookie", "").split(";")[0]
+    return box_login(port, "asha", PASSWORD)
 
 
 def post_headers(length: int, cookie: str = "") -> bytes:
