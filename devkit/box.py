@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,11 +13,28 @@ import time
 import urllib.request
 from pathlib import Path
 
+# Listening ports for the servers the tests start: below the kernel's ephemeral range
+# (32768-60999), so that no outgoing connection of any process takes one between the
+# check here and the server's bind; picked at random, and never twice by one process,
+# so that two test runs at once (make test runs two) rarely meet on one.
+_PORTS = range(10000, 32000)
+_given: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on or holds now."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError("no free port found between 10000 and 32000")
 
 
 def wait_port(port: int, timeout: float = 20, proc: subprocess.Popen | None = None) -> None:
