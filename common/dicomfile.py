@@ -76,6 +76,7 @@ class InstanceInfo:
     series_number: int | None
     series_description: str
     instance_number: int | None
+    referring_physician: str = ""  # as the modality wrote it (0008,0090)
 
 
 def is_valid_uid(uid: str) -> bool:
@@ -135,6 +136,7 @@ _KEYWORDS = [
     "SeriesNumber",
     "SeriesDescription",
     "InstanceNumber",
+    "ReferringPhysicianName",
     "SpecificCharacterSet",
 ]
 _WANTED = frozenset(int(tag_for_keyword(k)) for k in _KEYWORDS)  # type: ignore[arg-type]
@@ -190,7 +192,17 @@ def _build(
         series_number=number("SeriesNumber"),
         series_description=text("SeriesDescription"),
         instance_number=number("InstanceNumber"),
+        referring_physician=_optional(text, "ReferringPhysicianName"),
     )
+
+
+def _optional(text: Callable[[str], str], name: str) -> str:
+    """A value the study does not need: one that cannot be decoded is left out, never a
+    reason to refuse the instance."""
+    try:
+        return text(name).replace("^", " ").strip()[:200]
+    except InvalidInstance:
+        return ""
 
 
 def _pydicom_info(found: dict[int, tuple[bytes, bytes]], meta: Meta) -> InstanceInfo:

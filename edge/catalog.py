@@ -15,7 +15,7 @@ _STUDY_SELECT = """
     SELECT s.study_uid, p.name AS patient_name, p.patient_id, s.study_date, s.study_time,
            s.description, s.accession_number, s.state, s.priority,
            s.first_received, s.last_received, s.ready_at, s.delivered_at, s.priority_reason,
-           s.clinical_note, s.hub_state,
+           s.clinical_note, s.hub_state, s.referring_physician, s.referrer_id,
            (SELECT group_concat(DISTINCT modality) FROM series WHERE study_uid=s.study_uid)
                AS modalities,
            (SELECT count(*) FROM instances WHERE study_uid=s.study_uid) AS instances,

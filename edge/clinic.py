@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import shutil
 from datetime import timedelta
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from flask import (
     abort,
     current_app,
     flash,
-    g,
     jsonify,
     redirect,
     request,
@@ -31,11 +29,11 @@ from flask import (
 )
 
 from common.passwords import csrf_sent, session_key
-from edge import accounts, catalog, i18n, studies
+from edge import accounts, catalog, doctorpages, doctors, i18n, studies
 from edge import reports as box_reports
 from edge.errors import BoxError
 from edge.login import OPEN_WHILE_MUST_CHANGE, SESSION_HOURS, current_user
-from edge.pages import _, audit, audit_reads, clinic, page_db, render_page
+from edge.pages import _, admin_only, audit, audit_reads, clinic, page_db, render_page
 from edge.progress import STATE_ORDER, health, studies_view, today
 from edge.uploads import upload_request
 
@@ -73,16 +71,6 @@ def check() -> Any:
                 raise BoxError("missing or stale CSRF token: reload the page")
             abort(400, "the form is stale or forged (no valid CSRF token): reload the page")
     return None
-
-
-def admin_only(view: Any) -> Any:
-    @wraps(view)
-    def wrapped(*a: Any, **kw: Any) -> Any:
-        if g.get("role") != "admin":
-            abort(403, "only the box's admin may see this")
-        return view(*a, **kw)
-
-    return wrapped
 
 
 @clinic.post("/language")
@@ -139,8 +127,10 @@ def study(study_uid: str) -> Any:
     audit("view", study_uid)
     reps = [r for r in box_reports.listing(db) if r["study_uid"] == study_uid]
     return render_page(
-        "study.html", "Study", study=found, view=view, reports=reps, instances=found["instances"]
-    )
+        "study.html", "Study", study=found, view=view, reports=reps, instances=found["instances"],
+        referrer=doctors.for_study(db, found["referrer_id"], found["referring_physician"]),
+        doctors=doctors.listing(db),
+    )  # fmt: skip
 
 
 @clinic.post("/study/<study_uid>")
@@ -226,6 +216,7 @@ def install(app: Flask, data_dir: Path, store: Any) -> None:
         lambda s, p, n: i18n.gettext(session.get("lang", "en"), s if n == 1 else p),
         newstyle=True,
     )
+    assert doctorpages.clinic is clinic  # its pages are on the clinic's blueprint
     app.register_blueprint(clinic)
     app.before_request(check)
     app.after_request(audit_reads)

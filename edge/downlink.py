@@ -10,7 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge import reports, studies
+from edge import doctors, reports, studies
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
@@ -54,17 +54,21 @@ class Downlink:
     def publish_study_updates(self) -> None:
         """STAT marks and clinical notes made at the clinic after the study was packed
         go to the hub on their own; cleared once the broker has them (``published``)."""
-        for uid, priority, note in self.db.execute(
-            "SELECT study_uid, priority, clinical_note FROM studies WHERE update_pending=1"
+        for uid, priority, note, chosen, dicom_name in self.db.execute(
+            "SELECT study_uid, priority, clinical_note, referrer_id, referring_physician "
+            "FROM studies WHERE update_pending=1"
         ).fetchall():
             if uid in self.study_inflight:
                 continue
+            doctor = doctors.for_study(self.db, chosen, dicom_name)
             info = self.client().publish(
                 frames.topic(self.box_id, frames.UP_STUDY),
-                StudyUpdate(uid, priority, note[:1000]).encode(),
+                StudyUpdate(
+                    uid, priority, note[:1000], doctor.contact() if doctor else None
+                ).encode(),
                 qos=1,
             )
-            self.study_mids[info.mid] = (uid, priority, note)
+            self.study_mids[info.mid] = (uid, priority, note, chosen or 0)
             self.study_inflight[uid] = info.mid
 
     def published(self, mid: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from common.clock import utcnow
 from common.durable import fsync_dir
-from edge import studies
+from edge import doctors, studies
 from edge.holds import Holds
 from edge.sneakernet import NothingToPack, PackResult, Source, pack
 from edge.store import Store
@@ -112,8 +112,8 @@ class Outbox:
         every instance is held makes no transfer."""
         rows = self._unsent(study_uid)
         study = self.db.execute(
-            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note "
-            "FROM studies WHERE study_uid=?",
+            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note, "
+            "referrer_id, referring_physician FROM studies WHERE study_uid=?",
             [study_uid],
         ).fetchone()
         if not rows or study is None:
@@ -165,7 +165,8 @@ class Outbox:
             "ORDER BY seq DESC LIMIT 1",
             [sources[0].study_uid],
         ).fetchone()
-        priority, first_received, reason, note = study
+        priority, first_received, reason, note, referrer_id, dicom_name = study
+        referrer = doctors.for_study(self.db, referrer_id, dicom_name)
         return pack(
             sources,
             out,
@@ -181,6 +182,7 @@ class Outbox:
                 "first_received": first_received,
                 "priority_reason": reason[:500],
                 "clinical_note": note[:1000],
+                **({"referrer": referrer.contact()} if referrer else {}),
             },
             coder_seconds=float(self.cfg["coder_seconds"]),
         )

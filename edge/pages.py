@@ -1,13 +1,15 @@
 """The clinic's blueprint and what every page of it uses: the request's index, the
 user's language, the CSRF token, the audit log, rendering. The pages themselves are in
-``edge/clinic.py`` (access, studies, reports), ``edge/uploads.py``; where a study is,
+``edge/clinic.py`` (access, studies, reports), ``edge/uploads.py``,
+``edge/doctorpages.py``; where a study is,
 in ``edge/progress.py``."""
 
 from __future__ import annotations
 
+from functools import wraps
 from typing import Any
 
-from flask import Blueprint, current_app, render_template, request, session
+from flask import Blueprint, abort, current_app, g, render_template, request, session
 
 from common.passwords import csrf_token
 from common.reads import Recent, read_target
@@ -15,6 +17,16 @@ from edge import accounts, i18n
 from edge.db import get_db
 
 clinic = Blueprint("clinic", __name__, template_folder="pages")
+
+
+def admin_only(view: Any) -> Any:
+    @wraps(view)
+    def wrapped(*a: Any, **kw: Any) -> Any:
+        if g.get("role") != "admin":
+            abort(403, "only the box's admin may see this")
+        return view(*a, **kw)
+
+    return wrapped
 
 
 def page_db():  # type: ignore[no-untyped-def]

@@ -161,3 +161,19 @@ def m006_sessions(db: sqlite_utils.Database) -> None:
     """Sessions kept on the box (a cookie is worth nothing after logout), failed-login
     counters, and accounts that are disabled or must change their password."""
     create_session_tables(db)
+
+
+@migrations()
+def m007_doctors(db: sqlite_utils.Database) -> None:
+    """The clinic's referring doctors and its on-call contact (edge/doctors.py), the
+    Referring Physician's Name the modality wrote on a study, and the doctor chosen on
+    its page (NULL: the one that name matches)."""
+    db.execute("""
+        CREATE TABLE doctors (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL, mobile TEXT NOT NULL, email TEXT NOT NULL,
+            language TEXT NOT NULL, on_call INTEGER NOT NULL DEFAULT 0,
+            active INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL
+        )""")
+    db.execute("ALTER TABLE studies ADD COLUMN referring_physician TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE studies ADD COLUMN referrer_id INTEGER")

@@ -30,10 +30,12 @@ def upsert(db: sqlite_utils.Database, info: InstanceInfo, stat: bool, now: str) 
     db.execute(
         """INSERT INTO studies(study_uid, patient_key, study_date, study_time,
                description, accession_number, state, priority, first_received,
-               last_received, last_received_ts)
-           VALUES (?,?,?,?,?,?,'receiving',?,?,?,?)
+               last_received, last_received_ts, referring_physician)
+           VALUES (?,?,?,?,?,?,'receiving',?,?,?,?,?)
            ON CONFLICT(study_uid) DO UPDATE SET
                state='receiving', ready_at=NULL,
+               referring_physician=CASE WHEN studies.referring_physician = ''
+                   THEN excluded.referring_physician ELSE studies.referring_physician END,
                last_received=excluded.last_received,
                last_received_ts=excluded.last_received_ts,
                priority=CASE WHEN excluded.priority='stat' THEN 'stat'
@@ -49,6 +51,7 @@ def upsert(db: sqlite_utils.Database, info: InstanceInfo, stat: bool, now: str) 
             now,
             now,
             now_ts,
+            info.referring_physician,
         ],
     )
     db.execute(
@@ -114,11 +117,23 @@ def set_clinical(
     return changed
 
 
-def update_sent(db: sqlite_utils.Database, study_uid: str, priority: str, note: str) -> None:
+def set_referrer(db: sqlite_utils.Database, study_uid: str, doctor_id: int | None) -> None:
+    """The study's referring doctor as chosen on its page (None: the one its DICOM name
+    matches); queued for the hub like a note."""
+    db.execute(
+        "UPDATE studies SET referrer_id=?, update_pending=1 WHERE study_uid=?",
+        [doctor_id, study_uid],
+    )
+
+
+def update_sent(
+    db: sqlite_utils.Database, study_uid: str, priority: str, note: str, referrer_id: int
+) -> None:
     """The broker has the study's update: nothing is pending unless it changed since."""
     db.execute(
-        "UPDATE studies SET update_pending=0 WHERE study_uid=? AND priority=? AND clinical_note=?",
-        [study_uid, priority, note],
+        "UPDATE studies SET update_pending=0 WHERE study_uid=? AND priority=? AND clinical_note=? "
+        "AND coalesce(referrer_id, 0)=?",
+        [study_uid, priority, note, referrer_id],
     )
 
 

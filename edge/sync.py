@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common.clock import utcnow
+from edge import doctors
 from edge.config import Config
 from edge.downlink import Downlink
 from edge.events import AckArrived, Event, ReportArrived, ReportPrinted, StudyNoticeArrived
@@ -379,6 +380,7 @@ class Agent:
             "box_id": self.box_id,
             "clinic": self.clinic,
             "language": self.language,
+            "on_call": _on_call(db if db is not None else self.outbox.db),
             "online": True,
             "link": "up" if self.connected else "down",
             "version": version(),
@@ -436,3 +438,9 @@ class Agent:
                 self.client.loop(timeout=0.1)
         except Exception:  # noqa: BLE001 - stopping anyway
             log.exception("while stopping the sync agent")
+
+
+def _on_call(db: Any) -> dict[str, str] | None:
+    """The clinic's on-call contact, for the hub's escalation of a critical finding."""
+    contact = doctors.on_call(db)
+    return contact.contact() if contact else None

@@ -229,7 +229,9 @@ class Ingest:
     def _study_update(self, box_id: str, update: StudyUpdate) -> None:
         uid, prio = update.study_uid, update.priority
         key = study_key(self.store, box_id, uid)
-        here = reading.clinic_update(self.store, box_id, key, prio, update.clinical_note)
+        here = reading.clinic_update(
+            self.store, box_id, key, prio, update.clinical_note, update.referrer
+        )
         log.info(
             "box %s: study %s is %s%s", box_id, uid, prio, "" if here else " (before the study)"
         )

@@ -3,6 +3,8 @@ subspecialty hand-offs and turnaround times."""
 
 from __future__ import annotations
 
+import json
+import logging
 import statistics
 from datetime import datetime
 from typing import Any
@@ -11,7 +13,11 @@ from common.clock import utcnow
 from common.dicomfile import index_existing
 from hub.errors import HubError
 from hub.store import FileHubStore, through_broker
+from wire.contact import parse_contact
+from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest
+
+log = logging.getLogger("radsetu.hub")
 
 SUBSPECIALTIES = ("general", "neuro", "msk", "chest", "breast", "cardiac", "paediatric", "abdomen")
 
@@ -78,6 +84,9 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
             "now": utcnow(),
         },
     )
+    referrer = _referrer(extra.get("referrer"), m.box_id, key)
+    if referrer:
+        store.db.execute("UPDATE hub_studies SET referrer=? WHERE study_uid=?", [referrer, key])
     note = extra.get("clinical_note")
     if isinstance(note, str) and note:
         store.db.execute(
@@ -85,37 +94,55 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
             [note[:1000], key],
         )
     hint = store.db.execute(
-        "SELECT priority, clinical_note FROM study_hints WHERE study_uid=? AND box_id=?",
+        "SELECT priority, clinical_note, referrer FROM study_hints WHERE study_uid=? AND box_id=?",
         [key, m.box_id],
     ).fetchone()
     if hint is not None:  # the clinic's word came before the study did
-        clinic_update(store, m.box_id, key, hint[0], hint[1])
+        clinic_update(store, m.box_id, key, hint[0], hint[1], json.loads(hint[2] or "null"))
         store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [key])
 
 
 def clinic_update(
-    store: FileHubStore, box_id: str, study_uid: str, priority: str, note: str
+    store: FileHubStore,
+    box_id: str,
+    study_uid: str,
+    priority: str,
+    note: str,
+    referrer: dict[str, str] | None = None,
 ) -> bool:
-    """The clinic marked the study STAT or wrote its clinical note (``up/study``). A study
-    not here yet keeps the word until it comes. Returns whether the study is here."""
+    """The clinic marked the study STAT, wrote its clinical note or named its referring
+    doctor (``up/study``, checked by wire/messages.py). A study not here yet keeps the
+    word until it comes. Returns whether the study is here."""
     if priority not in ("stat", "routine"):
         raise ValueError(f"priority {priority!r}")
+    who = json.dumps(referrer, ensure_ascii=False) if referrer else ""
     cur = store.db.execute(
-        "UPDATE hub_studies SET clinical_note=?, "
+        "UPDATE hub_studies SET clinical_note=?, referrer=?, "
         "priority=CASE WHEN ?='stat' THEN 'stat' ELSE priority END, "
         "priority_reason=CASE WHEN ?='stat' AND priority!='stat' THEN 'marked by the clinic' "
         "ELSE priority_reason END WHERE study_uid=? AND box_id=?",
-        [note[:1000], priority, priority, study_uid, box_id],
+        [note[:1000], who, priority, priority, study_uid, box_id],
     )
     if cur.rowcount:
         return True
     store.db.execute(
-        "INSERT INTO study_hints(study_uid, box_id, priority, clinical_note, at) "
-        "VALUES (?,?,?,?,?) ON CONFLICT(study_uid) DO UPDATE SET priority=excluded.priority, "
-        "clinical_note=excluded.clinical_note, at=excluded.at",
-        [study_uid, box_id, priority, note[:1000], utcnow()],
+        "INSERT INTO study_hints(study_uid, box_id, priority, clinical_note, referrer, at) "
+        "VALUES (?,?,?,?,?,?) ON CONFLICT(study_uid) DO UPDATE SET priority=excluded.priority, "
+        "clinical_note=excluded.clinical_note, referrer=excluded.referrer, at=excluded.at",
+        [study_uid, box_id, priority, note[:1000], who, utcnow()],
     )
     return False
+
+
+def _referrer(value: Any, box_id: str, study_uid: str) -> str:
+    """The manifest's referring doctor as JSON, or '' (none, or one that fails the
+    check: logged, and the study goes on without it)."""
+    try:
+        contact = parse_contact(value, "manifest: referrer")
+    except RemoteProtocolError as exc:
+        log.warning("box %s, study %s: %s (the study goes on without it)", box_id, study_uid, exc)
+        return ""
+    return json.dumps(contact, ensure_ascii=False) if contact else ""
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -153,7 +180,7 @@ def worklist(
     now = utcnow()
     out = []
     for row in store.db.query(q, args):
-        row = dict(row)
+        row = _parsed(dict(row))
         row["waiting_seconds"] = _seconds(row["verified_at"], now)
         reason = row.pop("priority_reason") if row["priority"] == "stat" else ""
         row["clinical_note"] = row["clinical_note"] or reason
@@ -165,7 +192,13 @@ def reading_study(store: FileHubStore, study_uid: str) -> dict[str, Any]:
     rows = list(store.db.query("SELECT * FROM hub_studies WHERE study_uid=?", [study_uid]))
     if not rows:
         raise HubError(f"study {study_uid} is not in the reading room", 404)
-    return dict(rows[0])
+    return _parsed(dict(rows[0]))
+
+
+def _parsed(row: dict[str, Any]) -> dict[str, Any]:
+    """A hub_studies row for the API and the pages: the referring doctor as an object."""
+    row["referrer"] = json.loads(row["referrer"]) if row.get("referrer") else None
+    return row
 
 
 def claim(store: FileHubStore, study_uid: str, radiologist: str) -> dict[str, Any]:

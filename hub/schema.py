@@ -203,3 +203,11 @@ def m013_shared_keys(db: sqlite_utils.Database) -> None:
     pages' session cookies (hub.users.session_key), so that a load balancer may send
     a person's requests to any web process."""
     db.execute("CREATE TABLE hub_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migrations()
+def m014_referrers(db: sqlite_utils.Database) -> None:
+    """The study's referring doctor as the clinic named them (wire/contact.py, as JSON;
+    '' when the clinic named nobody), also on a word that came before its study."""
+    db.execute("ALTER TABLE hub_studies ADD COLUMN referrer TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE study_hints ADD COLUMN referrer TEXT NOT NULL DEFAULT ''")

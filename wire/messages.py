@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from wire import frames
+from wire.contact import parse_contact
 from wire.errors import RemoteProtocolError
 from wire.frames import ChunkFrame
 from wire.jsonobj import json_object
@@ -47,6 +48,7 @@ class StudyUpdate:
     study_uid: str
     priority: str  # "stat" or "routine"
     clinical_note: str
+    referrer: dict[str, str] | None = None  # the referring doctor (wire/contact.py)
 
     def encode(self) -> bytes:
         return _encode(self)
@@ -60,7 +62,7 @@ class StudyUpdate:
             raise RemoteProtocolError(f"study update: priority {priority!r} is not stat/routine")
         if not isinstance(note, str) or len(note) > MAX_NOTE:
             raise RemoteProtocolError(f"study update: clinical_note must be text of <= {MAX_NOTE}")
-        return cls(uid, priority, note)
+        return cls(uid, priority, note, parse_contact(d.get("referrer"), "study update: referrer"))
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def parse_status(payload: bytes) -> dict[str, Any]:
             isinstance(v, list) and len(v) <= 1000 and all(isinstance(i, dict) for i in v)
         ):
             raise RemoteProtocolError(f"status: {key} must be a list of objects")
+    if "on_call" in d:
+        d["on_call"] = parse_contact(d["on_call"], "status: on_call")
     return d
 
 
