@@ -11,6 +11,7 @@ import pydicom
 from devkit.broker import Broker, Hub
 from tests.conftest import screenshots, storescu, until, wait_for
 from tests.helpers import delivered, make_study, start_box
+from tests.system.test_clinic import login
 
 PASSWORD = "correct horse battery"
 RAO = {"name": "Dr. Asha Rao", "mobile": "+919845012345", "email": "", "language": "kn"}
@@ -53,10 +54,7 @@ def test_referring_doctors_travel_with_their_studies(tmp_path, browser, boxes):
         box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), sync={"status_seconds": 1})
         box.add_user("admin", PASSWORD, role="admin")
         b, base = browser, f"http://127.0.0.1:{box.web_port}"
-        b.get(base + "/login")
-        b.find_element(By.ID, "username").send_keys("admin")
-        b.find_element(By.ID, "password").send_keys(PASSWORD)
-        b.find_element(By.ID, "login").click()
+        login(b, base, "admin", PASSWORD)
         until(b, lambda d: d.find_elements(By.ID, "nav-doctors"))
 
         # hostile and careless input: refused with the reason, nothing stored
