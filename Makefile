@@ -4,11 +4,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd nginx cryptsetup-bin clevis clevis-luks clevis-tpm2 tpm2-tools swtpm swtpm-tools postgresql
+DEBS_TEST := dcmtk mosquitto openssl cups cups-client cups-filters printer-driver-cups-pdf poppler-utils chromium chromium-driver fonts-noto-core debootstrap shellcheck systemd nginx cryptsetup-bin clevis clevis-luks clevis-tpm2 tpm2-tools swtpm swtpm-tools postgresql kannel kannel-extras
 # the hub's tests whose subject is its index, run a second time on a real PostgreSQL
 # (any test runs on it with --hub-index=postgres)
 HUB_INDEX_TESTS := tests/hub tests/system/test_access.py tests/system/test_sessions.py \
-	tests/system/test_reading_room.py tests/system/test_reports.py tests/system/test_brokers.py
+	tests/system/test_reading_room.py tests/system/test_reports.py tests/system/test_brokers.py \
+	tests/system/test_critical.py
 # the heaviest self-contained tests, run in the background stream after the image test
 # and the PostgreSQL pass (scripts/run-tests.sh), so the two streams end about together
 BESIDE_TESTS := tests/system/test_corpus.py tests/edge/test_crash.py tests/system/test_cluster.py \

@@ -51,6 +51,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "hub_api.fleet": OPERATE,
     "hub_api.audit": ADMIN,
     "ops.metrics": OPERATE,
+    # a doctor with no account: the link's token, or the SMS gateway's key, is the check
+    "confirm.link": PUBLIC,
+    "confirm.sms_inbound": PUBLIC,
 }
 BLUEPRINT_ROLES: dict[str, tuple[str, ...]] = {
     "hub_api": READ,
@@ -200,12 +203,16 @@ def audit_reads(store_for_request: Any, response: Any) -> Any:
     return response
 
 
-def audit(store: FileHubStore, action: str, study_uid: str = "", detail: str = "") -> None:
-    """Append one row: who (the request's user, or ``system``) did what, when, from where."""
+def audit(
+    store: FileHubStore, action: str, study_uid: str = "", detail: str = "", **who: str
+) -> None:
+    """Append one row: who (the request's user, or ``system``; or ``who``'s ``user``,
+    ``role`` and ``address`` for a person with no account, such as a doctor confirming a
+    critical result) did what, when, from where."""
     inside = has_request_context()
-    user = g.get("user", "") if inside else ""
-    role = g.get("role", "") if inside else ""
-    address = (request.remote_addr or "") if inside else ""
+    user = who.get("user") or (g.get("user", "") if inside else "")
+    role = who.get("role") or (g.get("role", "") if inside else "")
+    address = who.get("address") or ((request.remote_addr or "") if inside else "")
     store.db.execute(
         "INSERT INTO audit(at, username, role, action, study_uid, detail, address) "
         "VALUES (?,?,?,?,?,?,?)",

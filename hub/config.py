@@ -52,6 +52,22 @@ DEFAULTS: dict[str, Any] = {
         "low_disk_bytes": 5_000_000_000,
         "stall_seconds": 900,
     },
+    # a critical result: who may learn what, and how long a confirmation may take
+    "critical": {
+        "confirm_minutes": 15,
+        "patient_data": "initials",  # none | initials | name, in the SMS and e-mail
+        "public_url": "",  # the hub's address as doctors reach it, for the link
+    },
+    # an SMS gateway's HTTP interface (Kannel's sendsms), and the key its replies carry
+    "sms": {"url": "", "username": "", "password": "", "sender": "RadSetu", "inbound_key": ""},
+    "smtp": {
+        "host": "",
+        "port": 25,
+        "sender": "radsetu-hub@localhost",
+        "username": "",
+        "password": "",
+        "starttls": False,
+    },
     "retention": {
         "box_history_days": 90,
     },
@@ -75,6 +91,7 @@ def _validate(v: dict[str, Any]) -> None:
     if v["ingest"]["box_quota_bytes"] < 1_000_000:
         raise ConfigError("ingest.box_quota_bytes: at least 1000000")
     _validate_objects(v["objects"])
+    _validate_critical(v)
     if v["index"]["url"] and not str(v["index"]["url"]).startswith(
         ("postgresql://", "postgres://")
     ):
@@ -118,3 +135,16 @@ def _validate_objects(o: dict[str, Any]) -> None:
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the hub's config; ConfigError names the offending key."""
     return read_config(path, env, DEFAULTS, "RADSETU_HUB", _validate)
+
+
+def _validate_critical(v: dict[str, Any]) -> None:
+    c = v["critical"]
+    if not 1 <= c["confirm_minutes"] <= 24 * 60:
+        raise ConfigError("critical.confirm_minutes: between 1 and 1440")
+    if c["patient_data"] not in ("none", "initials", "name"):
+        raise ConfigError("critical.patient_data: one of none, initials, name")
+    for key, url in (("critical.public_url", c["public_url"]), ("sms.url", v["sms"]["url"])):
+        if url and not str(url).startswith(("http://", "https://")):
+            raise ConfigError(f"{key}: an http:// or https:// URL")
+    if not 0 < v["smtp"]["port"] <= 65535:
+        raise ConfigError("smtp.port: a TCP port")

@@ -13,11 +13,12 @@ once a second; a tick does a job's work only while this process holds the job's 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from hub import leases, reading, reports
+from hub import leases, notify, reading, reports
 from hub.store import FileHubStore
 from hub.studykeys import real_uid
 from wire import frames
@@ -89,3 +90,35 @@ class Jobs:
                 leases.release(self.store, job, self.holder)
             except Exception:  # noqa: BLE001 - the lease runs out on its own
                 log.warning("could not release the lease on %s", job)
+
+
+class Notifier:
+    """The ``notify`` job (hub/notify.py: a critical result's SMS and e-mail) in a thread
+    of its own with its own index connection, so that a slow gateway or mail server
+    never holds up the ingest; once across the cluster (its lease)."""
+
+    def __init__(self, store: FileHubStore, config: Any):
+        self.store, self.config = store, config
+        self.holder = leases.holder_id()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="notify", daemon=True)
+
+    def start(self) -> Notifier:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                if leases.take(self.store, "notify", self.holder):
+                    notify.send_due(self.store, self.config, time.time())
+            except Exception:  # the next round tries again
+                log.exception("sending notifications failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        try:
+            leases.release(self.store, "notify", self.holder)
+        except Exception:  # noqa: BLE001 - the lease runs out on its own
+            log.warning("could not release the lease on notify")

@@ -120,9 +120,38 @@ def _queues(store: FileHubStore) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "radsetu_hub_notices_pending", "word for the boxes not yet handed to a broker", value=unsent
     )
+    yield from _critical(store)
     (rejected,) = _one(store, "SELECT coalesce(sum(rejected), 0) FROM boxes")
     yield CounterMetricFamily(
         "radsetu_hub_messages_rejected",
         "messages from boxes refused as protocol errors",
         value=rejected,
     )
+
+
+def _critical(store: FileHubStore) -> Iterator[Metric]:
+    """Critical results open and confirmed, and what became of their messages."""
+    results = GaugeMetricFamily(
+        "radsetu_hub_critical_results", "critical results by state (open: not yet confirmed)",
+        labels=["state"],
+    )  # fmt: skip
+    found = dict(
+        store.db.execute("SELECT state, count(*) FROM critical_results GROUP BY state").fetchall()
+    )
+    for state in sorted({"open", "confirmed", *found}):
+        results.add_metric([state], float(found.get(state, 0)))
+    yield results
+    sent = GaugeMetricFamily(
+        "radsetu_hub_notifications",
+        "messages about critical results, by channel (sms, email) and outcome "
+        "(pending, sent, failed after every try)",
+        labels=["channel", "state"],
+    )
+    rows = store.db.execute(
+        "SELECT channel, state, count(*) FROM notifications GROUP BY channel, state"
+    ).fetchall()
+    counts = {(c, st): n for c, st, n in rows}
+    for channel in ("sms", "email"):
+        for state in ("pending", "sent", "failed"):
+            sent.add_metric([channel, state], float(counts.get((channel, state), 0)))
+    yield sent

@@ -29,7 +29,7 @@ from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
 from hub import reading, reports
 from hub.ingest import take_chunk, take_manifest
-from hub.jobs import Jobs
+from hub.jobs import Jobs, Notifier
 from hub.store import FileHubStore, open_store
 from hub.studykeys import study_key
 from wire import frames
@@ -255,6 +255,7 @@ def run(config: Config) -> int:
         Ingest(config, open_store(config), b if several else None, primary=i == 0).start()
         for i, b in enumerate(brokers)
     ]
+    notifier = Notifier(open_store(config), config).start()
     stop = threading.Event()
 
     def shutdown(signum: int, _frame: Any) -> None:
@@ -264,6 +265,8 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     stop.wait()
+    notifier.stop()
+    notifier.store.close()
     for ingest in ingests:
         ingest.stop()
         ingest.store.close()

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from common.clock import utcnow
-from hub import pdf, reading, reportwords
+from hub import critical, pdf, reading, reportwords
 from hub.errors import HubError
 from hub.store import FileHubStore, through_broker
 from hub.studykeys import real_uid
@@ -152,6 +152,8 @@ def _finish(store: FileHubStore, r: dict[str, Any]) -> None:
            VALUES (?,?,?,'pending',?) ON CONFLICT DO NOTHING""",
         [r["report_id"], r["version"], r["box_id"], utcnow()],
     )
+    if r.get("critical"):
+        critical.open_result(store, r)
 
 
 def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:

@@ -211,3 +211,29 @@ def m014_referrers(db: sqlite_utils.Database) -> None:
     '' when the clinic named nobody), also on a word that came before its study."""
     db.execute("ALTER TABLE hub_studies ADD COLUMN referrer TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE study_hints ADD COLUMN referrer TEXT NOT NULL DEFAULT ''")
+
+
+@migrations()
+def m015_critical_results(db: sqlite_utils.Database) -> None:
+    """Critical results (hub/critical.py) and the messages that tell people of them
+    (hub/notify.py): who, by which channel, and what became of each try."""
+    db.execute("""
+        CREATE TABLE critical_results (
+            report_id TEXT PRIMARY KEY, study_uid TEXT NOT NULL, box_id TEXT NOT NULL,
+            code TEXT NOT NULL, token_sha256 TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,            -- open | confirmed
+            opened_at TEXT NOT NULL, escalated_at TEXT,
+            confirmed_at TEXT, confirmed_by TEXT, confirmed_how TEXT
+        )""")
+    db.execute("""
+        CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, report_id TEXT NOT NULL,
+            channel TEXT NOT NULL,          -- sms | email
+            recipient TEXT NOT NULL, name TEXT NOT NULL, language TEXT NOT NULL,
+            role TEXT NOT NULL,             -- referrer | on_call
+            token TEXT NOT NULL,            -- the link's, to write it into the message
+            state TEXT NOT NULL,            -- pending | sent | failed
+            attempts INTEGER NOT NULL, next_try REAL, last_error TEXT,
+            created_at TEXT NOT NULL, sent_at TEXT
+        )""")
+    db.execute("CREATE INDEX notifications_report ON notifications(report_id)")

@@ -26,7 +26,7 @@ from flask import (
 
 from common import sessions
 from common.passwords import csrf_sent, csrf_token, local_next
-from hub import access, reading, reports, users
+from hub import access, critical, reading, reports, users
 from hub.db import request_store as _store
 from hub.errors import HubError
 from hub.render import PRESETS
@@ -174,6 +174,7 @@ def read(study_uid: str) -> Any:
         versions=versions,
         subs=reading.SUBSPECIALTIES,
         tat=reading.turnaround(store, study_uid),
+        critical=critical.of_study(store, study_uid),
     )
 
 

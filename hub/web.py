@@ -13,6 +13,7 @@ from common.web import json_app
 from hub import access, db, ui, users
 from hub import config as hub_config
 from hub.api import api
+from hub.confirm import confirm
 from hub.dicomweb import dicomweb
 from hub.ops import admin, ops
 from hub.store import open_store
@@ -27,7 +28,7 @@ def create_app(cfg: Config | None = None) -> Flask:
         key = users.session_key(store, cfg.data_dir)
     finally:
         store.close()
-    app = json_app(cfg, api, dicomweb, ops, admin)
+    app = json_app(cfg, api, dicomweb, ops, admin, confirm)
     time_requests(app, "radsetu_hub")
     ui.install(app, key)
     app.before_request(lambda: access.check(db.request_store))
