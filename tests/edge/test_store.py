@@ -136,6 +136,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m004_clinic",
         "m005_held",
         "m006_sessions",
+        "m007_doctors",
     ]
     s.close()
 

@@ -23,7 +23,8 @@ from tests.system.conftest import PASSWORD
 
 EVIL = "<script>window.pwned=1</script>^Evil"
 
-DUMMY = {"study_uid": "1.2.3", "sop_uid": "1.2.3.4", "report_id": "r1", "box_id": "box-1"}
+DUMMY = {"study_uid": "1.2.3", "sop_uid": "1.2.3.4", "report_id": "r1", "box_id": "box-1",
+         "doctor_id": 1, "token": "t0ken"}  # fmt: skip
 
 
 def urls(app):  # type: ignore[no-untyped-def]

@@ -8,28 +8,18 @@ from __future__ import annotations
 import time
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from devkit.broker import Broker, Hub
 from devkit.relay import Relay
 from tests.conftest import screenshots, storescu, until, wait_for
 from tests.helpers import make_study, start_box
+from tests.system.test_metrics import scrape
 
 KEEPALIVE = 3  # the broker publishes the box's last will ~1.5 keepalives after it dies
 REFRESH = 10  # the fleet page's own refresh
 
 
 def metrics(hub: Hub, token: str) -> dict:  # type: ignore[type-arg]
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{hub.web_port}/metrics", headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
+    return scrape(hub.web_port, token)
 
 
 def test_operator_sees_a_box_go_offline_and_a_growing_backlog(tmp_path, browser, boxes):
