@@ -13,8 +13,8 @@ import json
 import secrets
 from typing import Any
 
-from common.clock import utcnow
-from hub import notify
+from common.clock import iso_ago, utcnow
+from hub import notify, reading
 from hub.access import audit
 from hub.store import FileHubStore
 
@@ -25,6 +25,13 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _on_call(store: FileHubStore, box_id: str) -> dict[str, str] | None:
+    """The clinic's on-call contact, from the box's last status (wire/contact.py)."""
+    status = store.db.execute("SELECT status FROM boxes WHERE box_id=?", [box_id]).fetchone()
+    on_call = json.loads(status[0] or "{}").get("on_call") if status else None
+    return on_call if isinstance(on_call, dict) else None
+
+
 def _contacts(store: FileHubStore, study_uid: str, box_id: str) -> list[tuple[str, dict[str, str]]]:
     """(role, contact) to tell: the study's referring doctor, else the clinic's on-call."""
     row = store.db.execute(
@@ -32,9 +39,8 @@ def _contacts(store: FileHubStore, study_uid: str, box_id: str) -> list[tuple[st
     ).fetchone()
     if row and row[0]:
         return [("referrer", json.loads(row[0]))]
-    status = store.db.execute("SELECT status FROM boxes WHERE box_id=?", [box_id]).fetchone()
-    on_call = json.loads(status[0] or "{}").get("on_call") if status else None
-    return [("on_call", on_call)] if isinstance(on_call, dict) else []
+    on_call = _on_call(store, box_id)
+    return [("on_call", on_call)] if on_call else []
 
 
 def open_result(store: FileHubStore, report: dict[str, Any]) -> str | None:
@@ -81,6 +87,8 @@ def confirm(store: FileHubStore, report_id: str, by: str, how: str, address: str
     row = store.db.execute(
         "SELECT study_uid FROM critical_results WHERE report_id=?", [report_id]
     ).fetchone()
+    if cur.rowcount and row:
+        reading.mark(store, row[0], "critical_confirmed_at")
     action = "critical_confirmed" if cur.rowcount else "critical_confirmed_again"
     audit(store, action, row[0] if row else "", f"report {report_id}: {how}",
           user=by[:100] or "?", role="doctor", address=address)  # fmt: skip
@@ -109,8 +117,8 @@ def of_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
     """The study's critical results with their messages' outcomes, for the reading page."""
     out = []
     for c in store.db.query(
-        "SELECT report_id, state, opened_at, confirmed_at, confirmed_by, confirmed_how "
-        "FROM critical_results WHERE study_uid=? ORDER BY opened_at",
+        "SELECT report_id, state, opened_at, escalated_at, confirmed_at, confirmed_by, "
+        "confirmed_how FROM critical_results WHERE study_uid=? ORDER BY opened_at",
         [study_uid],
     ):
         c = dict(c)
@@ -124,3 +132,42 @@ def of_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
         ]
         out.append(c)
     return out
+
+
+def escalate_due(store: FileHubStore, confirm_minutes: float) -> int:
+    """Results still open ``confirm_minutes`` after they opened: each is marked escalated
+    once (claimed by that update), its messages go to the clinic's on-call contact too
+    (with the code to reply; the link stays the doctor's), and the operators see it as
+    an alert on the dashboard and in /metrics (hub/fleet.py). Returns how many."""
+    rows = store.db.execute(
+        "SELECT report_id, study_uid, box_id FROM critical_results "
+        "WHERE state='open' AND escalated_at IS NULL AND opened_at < ?",
+        [iso_ago(confirm_minutes * 60)],
+    ).fetchall()
+    done = 0
+    for rid, study, box in rows:
+        if not store.db.execute(
+            "UPDATE critical_results SET escalated_at=? WHERE report_id=? AND escalated_at IS NULL",
+            [utcnow(), rid],
+        ).rowcount:
+            continue  # another process escalated it
+        contact = _on_call(store, box)
+        told = {r[0] for r in store.db.execute(
+            "SELECT recipient FROM notifications WHERE report_id=?", [rid]).fetchall()}  # fmt: skip
+        if contact and not {contact.get("mobile"), contact.get("email")} & told:
+            notify.queue(store, rid, "on_call", contact, "")
+        who = contact["name"] if contact else "nobody (no on-call contact): the operators"
+        audit(store, "critical_escalated", study, f"report {rid}: not confirmed in "
+              f"{confirm_minutes:g} min; to {who}")  # fmt: skip
+        done += 1
+    return done
+
+
+def unconfirmed(store: FileHubStore, box_id: str) -> list[tuple[str, str, str]]:
+    """(report, study, opened at) of the box's escalated results still open."""
+    rows = store.db.execute(
+        "SELECT report_id, study_uid, opened_at FROM critical_results "
+        "WHERE box_id=? AND state='open' AND escalated_at IS NOT NULL ORDER BY opened_at",
+        [box_id],
+    ).fetchall()
+    return [tuple(r) for r in rows]

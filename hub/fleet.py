@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from hub import critical
 from hub.store import FileHubStore
 
 HOUR = 3600.0
@@ -139,6 +140,9 @@ def _alerts(store: FileHubStore, box: dict, cfg: dict[str, Any], now: float) -> 
         )
     if box["disk_free_bytes"] and box["disk_free_bytes"] < cfg["low_disk_bytes"]:
         alert("low_disk", f"{b}: only {box['disk_free_bytes'] / 1e9:.1f} GB free")
+    for rid, study, opened in critical.unconfirmed(store, b):
+        alert("critical_unconfirmed", f"{b}: critical result of study {study} (report {rid}) "
+              f"not confirmed since {opened}: call the clinic")  # fmt: skip
     cutoff = now - cfg["stall_seconds"]
     for study, updated in store.db.execute(
         "SELECT study_uid, updated FROM transfers WHERE box_id=? AND state != 'verified'",

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hub import leases, notify, reading, reports
+from hub import critical, leases, notify, reading, reports
 from hub.store import FileHubStore
 from hub.studykeys import real_uid
 from wire import frames
@@ -111,6 +111,7 @@ class Notifier:
         while not self.stopping.wait(1.0):
             try:
                 if leases.take(self.store, "notify", self.holder):
+                    critical.escalate_due(self.store, self.config["critical"]["confirm_minutes"])
                     notify.send_due(self.store, self.config, time.time())
             except Exception:  # the next round tries again
                 log.exception("sending notifications failed")

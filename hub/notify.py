@@ -57,7 +57,7 @@ def compose(n: dict[str, Any], facts: dict[str, Any], cfg: dict[str, Any]) -> st
         patient = PATIENT[lang].format(who)
     finding = f" {facts['impression'][:160]}" if policy != "none" and facts["impression"] else ""
     base = cfg["critical"]["public_url"].rstrip("/")
-    link = LINK[lang].format(f"{base}/c/{n['token']}") if base else ""
+    link = LINK[lang].format(f"{base}/c/{n['token']}") if base and n["token"] else ""
     what = " ".join(x for x in (facts["modality"], facts["description"]) if x) or "a study"
     clinic = facts["clinic"] or facts["box_id"]
     return WORDS[lang].format(

@@ -30,6 +30,7 @@ INTERVALS = (
     ("signed_to_box", "signed_at", "report_at_box_at"),
     ("box_to_printed", "report_at_box_at", "printed_at"),
     ("acquired_to_printed", "acquired_at", "printed_at"),
+    ("signed_to_critical_confirmed", "signed_at", "critical_confirmed_at"),
 )
 
 
@@ -244,7 +245,7 @@ def assign(
 
 def mark(store: FileHubStore, study_uid: str, column: str) -> None:
     """Record the first time a study reached a turnaround step."""
-    assert column in {"signed_at", "report_at_box_at", "printed_at"}
+    assert column in {"signed_at", "report_at_box_at", "printed_at", "critical_confirmed_at"}
     store.db.execute(
         f"UPDATE hub_studies SET {column}=coalesce({column}, ?) WHERE study_uid=?",
         [utcnow(), study_uid],
@@ -265,6 +266,7 @@ def turnaround(store: FileHubStore, study_uid: str) -> dict[str, Any]:
                 "signed_at",
                 "report_at_box_at",
                 "printed_at",
+                "critical_confirmed_at",
             )
         },
         "seconds": {name: _seconds(s[a], s[b]) for name, a, b in INTERVALS},

@@ -237,3 +237,9 @@ def m015_critical_results(db: sqlite_utils.Database) -> None:
             created_at TEXT NOT NULL, sent_at TEXT
         )""")
     db.execute("CREATE INDEX notifications_report ON notifications(report_id)")
+
+
+@migrations()
+def m016_critical_turnaround(db: sqlite_utils.Database) -> None:
+    """The turnaround's last step for a critical finding: when a person confirmed it."""
+    db.execute("ALTER TABLE hub_studies ADD COLUMN critical_confirmed_at TEXT")
