@@ -29,7 +29,7 @@ from flask import (
 )
 
 from common.passwords import csrf_sent, session_key
-from edge import accounts, catalog, doctorpages, doctors, i18n, studies
+from edge import accounts, catalog, criticalpages, doctorpages, doctors, i18n, studies
 from edge import reports as box_reports
 from edge.errors import BoxError
 from edge.login import OPEN_WHILE_MUST_CHANGE, SESSION_HOURS, current_user
@@ -217,6 +217,7 @@ def install(app: Flask, data_dir: Path, store: Any) -> None:
         newstyle=True,
     )
     assert doctorpages.clinic is clinic  # its pages are on the clinic's blueprint
+    criticalpages.install(app)
     app.register_blueprint(clinic)
     app.before_request(check)
     app.after_request(audit_reads)

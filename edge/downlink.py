@@ -26,7 +26,8 @@ class Downlink:
         self.store, self.db, self.box_id = store, db, box_id
         self.client = client  # the agent's current MQTT client
         self.study_mids: dict[int, tuple[str, str, str]] = {}
-        self.study_inflight: dict[str, int] = {}
+        self.study_inflight: dict[Any, int] = {}
+        self.confirm_mids: dict[int, tuple[str, int]] = {}
 
     def take_report(self, payload: bytes) -> None:
         """Keep a report durably, then acknowledge it (again, if it was kept before)."""
@@ -71,9 +72,28 @@ class Downlink:
             self.study_mids[info.mid] = (uid, priority, note, chosen or 0)
             self.study_inflight[uid] = info.mid
 
+    def publish_confirmations(self) -> None:
+        """Critical findings confirmed at the clinic go to the hub (an ack with who told
+        the doctor and the read-back), until the broker has them (``published``)."""
+        for rid, version, by, readback in reports.pending_confirmations(self.db):
+            if ("confirm", rid) in self.study_inflight:
+                continue
+            info = self.client().publish(
+                frames.topic(self.box_id, frames.UP_REPORT_ACK),
+                encode_report_ack(rid, version, printed=False, confirmed_by=by,
+                                  readback=readback or ""),
+                qos=1,
+            )  # fmt: skip
+            self.confirm_mids[info.mid] = (rid, version)
+            self.study_inflight[("confirm", rid)] = info.mid
+
     def published(self, mid: int) -> None:
         """The broker has message ``mid``: a study update is cleared unless it changed
         since."""
+        sent = self.confirm_mids.pop(mid, None)
+        if sent is not None:
+            reports.confirmation_sent(self.db, *sent)
+            self.study_inflight.pop(("confirm", sent[0]), None)
         done = self.study_mids.pop(mid, None)
         if done is not None:  # the broker has the update: clear it unless it changed since
             studies.update_sent(self.db, *done)

@@ -78,6 +78,52 @@ def listing(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     return out
 
 
+def unconfirmed_critical(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Critical findings nobody at the clinic has yet confirmed telling the doctor about:
+    the report, its study's patient and the impression, oldest first."""
+    out = []
+    for row in db.query(
+        """SELECT r.report_id, r.version, r.study_uid, r.body, r.received_at, p.name
+           FROM reports r LEFT JOIN studies s ON s.study_uid = r.study_uid
+           LEFT JOIN patients p ON p.key = s.patient_key
+           WHERE r.critical=1 AND r.critical_confirmed_at IS NULL
+           AND r.version = (SELECT max(version) FROM reports x WHERE x.report_id=r.report_id)
+           ORDER BY r.received_at"""
+    ):
+        row = dict(row)
+        body = json.loads(row.pop("body"))
+        row["impression"] = body.get("impression") or body.get("findings", "")
+        row["patient_name"] = row.pop("name") or ""
+        out.append(row)
+    return out
+
+
+def confirm_critical(db: sqlite_utils.Database, report_id: str, by: str, readback: str) -> bool:
+    """A named member of staff told the doctor; the hub hears of it (``confirm_pending``)."""
+    cur = db.execute(
+        "UPDATE reports SET critical_confirmed_by=?, critical_confirmed_at=?, "
+        "critical_readback=?, confirm_pending=1 WHERE report_id=? AND critical=1 "
+        "AND critical_confirmed_at IS NULL",
+        [by, utcnow(), readback, report_id],
+    )
+    return bool(cur.rowcount)
+
+
+def pending_confirmations(db: sqlite_utils.Database) -> list[tuple[str, int, str, str]]:
+    rows = db.execute(
+        "SELECT report_id, version, critical_confirmed_by, critical_readback FROM reports "
+        "WHERE confirm_pending=1"
+    ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def confirmation_sent(db: sqlite_utils.Database, report_id: str, version: int) -> None:
+    db.execute(
+        "UPDATE reports SET confirm_pending=0 WHERE report_id=? AND version=?",
+        [report_id, version],
+    )
+
+
 def ask_reprint(db: sqlite_utils.Database, report_id: str) -> bool:
     cur = db.execute(
         "UPDATE reports SET reprint=1 WHERE report_id=? AND version="

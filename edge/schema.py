@@ -177,3 +177,16 @@ def m007_doctors(db: sqlite_utils.Database) -> None:
         )""")
     db.execute("ALTER TABLE studies ADD COLUMN referring_physician TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE studies ADD COLUMN referrer_id INTEGER")
+
+
+@migrations()
+def m008_critical_confirmed(db: sqlite_utils.Database) -> None:
+    """A critical finding confirmed at the clinic: who told the doctor, what the doctor
+    read back, and whether the hub still has to hear of it."""
+    for col in (
+        "critical_confirmed_by TEXT",
+        "critical_confirmed_at TEXT",
+        "critical_readback TEXT",
+        "confirm_pending INTEGER NOT NULL DEFAULT 0",
+    ):
+        db.execute(f"ALTER TABLE reports ADD COLUMN {col}")

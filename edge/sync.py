@@ -364,6 +364,7 @@ class Agent:
             if now - self.last_study_check >= 1.0:
                 self.last_study_check = now
                 self.downlink.publish_study_updates()
+                self.downlink.publish_confirmations()
 
     def status(self, db: Any = None) -> dict[str, Any]:
         """What the box tells the hub (and its own page) about itself; ``db``: a

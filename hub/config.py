@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # a critical result: who may learn what, and how long a confirmation may take
     "critical": {
-        "confirm_minutes": 15,
+        "confirm_minutes": 15.0,
         "patient_data": "initials",  # none | initials | name, in the SMS and e-mail
         "public_url": "",  # the hub's address as doctors reach it, for the link
     },
@@ -139,8 +139,8 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
 
 def _validate_critical(v: dict[str, Any]) -> None:
     c = v["critical"]
-    if not 1 <= c["confirm_minutes"] <= 24 * 60:
-        raise ConfigError("critical.confirm_minutes: between 1 and 1440")
+    if not 0 < c["confirm_minutes"] <= 24 * 60:
+        raise ConfigError("critical.confirm_minutes: more than 0, at most 1440")
     if c["patient_data"] not in ("none", "initials", "name"):
         raise ConfigError("critical.patient_data: one of none, initials, name")
     for key, url in (("critical.public_url", c["public_url"]), ("sms.url", v["sms"]["url"])):

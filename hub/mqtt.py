@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
-from hub import reading, reports
+from hub import critical, reading, reports
 from hub.ingest import take_chunk, take_manifest
 from hub.jobs import Jobs, Notifier
 from hub.store import FileHubStore, open_store
@@ -194,6 +194,8 @@ class Ingest:
             if isinstance(up, ReportAcked):
                 if reports.acked(self.store, box_id, up.report_id, up.version, up.printed):
                     log.info("box %s has report %s version %d", box_id, up.report_id, up.version)
+                if up.confirmed_by is not None:
+                    self._clinic_confirmed(box_id, up)
                 return
             if isinstance(up, StudyUpdate):
                 self._study_update(box_id, up)
@@ -225,6 +227,19 @@ class Ingest:
             qos=1,
             properties=props,
         )
+
+    def _clinic_confirmed(self, box_id: str, up: ReportAcked) -> None:
+        """The clinic's staff told the doctor of the critical finding (a read-back)."""
+        row = self.store.db.execute(
+            "SELECT 1 FROM critical_results WHERE report_id=? AND box_id=?",
+            [up.report_id, box_id],
+        ).fetchone()
+        if row is None:
+            log.warning("box %s confirmed report %s, which is not its critical result",
+                        box_id, up.report_id)  # fmt: skip
+            return
+        critical.confirm(self.store, up.report_id, f"{up.confirmed_by} ({box_id})",
+                         f"the clinic told the doctor; read back: {up.readback}"[:300])  # fmt: skip
 
     def _study_update(self, box_id: str, update: StudyUpdate) -> None:
         uid, prio = update.study_uid, update.priority

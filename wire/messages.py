@@ -23,6 +23,7 @@ from wire.errors import RemoteProtocolError
 from wire.frames import ChunkFrame
 from wire.jsonobj import json_object
 from wire.report import decode_ack as decode_report_ack
+from wire.report import decode_confirmation
 
 MAX_STUDY_UPDATE_BYTES = 8192
 MAX_STATUS_BYTES = 64 * 1024
@@ -165,6 +166,8 @@ class ReportAcked:
     report_id: str
     version: int
     printed: bool
+    confirmed_by: str | None = None  # the clinic confirmed a critical finding was told
+    readback: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def decode_upload(leaf: str, payload: bytes) -> Upload:
     if leaf == frames.STATUS:
         return StatusReceived(parse_status(payload)) if payload else StatusCleared()
     if leaf == frames.UP_REPORT_ACK:
-        return ReportAcked(*decode_report_ack(payload))
+        return ReportAcked(*decode_report_ack(payload), *decode_confirmation(payload))
     if leaf == frames.UP_STUDY:
         return StudyUpdate.decode(payload)
     if leaf == frames.UP_MANIFEST:

@@ -59,10 +59,38 @@ def decode_report(payload: bytes) -> tuple[dict[str, Any], bytes]:
     return d, pdf
 
 
-def encode_ack(report_id: str, version: int, printed: bool = False) -> bytes:
+def encode_ack(
+    report_id: str,
+    version: int,
+    printed: bool = False,
+    confirmed_by: str | None = None,
+    readback: str = "",
+) -> bytes:
     """The box has kept the report (sent on arrival) and, with ``printed``, printed it
-    (sent again after printing, for the turnaround time)."""
-    return json.dumps({"report_id": report_id, "version": version, "printed": printed}).encode()
+    (sent again after printing, for the turnaround time); with ``confirmed_by``, a member
+    of the clinic's staff confirmed that the doctor was told of the critical finding and
+    wrote what the doctor read back."""
+    d: dict[str, object] = {"report_id": report_id, "version": version, "printed": printed}
+    if confirmed_by is not None:
+        d.update(confirmed_by=confirmed_by, readback=readback)
+    return json.dumps(d).encode()
+
+
+MAX_READBACK = 500
+
+
+def decode_confirmation(payload: bytes) -> tuple[str | None, str]:
+    """An ack's confirmation of a critical finding (who, and the read-back), if any;
+    the ack itself is checked by ``decode_ack``."""
+    d = json.loads(payload)
+    by, readback = d.get("confirmed_by"), d.get("readback", "")
+    if by is None:
+        return None, ""
+    if not isinstance(by, str) or not 0 < len(by) <= 100:
+        raise RemoteProtocolError("report ack: confirmed_by must be a name")
+    if not isinstance(readback, str) or len(readback) > MAX_READBACK:
+        raise RemoteProtocolError(f"report ack: readback must be text of <= {MAX_READBACK}")
+    return by, readback
 
 
 def decode_ack(payload: bytes) -> tuple[str, int, bool]:

@@ -137,6 +137,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m005_held",
         "m006_sessions",
         "m007_doctors",
+        "m008_critical_confirmed",
     ]
     s.close()
 
