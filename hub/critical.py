@@ -117,8 +117,8 @@ def of_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
     """The study's critical results with their messages' outcomes, for the reading page."""
     out = []
     for c in store.db.query(
-        "SELECT report_id, state, opened_at, escalated_at, confirmed_at, confirmed_by, "
-        "confirmed_how FROM critical_results WHERE study_uid=? ORDER BY opened_at",
+        "SELECT report_id, state, opened_at, escalated_at, operators_at, confirmed_at, "
+        "confirmed_by, confirmed_how FROM critical_results WHERE study_uid=? ORDER BY opened_at",
         [study_uid],
     ):
         c = dict(c)
@@ -135,39 +135,67 @@ def of_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
 
 
 def escalate_due(store: FileHubStore, confirm_minutes: float) -> int:
-    """Results still open ``confirm_minutes`` after they opened: each is marked escalated
-    once (claimed by that update), its messages go to the clinic's on-call contact too
-    (with the code to reply; the link stays the doctor's), and the operators see it as
-    an alert on the dashboard and in /metrics (hub/fleet.py). Returns how many."""
-    rows = store.db.execute(
+    """Results still open, in two steps of ``confirm_minutes`` each: first the clinic's
+    on-call contact gets the message too (with the code to reply; the link stays the
+    doctor's), then the operators (an alert on the dashboard and in /metrics,
+    hub/fleet.py); straight to the operators when there is no one else to tell. Each
+    step is taken once, claimed by the update that marks it. Returns how many steps."""
+    wait = iso_ago(confirm_minutes * 60)
+    done = 0
+    for rid, study, box in store.db.execute(
         "SELECT report_id, study_uid, box_id FROM critical_results "
         "WHERE state='open' AND escalated_at IS NULL AND opened_at < ?",
-        [iso_ago(confirm_minutes * 60)],
-    ).fetchall()
-    done = 0
-    for rid, study, box in rows:
-        if not store.db.execute(
-            "UPDATE critical_results SET escalated_at=? WHERE report_id=? AND escalated_at IS NULL",
-            [utcnow(), rid],
-        ).rowcount:
-            continue  # another process escalated it
-        contact = _on_call(store, box)
-        told = {r[0] for r in store.db.execute(
-            "SELECT recipient FROM notifications WHERE report_id=?", [rid]).fetchall()}  # fmt: skip
-        if contact and not {contact.get("mobile"), contact.get("email")} & told:
-            notify.queue(store, rid, "on_call", contact, "")
-        who = contact["name"] if contact else "nobody (no on-call contact): the operators"
-        audit(store, "critical_escalated", study, f"report {rid}: not confirmed in "
-              f"{confirm_minutes:g} min; to {who}")  # fmt: skip
-        done += 1
+        [wait],
+    ).fetchall():
+        if _claim(store, rid, "escalated_at"):
+            done += 1
+            if not _to_on_call(store, rid, study, box, confirm_minutes):
+                done += _to_operators(store, rid, study, "there is no one else to tell")
+    for rid, study in store.db.execute(
+        "SELECT report_id, study_uid FROM critical_results WHERE state='open' "
+        "AND escalated_at < ? AND operators_at IS NULL",
+        [wait],
+    ).fetchall():
+        done += _to_operators(store, rid, study, "the on-call contact did not confirm either")
     return done
 
 
+def _claim(store: FileHubStore, report_id: str, column: str) -> bool:
+    assert column in ("escalated_at", "operators_at")
+    return bool(
+        store.db.execute(
+            f"UPDATE critical_results SET {column}=? WHERE report_id=? AND {column} IS NULL",
+            [utcnow(), report_id],
+        ).rowcount
+    )
+
+
+def _to_on_call(store: FileHubStore, rid: str, study: str, box: str, minutes: float) -> bool:
+    """Queue the message for the on-call contact; False when there is none to tell (none
+    named, or the one already told)."""
+    contact = _on_call(store, box)
+    told = {r[0] for r in store.db.execute(
+        "SELECT recipient FROM notifications WHERE report_id=?", [rid]).fetchall()}  # fmt: skip
+    if not contact or {contact.get("mobile"), contact.get("email")} & told:
+        return False
+    notify.queue(store, rid, "on_call", contact, "")
+    audit(store, "critical_escalated", study,
+          f"report {rid}: not confirmed in {minutes:g} min; to {contact['name']}")  # fmt: skip
+    return True
+
+
+def _to_operators(store: FileHubStore, rid: str, study: str, why: str) -> int:
+    if not _claim(store, rid, "operators_at"):
+        return 0
+    audit(store, "critical_to_operators", study, f"report {rid}: not confirmed; {why}")
+    return 1
+
+
 def unconfirmed(store: FileHubStore, box_id: str) -> list[tuple[str, str, str]]:
-    """(report, study, opened at) of the box's escalated results still open."""
+    """(report, study, opened at) of the box's open results the operators must see."""
     rows = store.db.execute(
         "SELECT report_id, study_uid, opened_at FROM critical_results "
-        "WHERE box_id=? AND state='open' AND escalated_at IS NOT NULL ORDER BY opened_at",
+        "WHERE box_id=? AND state='open' AND operators_at IS NOT NULL ORDER BY opened_at",
         [box_id],
     ).fetchall()
     return [tuple(r) for r in rows]

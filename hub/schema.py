@@ -243,3 +243,9 @@ def m015_critical_results(db: sqlite_utils.Database) -> None:
 def m016_critical_turnaround(db: sqlite_utils.Database) -> None:
     """The turnaround's last step for a critical finding: when a person confirmed it."""
     db.execute("ALTER TABLE hub_studies ADD COLUMN critical_confirmed_at TEXT")
+
+
+@migrations()
+def m017_critical_operators(db: sqlite_utils.Database) -> None:
+    """A critical result's second escalation: when the operators were alerted."""
+    db.execute("ALTER TABLE critical_results ADD COLUMN operators_at TEXT")

@@ -1,6 +1,6 @@
 """A critical result at the hub (both index engines), with the clock moved by hand: it
-opens at signing with messages to the referring doctor, escalates once after
-``critical.confirm_minutes`` to the clinic's on-call contact and the operators' alerts,
+opens at signing with messages to the referring doctor, escalates after
+``critical.confirm_minutes`` to the clinic's on-call contact, then to the operators,
 a message with no gateway fails with its reason after its tries, and the confirmation
 closes it and ends the turnaround."""
 
@@ -41,9 +41,14 @@ def test_open_escalate_fail_and_confirm(tmp_path):
     assert critical.escalate_due(store, 15) == 0
     roles = [r[0] for r in store.db.execute("SELECT role FROM notifications ORDER BY id")]
     assert roles == ["referrer", "on_call"]
+    assert "critical_unconfirmed" not in kinds(store)  # the on-call contact's turn first
+    # the on-call contact does not confirm either: the operators, once
+    store.db.execute("UPDATE critical_results SET escalated_at='2020-01-01T00:15:00.000Z'")
+    assert critical.escalate_due(store, 15) == 1
+    assert critical.escalate_due(store, 15) == 0
     assert "critical_unconfirmed" in kinds(store)
     (result,) = critical.of_study(store, "1.2.3")
-    assert result["state"] == "open" and result["escalated_at"]
+    assert result["state"] == "open" and result["escalated_at"] and result["operators_at"]
 
     # no gateway configured: each try fails with the reason, then the message is failed
     cfg = hub_config.load(None, env={})
@@ -65,5 +70,6 @@ def test_open_escalate_fail_and_confirm(tmp_path):
     assert tat["seconds"]["signed_to_critical_confirmed"] is not None
     actions = [r[0] for r in store.db.execute("SELECT action FROM audit ORDER BY id")]
     assert actions.count("critical_escalated") == 1 and "critical_confirmed" in actions
+    assert actions.count("critical_to_operators") == 1
     assert actions.count("critical_failed") == 2 * notify.MAX_ATTEMPTS
     store.close()

@@ -122,8 +122,14 @@ def test_a_critical_finding_reaches_the_doctor_who_confirms_it(tmp_path, boxes):
         took = seconds_between(signed_at, escalated["at"])
         print(f"escalated {took:.1f} s after signing (critical.confirm_minutes: {ESCALATE} s)")
         assert ESCALATE <= took <= ESCALATE + 5
-        kinds = {a["kind"] for a in hub.api("/api/fleet", token=operator)["alerts"]}
-        assert "critical_unconfirmed" in kinds
+
+        # nobody confirms for as long again: the operators see an alert
+        def alerted_kinds() -> set[str]:
+            return {a["kind"] for a in hub.api("/api/fleet", token=operator)["alerts"]}
+
+        wait_for(lambda: "critical_unconfirmed" in alerted_kinds(), ESCALATE + 20, "the alert")
+        (alerted,) = hub.api("/api/audit?action=critical_to_operators")["audit"]
+        assert 2 * ESCALATE <= seconds_between(signed_at, alerted["at"]) <= 2 * ESCALATE + 5
 
         # the link opens a page with the finding; a guessed one opens nothing
         with urllib.request.urlopen(link, timeout=10) as r:
