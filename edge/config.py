@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "clinic": "",
     # the clinic's language: the headings of its printed reports ("en", "hi", "kn")
     "language": "en",
+    # what of a patient the hub's SMS and e-mail about a critical finding may carry:
+    # "none", "initials" or "name"; "" leaves it to the hub (critical.patient_data)
+    "patient_data_in_messages": "",
     "data_dir": "radsetu-data",
     "log_level": "INFO",
     "dicom": {
@@ -82,6 +85,13 @@ _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 _BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
+def _validate_clinic(v: dict[str, Any]) -> None:
+    if v["patient_data_in_messages"] not in ("", "none", "initials", "name"):
+        raise ConfigError("patient_data_in_messages: one of none, initials, name (or empty)")
+    if v["language"] not in ("en", "hi", "kn"):
+        raise ConfigError(f"language: {v['language']!r} must be en, hi or kn")
+
+
 def _validate(v: dict[str, Any]) -> None:
     if not v["box_id"]:
         v["box_id"] = socket.gethostname().split(".")[0]
@@ -90,8 +100,7 @@ def _validate(v: dict[str, Any]) -> None:
             f"box_id: {v['box_id']!r} must be 1-64 letters, digits, '-' or '_' "
             "(it becomes part of MQTT topics)"
         )
-    if v["language"] not in ("en", "hi", "kn"):
-        raise ConfigError(f"language: {v['language']!r} must be en, hi or kn")
+    _validate_clinic(v)
     d = v["dicom"]
     if not _AE_RE.match(d["ae_title"]) or d["ae_title"].strip() == "":
         raise ConfigError(f"dicom.ae_title: {d['ae_title']!r} is not a valid AE title (1-16 chars)")

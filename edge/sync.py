@@ -70,6 +70,7 @@ class Agent:
         self.last_study_check = 0.0
         self.clinic = str(config["clinic"])
         self.language = str(config["language"])
+        self.patient_data = str(config["patient_data_in_messages"])
         self.m = config["mqtt"]
         self.s = config["sync"]
         self.store = store
@@ -381,6 +382,7 @@ class Agent:
             "box_id": self.box_id,
             "clinic": self.clinic,
             "language": self.language,
+            **({"patient_data": self.patient_data} if self.patient_data else {}),
             "on_call": _on_call(db if db is not None else self.outbox.db),
             "online": True,
             "link": "up" if self.connected else "down",

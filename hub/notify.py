@@ -50,7 +50,7 @@ def _initials(name: str) -> str:
 def compose(n: dict[str, Any], facts: dict[str, Any], cfg: dict[str, Any]) -> str:
     """The message for notification ``n`` about ``facts`` (the study and its result)."""
     lang = n["language"] if n["language"] in WORDS else "en"
-    policy = cfg["critical"]["patient_data"]
+    policy = facts["patient_data"] or cfg["critical"]["patient_data"]  # the clinic's, if set
     patient = ""
     if policy in ("initials", "name") and facts["patient_name"]:
         who = facts["patient_name"] if policy == "name" else _initials(facts["patient_name"])
@@ -108,7 +108,9 @@ def _facts(store: FileHubStore, report_id: str) -> dict[str, Any]:
         [report_id],
     ).fetchone()
     facts = dict(zip(FACTS, row[:-1], strict=True))
-    facts["clinic"] = str(json.loads(row[-1] or "{}").get("clinic") or "")
+    status = json.loads(row[-1] or "{}")
+    facts["clinic"] = str(status.get("clinic") or "")
+    facts["patient_data"] = str(status.get("patient_data") or "")  # checked by wire/
     return facts
 
 

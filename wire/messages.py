@@ -136,6 +136,8 @@ def parse_status(payload: bytes) -> dict[str, Any]:
             isinstance(v, list) and len(v) <= 1000 and all(isinstance(i, dict) for i in v)
         ):
             raise RemoteProtocolError(f"status: {key} must be a list of objects")
+    if "patient_data" in d and d["patient_data"] not in ("none", "initials", "name"):
+        raise RemoteProtocolError("status: patient_data must be none, initials or name")
     if "on_call" in d:
         d["on_call"] = parse_contact(d["on_call"], "status: on_call")
     return d

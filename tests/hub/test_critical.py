@@ -73,3 +73,25 @@ def test_open_escalate_fail_and_confirm(tmp_path):
     assert actions.count("critical_to_operators") == 1
     assert actions.count("critical_failed") == 2 * notify.MAX_ATTEMPTS
     store.close()
+
+
+def test_the_clinics_policy_decides_what_a_message_carries():
+    import pytest
+
+    from wire.errors import RemoteProtocolError
+    from wire.messages import parse_status
+
+    cfg = hub_config.load(None, env={"RADSETU_HUB_CRITICAL_PUBLIC_URL": "https://hub.example.in"})
+    n = {"language": "en", "token": "tok"}
+    facts = {"code": "1234", "box_id": "box-1", "patient_name": "RAMAPPA BASAVARAJ",
+             "modality": "CT", "description": "Head", "impression": "Acute bleed.",
+             "clinic": "Bagalkot"}  # fmt: skip
+    hub_default = notify.compose(n, {**facts, "patient_data": ""}, cfg)
+    assert "R.B." in hub_default and "Acute bleed" in hub_default and "RAMAPPA" not in hub_default
+    named = notify.compose(n, {**facts, "patient_data": "name"}, cfg)
+    assert "RAMAPPA BASAVARAJ" in named
+    bare = notify.compose(n, {**facts, "patient_data": "none"}, cfg)
+    assert "R.B." not in bare and "bleed" not in bare and "CT Head at Bagalkot" in bare
+    assert "https://hub.example.in/c/tok" in bare and "YES 1234" in bare
+    with pytest.raises(RemoteProtocolError, match="patient_data"):
+        parse_status(b'{"patient_data": "everything"}')
