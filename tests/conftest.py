@@ -274,13 +274,22 @@ def _cups_running() -> bool:
     return "is running" in r.stdout and "not running" not in r.stdout
 
 
-def printed(out: Path, report_id: str) -> list[Path]:
-    """The PDFs cups-pdf has finished writing for this report (it writes in place, so a
-    file counts once pdftotext can read it)."""
+def printed(out: Path, report_id: str, after_ns: int = 0) -> list[Path]:
+    """The PDFs cups-pdf has finished writing for this report, written after ``after_ns``
+    (a reprint rewrites the first print's file in place): a file counts once pdftotext
+    can read it and its size and time stay the same for a moment."""
     done = []
     for p in sorted(out.glob(f"radsetu-report-{report_id}-*.pdf")) if out.exists() else []:
+        before = p.stat()
+        if before.st_mtime_ns <= after_ns:
+            continue
         r = subprocess.run(["pdftotext", str(p), "-"], capture_output=True)
-        if r.returncode == 0:
+        time.sleep(0.3)
+        after = p.stat()
+        if r.returncode == 0 and (before.st_size, before.st_mtime_ns) == (
+            after.st_size,
+            after.st_mtime_ns,
+        ):
             done.append(p)
     return done
 

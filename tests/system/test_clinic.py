@@ -153,13 +153,14 @@ def test_clinic_flow_in_the_browser(tmp_path, browser, boxes, cups_printer):
         assert "critical" in rep.get_attribute("class")
         assert rep.find_element(By.CSS_SELECTOR, ".patient").text.startswith(EVIL[:31])
         screenshots(b, "clinic-reports")
+        first_done = first[0].stat().st_mtime_ns
         rep.find_element(By.CSS_SELECTOR, "button.print").click()
         until(b, lambda d: "Sent to the printer" in d.page_source)
         # (cups-pdf names its file by the job's title: the reprint replaces the first)
         wait_for(
             lambda: box.api("/api/reports")["reports"][0]["print_count"] == 2, 60, "the reprint"
         )
-        again = wait_for(lambda: printed(out, r["report_id"]), 60, "the reprinted PDF")
+        again = wait_for(lambda: printed(out, r["report_id"], first_done), 60, "the reprint's PDF")
         assert_printed(again[0], made(hub, again[0]), "Small right frontal contusion")
 
         # her own language, kept for her next login

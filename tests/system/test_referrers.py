@@ -32,7 +32,8 @@ def hub_referrer(hub: Hub, uid: str):  # type: ignore[no-untyped-def]
 
 def add_doctor(b, base, name, mobile, email, lang, on_call):  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     b.get(base + "/doctors")
     b.find_element(By.ID, "doctor-name").send_keys(name)
@@ -41,7 +42,9 @@ def add_doctor(b, base, name, mobile, email, lang, on_call):  # type: ignore[no-
     Select(b.find_element(By.ID, "doctor-language")).select_by_value(lang)
     if on_call:
         b.find_element(By.ID, "doctor-on-call").click()
+    form = b.find_element(By.ID, "doctor-form")
     b.find_element(By.ID, "doctor-save").click()
+    WebDriverWait(b, 20).until(staleness_of(form))  # the answer's page, before going on
 
 
 def test_referring_doctors_travel_with_their_studies(tmp_path, browser, boxes):
