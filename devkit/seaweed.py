@@ -22,11 +22,16 @@ from devkit.servers import end_group, kill_group, spawn, until_ready
 GRPC_OFFSET = 10000
 
 
+EPHEMERAL_FROM = 32768  # the kernel's ephemeral ports start here (outgoing connections)
+
+
 def _port_pair() -> int:
-    """A free port below 55535 whose gRPC twin (+10000) is free too."""
+    """A free port whose gRPC twin (+10000) is free too, both below the kernel's
+    ephemeral range: no outgoing connection of another process takes the twin before
+    SeaweedFS binds it."""
     while True:
         port = free_port()
-        if port + GRPC_OFFSET > 65535:
+        if port + GRPC_OFFSET >= EPHEMERAL_FROM:
             continue
         with socket.socket() as s:
             try:
