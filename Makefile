@@ -16,7 +16,7 @@ BESIDE_TESTS := tests/system/test_corpus.py tests/edge/test_crash.py tests/syste
 	tests/system/test_object_store.py
 DEBS_BENCH := dcmtk orthanc mosquitto iproute2 postgresql
 
-.PHONY: test lint demo bench lock clean debs-test debs-bench corpus
+.PHONY: test lint demo bench lock clean debs-test debs-bench corpus ohif
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ./scripts/ensure-debs.sh python3-venv
@@ -35,6 +35,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 corpus: .corpus/unpacked/.ready
 
+# The OHIF viewer's build (pinned version and checksum) for the hub to serve.
+build/ohif/current/index.html: scripts/ensure-ohif.py hub/ohifinstall.py $(VENV)/.installed
+	$(PY) scripts/ensure-ohif.py
+
+ohif: build/ohif/current/index.html
+
 debs-test:
 	@./scripts/ensure-debs.sh $(DEBS_TEST)
 
@@ -46,11 +52,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict --ignore-missing-imports wire/
 
-test: $(VENV)/.installed debs-test lint corpus
+test: $(VENV)/.installed debs-test lint corpus ohif
 	PY=$(PY) HUB_INDEX_TESTS="$(HUB_INDEX_TESTS)" BESIDE_TESTS="$(BESIDE_TESTS)" \
 		./scripts/run-tests.sh
 
-demo: $(VENV)/.installed debs-test
+demo: $(VENV)/.installed debs-test ohif
 	$(PY) scripts/demo.py
 
 bench: $(VENV)/.installed debs-bench corpus

@@ -67,11 +67,12 @@ def json_app(cfg: Config, *blueprints: Blueprint) -> Flask:
         h["X-Content-Type-Options"] = "nosniff"
         h["X-Frame-Options"] = "DENY"
         h["Referrer-Policy"] = "same-origin"
-        h["Content-Security-Policy"] = (
+        h.setdefault(  # a page with needs of its own (OHIF) sets its own
+            "Content-Security-Policy",
             "default-src 'self'; "
             f"script-src 'self' 'nonce-{csp_nonce()}'; "
             "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
         )
         if request.is_secure:
             h["Strict-Transport-Security"] = "max-age=31536000"

@@ -53,12 +53,14 @@ ROLES: dict[str, tuple[str, ...]] = {
     "ops.metrics": OPERATE,
     # a doctor with no account: the link's token, or the SMS gateway's key, is the check
     "confirm.link": PUBLIC,
+    "ohif.asset": PUBLIC,
     "confirm.sms_inbound": PUBLIC,
 }
 BLUEPRINT_ROLES: dict[str, tuple[str, ...]] = {
     "hub_api": READ,
     "ui": READ,
     "dicomweb": READ,
+    "ohif": READ,
     "ops": OPERATE,
     "admin": ADMIN,
 }
@@ -197,6 +199,9 @@ def audit_reads(store_for_request: Any, response: Any) -> Any:
     if action is None or request.method != "GET" or response.status_code >= 400:
         return response
     study_uid, detail = read_target(request.view_args)
+    if action == "dicomweb" and study_uid:
+        # a viewer opening a study (OHIF, Weasis): one "view" row, as the built-in one
+        action, detail = "view", "dicomweb"
     key = (g.get("user", ""), action, study_uid, detail, request.remote_addr)
     if current_app.extensions.setdefault("radsetu.reads", Recent()).first(key):
         audit(store_for_request(), action, study_uid, detail)

@@ -1,8 +1,9 @@
-"""The hub's commands: ``radsetu hub serve|ingest|import|user|token``."""
+"""The hub's commands: ``radsetu hub serve|ingest|import|user|token|install-viewer``."""
 
 from __future__ import annotations
 
 import argparse
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from common.cli import (
 from common.config import Config
 from common.passwords import read_password
 from hub import config as hub_config
+from hub import ohifinstall
 from hub.access import add_token, revoke_tokens
 from hub.ingest import import_pack
 from hub.mqtt import run as run_ingest
@@ -30,6 +32,11 @@ from wire.errors import RemoteProtocolError
 EPILOG_HUB_IMPORT = "example: radsetu hub import study1.radsetu --data-dir /var/lib/radsetu-hub"
 EPILOG_HUB_SERVE = "example: radsetu hub serve --config /etc/radsetu/hub.toml"
 EPILOG_HUB_INGEST = "example: radsetu hub ingest --config /etc/radsetu/hub.toml"
+EPILOG_INSTALL_VIEWER = (
+    "example: radsetu hub install-viewer ohif-app-3.13.2.tgz --dest /opt/radsetu/ohif "
+    "(the tarball is checked against the pinned SHA-512 first; npm pack @ohif/app@3.13.2 "
+    "makes it)"
+)
 EPILOG_HUB_USER = (
     "example: radsetu hub user add dr-rao --role radiologist --config /etc/radsetu/hub.toml "
     "(asks for the password, or reads it from standard input); radsetu hub user disable "
@@ -115,6 +122,15 @@ def cmd_token(args: argparse.Namespace) -> int:
     return DONE
 
 
+def cmd_install_viewer(args: argparse.Namespace) -> int:
+    try:
+        served = ohifinstall.install(Path(args.tarball), Path(args.dest))
+    except (ohifinstall.InstallError, OSError, tarfile.TarError) as exc:
+        raise CommandError(str(exc), CANNOT_RUN) from exc
+    print(f'OHIF {ohifinstall.VERSION} installed; set [viewer] ohif_dir = "{served.absolute()}"')
+    return DONE
+
+
 def add_commands(top: Any) -> None:
     """``radsetu hub ...``."""
     hub = top.add_parser("hub", help="the central hub")
@@ -150,6 +166,16 @@ def add_commands(top: Any) -> None:
         epilog=EPILOG_HUB_INGEST,
     )
     s.add_argument("--config", help="the hub's TOML config file")
+    s = command(
+        hsub,
+        "install-viewer",
+        "hub install-viewer",
+        cmd_install_viewer,
+        help=f"install the OHIF viewer ({ohifinstall.VERSION}) from its npm tarball",
+        epilog=EPILOG_INSTALL_VIEWER,
+    )
+    s.add_argument("tarball", help=f"@ohif/app's tarball ({ohifinstall.TARBALL})")
+    s.add_argument("--dest", required=True, help="where it goes (a 'current' link is made)")
     _add_account_commands(hsub)
 
 

@@ -68,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
         "password": "",
         "starttls": False,
     },
+    # the OHIF viewer's installed build (radsetu hub install-viewer); empty: none, and
+    # the worklist opens studies in the built-in viewer
+    "viewer": {"ohif_dir": ""},
     "retention": {
         "box_history_days": 90,
     },

@@ -1,24 +1,26 @@
-"""DICOMweb read endpoints (PS3.18) over the hub's store, so that OHIF or Weasis can
-open hub studies: QIDO-RS search of studies, series and instances (DICOM JSON), and
-WADO-RS retrieve of instances (the stored files, byte for byte) and of metadata.
+"""DICOMweb (PS3.18) over the hub's studies, for OHIF (served at ``/ohif/``), Weasis or
+any other client: QIDO-RS search of studies, series and instances; WADO-RS retrieve of
+instances (the stored files, byte for byte), metadata (bulk data by reference), frames
+(compressed ones untouched when the client accepts their syntax, else native little
+endian), bulk data and rendered images.
 
-The attributes come from each stored instance's header, read when asked; a study
-index for large hubs is a later step.
+Only the worklist's studies are visible (hub/dicomindex.py), to a radiologist's session
+or an API token; reading a study's content is audited as ``view`` (hub/access.py).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
+import imagecodecs
 import pydicom
 from flask import Blueprint, Response, abort, request
-from pydicom.multival import MultiValue
 
-from common.dicomtext import dicom_text
+from hub import dicomindex as index
+from hub import dicomparts as parts
 from hub.db import request_store as _store
+from hub.render import RenderError, picture
 
 dicomweb = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 
@@ -26,73 +28,35 @@ JSON = "application/dicom+json"
 STUDY_TAGS = ("StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
               "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
               "StudyInstanceUID", "StudyID", "ReferringPhysicianName")  # fmt: skip
-SERIES_TAGS = ("Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription")
+SERIES_TAGS = ("Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+               "SeriesDate", "SeriesTime", "BodyPartExamined")  # fmt: skip
 INSTANCE_TAGS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns",
-                 "NumberOfFrames")  # fmt: skip
-# query keys a client may match on, at each level
-MATCH = {"PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyInstanceUID",
-         "ModalitiesInStudy", "Modality", "SeriesInstanceUID", "SOPInstanceUID"}  # fmt: skip
+                 "NumberOfFrames", "BitsAllocated")  # fmt: skip
+PAGING = {"limit", "offset", "includefield", "fuzzymatching"}
+STUDY_ONLY = {"ModalitiesInStudy"}
 
 
-def _headers(study_uid: str | None = None) -> Iterator[tuple[str, pydicom.Dataset]]:
-    """(object key, header) of every stored instance, or of one study's."""
-    store = _store()
-    q = "SELECT path FROM instances"
-    args: list[Any] = []
-    if study_uid:
-        q += " WHERE study_uid=?"
-        args.append(study_uid)
-    for (rel,) in store.db.execute(q + " ORDER BY study_uid, stored_at", args).fetchall():
-        with store.blobs.open(rel) as f:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        yield rel, ds
-
-
-def _json(ds: pydicom.Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
-    sub = pydicom.Dataset()
-    for k in keywords:
-        if k in ds:
-            sub.add(ds.data_element(k))
-    return sub.to_json_dict()
-
-
-def _matches(ds: pydicom.Dataset, params: dict[str, str], level_modalities: set[str]) -> bool:
-    for key, want in params.items():
-        if key == "ModalitiesInStudy":
-            if want not in level_modalities:
-                return False
-            continue
-        raw = ds.get(key, "")
-        # a multi-valued attribute matches when one of its values does (PS3.4 C.2.2.2)
-        haves = [dicom_text(v) for v in raw] if isinstance(raw, MultiValue) else [dicom_text(raw)]
-        if not any(_value_matches(key, have, want) for have in haves):
-            return False
-    return True
-
-
-def _value_matches(key: str, have: str, want: str) -> bool:
-    if key == "PatientName" and want.endswith("*"):
-        return have.upper().startswith(want[:-1].upper())
-    if key == "StudyDate" and "-" in want:
-        lo, _, hi = want.partition("-")
-        return (not lo or have >= lo) and (not hi or have <= hi)
-    return have == want
-
-
-def _params() -> dict[str, str]:
-    out = {}
-    for key, value in request.args.items():
-        if key in MATCH and value:
-            out[key] = value
-        elif key not in {"limit", "offset", "includefield", "fuzzymatching"}:
-            abort(400, f"{key} is not a supported query key")
-    return out
+def _query() -> tuple[dict[str, str], set[str], bool]:
+    """(match keys -> value, include keywords, include all) of this request."""
+    try:
+        match = {
+            parts.keyword(k): v
+            for k, v in request.args.items()
+            if k not in PAGING and k not in STUDY_ONLY and v
+        }
+        match.update({k: v for k, v in request.args.items() if k in STUDY_ONLY and v})
+        names, every = parts.includes(request.args.getlist("includefield"))
+    except parts.QueryError as exc:
+        abort(400, str(exc))
+    return match, names, every
 
 
 def _answer(items: list[dict[str, Any]]) -> Response:
-
-    offset = int(request.args.get("offset", 0) or 0)
-    limit = int(request.args.get("limit", 0) or 0)
+    try:
+        offset = max(int(request.args.get("offset", 0) or 0), 0)
+        limit = max(int(request.args.get("limit", 0) or 0), 0)
+    except ValueError:
+        abort(400, "offset and limit are whole numbers")
     items = items[offset : offset + limit if limit else None]
     if not items:
         return Response(status=204)
@@ -103,119 +67,191 @@ def _base() -> str:
     return request.host_url.rstrip("/") + "/dicomweb"
 
 
+def _with_key(item: dict[str, Any], key: str) -> dict[str, Any]:
+    item["0020000D"] = {"vr": "UI", "Value": [key]}
+    return item
+
+
+def _study(key: str) -> index.Study:
+    found = index.study(_store(), key)
+    if found is None:
+        abort(404)
+    return found
+
+
 @dicomweb.get("/studies")
 def search_studies() -> Response:
-    params = _params()
-    studies: dict[str, dict[str, Any]] = {}
-    for _path, ds in _headers():
-        uid = str(ds.StudyInstanceUID)
-        s = studies.setdefault(uid, {"ds": ds, "series": set(), "n": 0, "mods": set()})
-        s["series"].add(str(ds.get("SeriesInstanceUID", "")))
-        s["n"] += 1
-        s["mods"].add(str(ds.get("Modality", "")))
+    match, names, every = _query()
     out = []
-    for uid, s in studies.items():
-        study_params = {
-            k: v
-            for k, v in params.items()
-            if k not in {"Modality", "SeriesInstanceUID", "SOPInstanceUID"}
-        }
-        if not _matches(s["ds"], study_params, s["mods"]):
+    for s in index.studies(_store(), match.get("PatientID", "")):
+        if not s.instances:
             continue
-        item = _json(s["ds"], STUDY_TAGS)
-        item["00080061"] = {"vr": "CS", "Value": sorted(m for m in s["mods"] if m)}
-        item["00201206"] = {"vr": "IS", "Value": [len(s["series"])]}
-        item["00201208"] = {"vr": "IS", "Value": [s["n"]]}
-        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{uid}"]}
+        first = s.instances[0].ds
+        mods = sorted({str(i.ds.get("Modality", "")) for i in s.instances} - {""})
+        if "ModalitiesInStudy" in match and not set(match["ModalitiesInStudy"].split("\\")) & set(
+            mods
+        ):
+            continue
+        own = {k: v for k, v in match.items() if k not in STUDY_ONLY and k != "StudyInstanceUID"}
+        if not all(parts.matches(first, k, v) for k, v in own.items()):
+            continue
+        if "StudyInstanceUID" in match and s.key not in match["StudyInstanceUID"].split("\\"):
+            continue
+        tags = STUDY_TAGS + tuple(names) if not every else tuple(k for k in first.dir())
+        item = _with_key(parts.element_json(first, tags), s.key)
+        item["00080061"] = {"vr": "CS", "Value": mods}
+        item["00201206"] = {"vr": "IS", "Value": [len(s.series())]}
+        item["00201208"] = {"vr": "IS", "Value": [len(s.instances)]}
+        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.key}"]}
         out.append(item)
     return _answer(out)
 
 
 @dicomweb.get("/studies/<study_uid>/series")
 def search_series(study_uid: str) -> Response:
-    params = _params()
-    series: dict[str, dict[str, Any]] = {}
-    for _path, ds in _headers(study_uid):
-        uid = str(ds.get("SeriesInstanceUID", ""))
-        s = series.setdefault(uid, {"ds": ds, "n": 0})
-        s["n"] += 1
+    match, names, _every = _query()
+    s = _study(study_uid)
     out = []
-    for uid, s in series.items():
-        if not _matches(s["ds"], params, {str(s["ds"].get("Modality", ""))}):
+    for uid, members in s.series().items():
+        ds = members[0].ds
+        if not all(parts.matches(ds, k, v) for k, v in match.items()):
             continue
-        item = _json(s["ds"], SERIES_TAGS + ("StudyInstanceUID",))
-        item["00201209"] = {"vr": "IS", "Value": [s["n"]]}
-        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{study_uid}/series/{uid}"]}
+        item = _with_key(parts.element_json(ds, SERIES_TAGS + tuple(names)), s.key)
+        item["00201209"] = {"vr": "IS", "Value": [len(members)]}
+        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.key}/series/{uid}"]}
         out.append(item)
     return _answer(out)
 
 
+@dicomweb.get("/studies/<study_uid>/instances", defaults={"series_uid": None})
 @dicomweb.get("/studies/<study_uid>/series/<series_uid>/instances")
-def search_instances(study_uid: str, series_uid: str) -> Response:
-    params = _params()
+def search_instances(study_uid: str, series_uid: str | None) -> Response:
+    match, names, _every = _query()
+    s = _study(study_uid)
     out = []
-    for _path, ds in _headers(study_uid):
-        if str(ds.get("SeriesInstanceUID", "")) != series_uid or not _matches(ds, params, set()):
+    for i in s.instances:
+        if series_uid is not None and i.series_uid != series_uid:
             continue
-        item = _json(ds, INSTANCE_TAGS + ("StudyInstanceUID", "SeriesInstanceUID"))
-        url = f"{_base()}/studies/{study_uid}/series/{series_uid}/instances/{ds.SOPInstanceUID}"
+        if not all(parts.matches(i.ds, k, v) for k, v in match.items()):
+            continue
+        tags = INSTANCE_TAGS + ("SeriesInstanceUID", "Modality") + tuple(names)
+        item = _with_key(parts.element_json(i.ds, tags), s.key)
+        url = f"{_base()}/studies/{s.key}/series/{i.series_uid}/instances/{i.sop_uid}"
         item["00081190"] = {"vr": "UR", "Value": [url]}
         out.append(item)
     return _answer(out)
 
 
-def _multipart(keys: list[str]) -> Response:
-    """The stored files as they are, one part each (PS3.18 multipart/related)."""
-    boundary = uuid.uuid4().hex
-    blobs = _store().blobs  # the parts are sent after the request's store is closed
-
-    def parts() -> Iterator[bytes]:
-        for key in keys:
-            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            yield blobs.get(key)
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode()
-
-    return Response(
-        parts(),
-        mimetype=f'multipart/related; type="application/dicom"; boundary={boundary}',
-    )
-
-
-def _select(study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+def _select(
+    study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> list[index.Instance]:
     found = [
-        key
-        for key, ds in _headers(study_uid)
-        if (series_uid is None or str(ds.get("SeriesInstanceUID", "")) == series_uid)
-        and (sop_uid is None or str(ds.SOPInstanceUID) == sop_uid)
+        i
+        for i in _study(study_uid).instances
+        if (series_uid is None or i.series_uid == series_uid)
+        and (sop_uid is None or i.sop_uid == sop_uid)
     ]
     if not found:
         abort(404)
     return found
 
 
+def _files(found: list[index.Instance]) -> Response:
+    """The stored files as they are, one part each."""
+    blobs = _store().blobs  # the parts are sent after the request's store is closed
+    body, ctype = parts.multipart(
+        (("application/dicom", blobs.get(i.key)) for i in found), "application/dicom"
+    )
+    return Response(body, content_type=ctype)
+
+
 @dicomweb.get("/studies/<study_uid>")
 def retrieve_study(study_uid: str) -> Response:
-    return _multipart(_select(study_uid))
+    return _files(_select(study_uid))
 
 
 @dicomweb.get("/studies/<study_uid>/series/<series_uid>")
 def retrieve_series(study_uid: str, series_uid: str) -> Response:
-    return _multipart(_select(study_uid, series_uid))
+    return _files(_select(study_uid, series_uid))
 
 
 @dicomweb.get("/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>")
 def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str) -> Response:
-    return _multipart(_select(study_uid, series_uid, sop_uid))
+    return _files(_select(study_uid, series_uid, sop_uid))
+
+
+def _metadata(study_uid: str, found: list[index.Instance]) -> Response:
+    items = []
+    for i in found:
+        url = f"{_base()}/studies/{study_uid}/series/{i.series_uid}/instances/{i.sop_uid}/bulk/"
+        items.append(_with_key(parts.metadata(i.ds, lambda tag, u=url: u + tag), study_uid))
+    return Response(json.dumps(items), mimetype=JSON)
 
 
 @dicomweb.get("/studies/<study_uid>/metadata")
 def study_metadata(study_uid: str) -> Response:
+    return _metadata(study_uid, _select(study_uid))
 
-    items = []
-    for key in _select(study_uid):
-        with _store().blobs.open(key) as f:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        d = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda _e: "")
-        items.append(d)
-    return Response(json.dumps(items), mimetype=JSON)
+
+@dicomweb.get("/studies/<study_uid>/series/<series_uid>/metadata")
+def series_metadata(study_uid: str, series_uid: str) -> Response:
+    return _metadata(study_uid, _select(study_uid, series_uid))
+
+
+@dicomweb.get("/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>/metadata")
+def instance_metadata(study_uid: str, series_uid: str, sop_uid: str) -> Response:
+    return _metadata(study_uid, _select(study_uid, series_uid, sop_uid))
+
+
+def _whole(study_uid: str, series_uid: str, sop_uid: str) -> Any:
+    """The instance with its pixel data."""
+    (one,) = _select(study_uid, series_uid, sop_uid)
+    with _store().blobs.open(one.key) as f:
+        return pydicom.dcmread(f)
+
+
+@dicomweb.get("/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>/frames/<numbers>")
+def retrieve_frames(study_uid: str, series_uid: str, sop_uid: str, numbers: str) -> Response:
+    try:
+        wanted = [int(n) for n in numbers.split(",")]
+    except ValueError:
+        abort(400, "frames are numbers from 1, separated by commas")
+    ds = _whole(study_uid, series_uid, sop_uid)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    accept = request.headers.get("Accept", "")
+    try:
+        found = parts.frames(ds, wanted, parts.accepts_stored(accept, ts))
+    except RenderError as exc:
+        abort(404 if "outside" in str(exc) or "no pixel" in str(exc) else 406, str(exc))
+    body, ctype = parts.multipart(found, "application/octet-stream")
+    return Response(body, content_type=ctype)
+
+
+@dicomweb.get("/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>/bulk/<tag>")
+def retrieve_bulk(study_uid: str, series_uid: str, sop_uid: str, tag: str) -> Response:
+    ds = _whole(study_uid, series_uid, sop_uid)
+    try:
+        data = parts.bulk_value(ds, tag)
+    except parts.QueryError as exc:
+        abort(404, str(exc))
+    if "multipart" not in request.headers.get("Accept", "multipart"):
+        return Response(data, mimetype="application/octet-stream")
+    body, ctype = parts.multipart([("application/octet-stream", data)], "application/octet-stream")
+    return Response(body, content_type=ctype)
+
+
+@dicomweb.get("/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>/rendered",
+              defaults={"number": 1})  # fmt: skip
+@dicomweb.get(
+    "/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>/frames/<int:number>/rendered"
+)
+def rendered(study_uid: str, series_uid: str, sop_uid: str, number: int) -> Response:
+    """One frame as PNG (or JPEG when asked), windowed by the instance's own window."""
+    ds = _whole(study_uid, series_uid, sop_uid)
+    try:
+        img, _info = picture(ds, number - 1)
+    except RenderError as exc:
+        abort(404, str(exc))
+    if "image/jpeg" in request.headers.get("Accept", ""):
+        return Response(bytes(imagecodecs.jpeg8_encode(img, level=90)), mimetype="image/jpeg")
+    return Response(bytes(imagecodecs.png_encode(img)), mimetype="image/png")

@@ -111,9 +111,10 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 
-def render(path: Path, frame: int = 0, preset: str | None = None) -> tuple[bytes, dict[str, Any]]:
-    """PNG bytes of one frame, and what was done (window, size)."""
-    ds = pydicom.dcmread(path)
+def picture(
+    ds: pydicom.Dataset, frame: int = 0, preset: str | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One frame windowed to 8 bits (colour as it is), and what was done."""
     stored = stored_frame(ds, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if stored.ndim == 3:  # colour: shown as it is
@@ -129,7 +130,13 @@ def render(path: Path, frame: int = 0, preset: str | None = None) -> tuple[bytes
     info.update(
         {"frame": frame, "frames": frame_count(ds), "rows": img.shape[0], "columns": img.shape[1]}
     )
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(img))), info
+    return np.ascontiguousarray(img), info
+
+
+def render(path: Path, frame: int = 0, preset: str | None = None) -> tuple[bytes, dict[str, Any]]:
+    """PNG bytes of one frame, and what was done (window, size)."""
+    img, info = picture(pydicom.dcmread(path), frame, preset)
+    return bytes(imagecodecs.png_encode(img)), info
 
 
 KEY_TAGS = (

@@ -26,7 +26,7 @@ from flask import (
 
 from common import sessions
 from common.passwords import csrf_sent, csrf_token, local_next
-from hub import access, critical, reading, reports, users
+from hub import access, critical, ohif, priors, reading, reports, users
 from hub.db import request_store as _store
 from hub.errors import HubError
 from hub.render import PRESETS
@@ -127,7 +127,15 @@ def worklist() -> Any:
     studies = reading.worklist(
         _store(), a.get("modality", ""), a.get("clinic", ""), a.get("subspecialty", "")
     )
-    return _page("Worklist", "worklist.html", studies=studies, args=a, subs=reading.SUBSPECIALTIES)
+    return _page(
+        "Worklist",
+        "worklist.html",
+        studies=studies,
+        args=a,
+        subs=reading.SUBSPECIALTIES,
+        priors=priors.counts(_store(), studies),
+        ohif=ohif.available(),
+    )
 
 
 def _instances(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
@@ -175,6 +183,8 @@ def read(study_uid: str) -> Any:
         subs=reading.SUBSPECIALTIES,
         tat=reading.turnaround(store, study_uid),
         critical=critical.of_study(store, study_uid),
+        priors=priors.of_study(store, study_uid),
+        ohif=ohif.available(),
     )
 
 

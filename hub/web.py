@@ -15,6 +15,7 @@ from hub import config as hub_config
 from hub.api import api
 from hub.confirm import confirm
 from hub.dicomweb import dicomweb
+from hub.ohif import ohif
 from hub.ops import admin, ops
 from hub.store import open_store
 
@@ -28,7 +29,7 @@ def create_app(cfg: Config | None = None) -> Flask:
         key = users.session_key(store, cfg.data_dir)
     finally:
         store.close()
-    app = json_app(cfg, api, dicomweb, ops, admin, confirm)
+    app = json_app(cfg, api, dicomweb, ohif, ops, admin, confirm)
     time_requests(app, "radsetu_hub")
     ui.install(app, key)
     app.before_request(lambda: access.check(db.request_store))

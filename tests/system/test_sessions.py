@@ -245,7 +245,7 @@ def test_hub_dicomweb_images_tags_and_drafts_reads_are_audited(hub_app):
     rows = {(r["username"], r["action"], r["study_uid"]) for r in access.audit_rows(store)}
     for action, uid in (
         ("dicomweb", ""),
-        ("dicomweb", "1.2.3"),
+        ("view", "1.2.3"),  # a study opened through DICOMweb is a view
         ("read_image", "1.2.3"),
         ("read_tags", "1.2.3"),
         ("read_reports", "1.2.3"),

@@ -1,0 +1,121 @@
+"""What DICOMweb answers from: the studies a reader may see, and each study's headers.
+
+A study is visible when it is on the reading room's worklist (a row of ``hub_studies``:
+verified, whichever clinic and state); a transfer still arriving, or an instance that
+never made a study, is not. Studies are known by the hub's key (hub/studykeys.py: the
+Study UID, or ``UID~box`` for a second clinic's study with the same UID), and DICOMweb
+shows that key as the Study Instance UID, so a viewer that follows its links always
+lands in the one clinic's study.
+
+The headers of a study's instances (without pixel data) are read once per process and
+kept while the study's set of instances is unchanged: a viewer asks for the same
+study's series and metadata many times while it opens it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+
+from hub.store import FileHubStore
+
+CACHED_STUDIES = 16
+
+
+@dataclass
+class Instance:
+    key: str  # the object's key in the hub's store
+    ds: pydicom.Dataset  # its header, no pixel data
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.ds.get("SeriesInstanceUID", ""))
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.ds.get("SOPInstanceUID", ""))
+
+
+@dataclass
+class Study:
+    key: str  # the hub's study key, shown as the Study Instance UID
+    row: dict[str, Any]  # its hub_studies row
+    instances: list[Instance] = field(default_factory=list)
+
+    def series(self) -> dict[str, list[Instance]]:
+        out: dict[str, list[Instance]] = {}
+        for i in self.instances:
+            out.setdefault(i.series_uid, []).append(i)
+        return out
+
+
+_cache: OrderedDict[tuple[str, int, str], list[Instance]] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _number(i: Instance) -> tuple[int, int]:
+    def num(name: str) -> int:
+        try:
+            return int(i.ds.get(name) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return num("SeriesNumber"), num("InstanceNumber")
+
+
+def _instances(store: FileHubStore, key: str) -> list[Instance]:
+    count, newest = store.db.execute(
+        "SELECT count(*), coalesce(max(stored_at), '') FROM instances WHERE study_uid=?", [key]
+    ).fetchone()
+    tag = (key, int(count), str(newest))
+    with _lock:
+        if tag in _cache:
+            _cache.move_to_end(tag)
+            return _cache[tag]
+    found: dict[str, Instance] = {}
+    rows = store.db.execute(
+        "SELECT sop_instance_uid, path FROM instances WHERE study_uid=? ORDER BY stored_at",
+        [key],
+    ).fetchall()
+    for sop, path in rows:
+        with store.blobs.open(path) as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        found[str(sop)] = Instance(str(path), ds)  # the newest copy of an instance wins
+    out = sorted(found.values(), key=_number)
+    with _lock:
+        _cache[tag] = out
+        while len(_cache) > CACHED_STUDIES:
+            _cache.popitem(last=False)
+    return out
+
+
+def visible_rows(store: FileHubStore, patient_id: str = "", key: str = "") -> list[dict[str, Any]]:
+    """The worklist's studies (reported ones too), narrowed by patient or key."""
+    q, args = "SELECT * FROM hub_studies", []
+    where = []
+    if patient_id:
+        where.append("patient_id = ?")
+        args.append(patient_id)
+    if key:
+        where.append("study_uid = ?")
+        args.append(key)
+    if where:
+        q += " WHERE " + " AND ".join(where)
+    return [dict(r) for r in store.db.query(q + " ORDER BY verified_at", args)]
+
+
+def study(store: FileHubStore, key: str) -> Study | None:
+    """One visible study with its instances' headers, or None."""
+    rows = visible_rows(store, key=key)
+    if not rows:
+        return None
+    return Study(key, rows[0], _instances(store, key))
+
+
+def studies(store: FileHubStore, patient_id: str = "") -> list[Study]:
+    return [Study(r["study_uid"], r, _instances(store, r["study_uid"])) for r in visible_rows(
+        store, patient_id=patient_id)]  # fmt: skip

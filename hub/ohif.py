@@ -1,0 +1,143 @@
+"""The OHIF viewer, served by the hub under ``/ohif/`` behind the hub's own login.
+
+The built application is installed by ``radsetu hub install-viewer`` (hub/ohifinstall.py)
+into ``viewer.ohif_dir``. Its configuration is the hub's, made here: one data source,
+the hub's own DICOMweb on the page's own origin, so every request OHIF makes carries
+the radiologist's session cookie (no second login, no token in a URL) and passes the
+same access rules and audit as the worklist. Any other path under ``/ohif/`` is one of
+OHIF's own routes and gets its page.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, send_from_directory
+
+from common.web import csp_nonce
+
+ohif = Blueprint("ohif", __name__, url_prefix="/ohif")
+
+# OHIF needs WebAssembly (its image decoders), workers from blob: URLs and inline
+# styles; nothing from another origin, and never in a frame
+CSP = (
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'wasm-unsafe-eval'; "
+    "worker-src 'self' blob:; connect-src 'self' blob: data:; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; font-src 'self' data:; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+APP_CONFIG = """window.config = {
+  routerBasename: '/ohif',
+  extensions: [],
+  modes: [],
+  // no guided tour over a radiologist's first study
+  customizationService: { 'ohif.tours': { $set: [] } },
+  showStudyList: true,
+  maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: true,
+  showLoadingIndicator: true,
+  strictZSpacingForVolumeViewport: true,
+  investigationalUseDialog: { option: 'never' },
+  defaultDataSourceName: 'radsetu',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'radsetu',
+      configuration: {
+        friendlyName: 'RadSetu hub',
+        name: 'radsetu',
+        wadoUriRoot: window.location.origin + '/dicomweb',
+        qidoRoot: window.location.origin + '/dicomweb',
+        wadoRoot: window.location.origin + '/dicomweb',
+        qidoSupportsIncludeField: true,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        staticWado: false,
+        singlepart: 'bulkdata,video,pdf',
+        bulkDataURI: { enabled: true },
+        omitQuotationForMultipartRequest: true,
+        dicomUploadEnabled: false,
+      },
+    },
+  ],
+};
+"""
+
+
+def folder() -> Path | None:
+    """The installed build, or None when this hub has none."""
+    cfg = current_app.config["RADSETU"]
+    raw = str(cfg["viewer"]["ohif_dir"])
+    if not raw:
+        return None
+    path = Path(raw)
+    return path if (path / "index.html").is_file() else None
+
+
+def available() -> bool:
+    return folder() is not None
+
+
+@cache
+def _index(path: Path, mtime: float) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _page(dist: Path) -> Response:
+    """OHIF's index.html with the answer's nonce on its scripts."""
+    index = dist / "index.html"
+    html = _index(index, index.stat().st_mtime)
+    nonce = csp_nonce()
+    html = re.sub(r"<script(?=[\s>])", f'<script nonce="{nonce}"', html)
+    r = Response(html, mimetype="text/html")
+    r.headers["Cache-Control"] = "no-store"
+    return _secured(r)
+
+
+def _secured(r: Response) -> Response:
+    r.headers["Content-Security-Policy"] = CSP.format(nonce=csp_nonce())
+    return r
+
+
+def _dist() -> Path:
+    dist = folder()
+    if dist is None:
+        abort(404, "OHIF is not installed on this hub (viewer.ohif_dir)")
+    return dist
+
+
+@ohif.get("/app-config.js")
+def app_config() -> Any:
+    _dist()
+    r = Response(APP_CONFIG, mimetype="text/javascript")
+    r.headers["Cache-Control"] = "no-store"
+    return _secured(r)
+
+
+@ohif.get("/", defaults={"path": ""})
+@ohif.get("/<path:path>")
+def page(path: str) -> Any:
+    """OHIF's page, for any of its own routes (``/ohif/viewer?StudyInstanceUIDs=...``)."""
+    return _page(_dist())
+
+
+@ohif.get("/<path:path>.<ext>")
+def asset(path: str, ext: str) -> Any:
+    """A file of the build: the open-source application itself, no patient data, so it
+    needs no login (a browser fetches some, such as the manifest, without cookies)."""
+    dist = _dist()
+    name = f"{path}.{ext}"
+    target = (dist / name).resolve()
+    if not target.is_relative_to(dist.resolve()) or not target.is_file():
+        abort(404)
+    if name == "index.html":
+        return _page(dist)
+    return _secured(send_from_directory(dist, name, max_age=3600))
