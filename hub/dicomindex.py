@@ -3,9 +3,10 @@
 A study is visible when it is on the reading room's worklist (a row of ``hub_studies``:
 verified, whichever clinic and state); a transfer still arriving, or an instance that
 never made a study, is not. Studies are known by the hub's key (hub/studykeys.py: the
-Study UID, or ``UID~box`` for a second clinic's study with the same UID), and DICOMweb
-shows that key as the Study Instance UID, so a viewer that follows its links always
-lands in the one clinic's study.
+Study UID, or ``UID~box`` for a second clinic's study with the same UID). DICOMweb
+shows a study by its UID, and a second clinic's study by a UID of its own made from its
+key (``2.25.`` and a hash), so a viewer that follows its links always lands in the one
+clinic's study.
 
 The headers of a study's instances (without pixel data) are read once per process and
 kept while the study's set of instances is unchanged: a viewer asks for the same
@@ -14,6 +15,7 @@ study's series and metadata many times while it opens it.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,11 +42,22 @@ class Instance:
         return str(self.ds.get("SOPInstanceUID", ""))
 
 
+def shown_uid(key: str) -> str:
+    """The Study Instance UID that DICOMweb shows for a hub study key."""
+    if "~" not in key:
+        return key
+    return "2.25." + str(int.from_bytes(hashlib.sha256(key.encode()).digest()[:16], "big"))
+
+
 @dataclass
 class Study:
-    key: str  # the hub's study key, shown as the Study Instance UID
+    key: str  # the hub's study key
     row: dict[str, Any]  # its hub_studies row
     instances: list[Instance] = field(default_factory=list)
+
+    @property
+    def uid(self) -> str:
+        return shown_uid(self.key)
 
     def series(self) -> dict[str, list[Instance]]:
         out: dict[str, list[Instance]] = {}
@@ -108,11 +121,15 @@ def visible_rows(store: FileHubStore, patient_id: str = "", key: str = "") -> li
     return [dict(r) for r in store.db.query(q + " ORDER BY verified_at", args)]
 
 
-def study(store: FileHubStore, key: str) -> Study | None:
-    """One visible study with its instances' headers, or None."""
-    rows = visible_rows(store, key=key)
+def study(store: FileHubStore, uid: str) -> Study | None:
+    """One visible study, by the UID DICOMweb shows (or its hub key), or None."""
+    rows = visible_rows(store, key=uid)
+    if not rows and uid.startswith("2.25."):
+        twins = store.db.query("SELECT * FROM hub_studies WHERE study_uid LIKE '%~%'")
+        rows = [dict(r) for r in twins if shown_uid(r["study_uid"]) == uid]
     if not rows:
         return None
+    key = rows[0]["study_uid"]
     return Study(key, rows[0], _instances(store, key))
 
 

@@ -93,8 +93,13 @@ def element_json(ds: pydicom.Dataset, names: Iterable[str]) -> dict[str, Any]:
 
 def metadata(ds: pydicom.Dataset, bulk_uri: Callable[[str], str]) -> dict[str, Any]:
     """An instance's whole header in the DICOM JSON model; top-level binary values over
-    ``BULK_BYTES`` (and the pixel data) as a BulkDataURI, nested ones inline."""
+    ``BULK_BYTES`` (and the pixel data, also when ``ds`` was read without it) as a
+    BulkDataURI, nested ones inline."""
     out: dict[str, Any] = {}
+    if "Rows" in ds and "PixelData" not in ds:  # a header read without its pixel data
+        ts = UID(str(ds.file_meta.get("TransferSyntaxUID", NATIVE_LE)))
+        vr = "OB" if ts.is_compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+        out["7FE00010"] = {"vr": vr, "BulkDataURI": bulk_uri("7FE00010")}
     for elem in ds:
         tag = f"{elem.tag:08X}"
         if elem.VR in BINARY_VRS and (elem.tag == 0x7FE00010 or _length(elem) > BULK_BYTES):

@@ -67,8 +67,8 @@ def _base() -> str:
     return request.host_url.rstrip("/") + "/dicomweb"
 
 
-def _with_key(item: dict[str, Any], key: str) -> dict[str, Any]:
-    item["0020000D"] = {"vr": "UI", "Value": [key]}
+def _with_uid(item: dict[str, Any], s: index.Study) -> dict[str, Any]:
+    item["0020000D"] = {"vr": "UI", "Value": [s.uid]}
     return item
 
 
@@ -95,14 +95,14 @@ def search_studies() -> Response:
         own = {k: v for k, v in match.items() if k not in STUDY_ONLY and k != "StudyInstanceUID"}
         if not all(parts.matches(first, k, v) for k, v in own.items()):
             continue
-        if "StudyInstanceUID" in match and s.key not in match["StudyInstanceUID"].split("\\"):
+        if "StudyInstanceUID" in match and s.uid not in match["StudyInstanceUID"].split("\\"):
             continue
         tags = STUDY_TAGS + tuple(names) if not every else tuple(k for k in first.dir())
-        item = _with_key(parts.element_json(first, tags), s.key)
+        item = _with_uid(parts.element_json(first, tags), s)
         item["00080061"] = {"vr": "CS", "Value": mods}
         item["00201206"] = {"vr": "IS", "Value": [len(s.series())]}
         item["00201208"] = {"vr": "IS", "Value": [len(s.instances)]}
-        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.key}"]}
+        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.uid}"]}
         out.append(item)
     return _answer(out)
 
@@ -116,9 +116,9 @@ def search_series(study_uid: str) -> Response:
         ds = members[0].ds
         if not all(parts.matches(ds, k, v) for k, v in match.items()):
             continue
-        item = _with_key(parts.element_json(ds, SERIES_TAGS + tuple(names)), s.key)
+        item = _with_uid(parts.element_json(ds, SERIES_TAGS + tuple(names)), s)
         item["00201209"] = {"vr": "IS", "Value": [len(members)]}
-        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.key}/series/{uid}"]}
+        item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.uid}/series/{uid}"]}
         out.append(item)
     return _answer(out)
 
@@ -135,8 +135,8 @@ def search_instances(study_uid: str, series_uid: str | None) -> Response:
         if not all(parts.matches(i.ds, k, v) for k, v in match.items()):
             continue
         tags = INSTANCE_TAGS + ("SeriesInstanceUID", "Modality") + tuple(names)
-        item = _with_key(parts.element_json(i.ds, tags), s.key)
-        url = f"{_base()}/studies/{s.key}/series/{i.series_uid}/instances/{i.sop_uid}"
+        item = _with_uid(parts.element_json(i.ds, tags), s)
+        url = f"{_base()}/studies/{s.uid}/series/{i.series_uid}/instances/{i.sop_uid}"
         item["00081190"] = {"vr": "UR", "Value": [url]}
         out.append(item)
     return _answer(out)
@@ -181,10 +181,11 @@ def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str) -> Response
 
 
 def _metadata(study_uid: str, found: list[index.Instance]) -> Response:
+    s = _study(study_uid)
     items = []
     for i in found:
-        url = f"{_base()}/studies/{study_uid}/series/{i.series_uid}/instances/{i.sop_uid}/bulk/"
-        items.append(_with_key(parts.metadata(i.ds, lambda tag, u=url: u + tag), study_uid))
+        url = f"{_base()}/studies/{s.uid}/series/{i.series_uid}/instances/{i.sop_uid}/bulk/"
+        items.append(_with_uid(parts.metadata(i.ds, lambda tag, u=url: u + tag), s))
     return Response(json.dumps(items), mimetype=JSON)
 
 

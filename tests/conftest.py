@@ -298,9 +298,9 @@ SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PHONE, DESKTOP = (390, 844), (1280, 1000)
 
 
-@pytest.fixture
-def browser(tmp_path: Path):
-    """Headless Chromium through selenium (Debian's chromium and chromium-driver)."""
+def chromium(profile: Path, webgl: bool = False):  # type: ignore[no-untyped-def]
+    """Headless Chromium through selenium (Debian's chromium and chromium-driver);
+    ``webgl``: with WebGL drawn in software (SwiftShader), as OHIF needs."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -309,14 +309,24 @@ def browser(tmp_path: Path):
             pytest.fail(f"{tool} is missing (make test installs chromium and chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    gpu = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
                 f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
-                f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
+                f"--user-data-dir={profile}",
+                *(gpu if webgl else ["--disable-gpu"])):  # fmt: skip
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     driver.implicitly_wait(5)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """Headless Chromium for the pages."""
+    driver = chromium(tmp_path / "chromium")
     yield driver
     driver.quit()
 
