@@ -1,7 +1,7 @@
 """Set-up: the OHIF viewer's build from the npm registry, at the version and SHA-512
 pinned in hub/ohifinstall.py, installed into build/ohif (make test, make demo). The
-tarball is kept in build/cache, so a second run fetches nothing; the hub itself never
-fetches anything."""
+tarball is kept in build/cache (the hub role's provisioning copies it from there), so a
+second run fetches nothing; the hub itself never fetches anything."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     dest = ROOT / "build" / "ohif"
-    if (dest / ohifinstall.VERSION / "index.html").is_file():
-        ohifinstall.install_link(dest)
-        return 0
     cache = ROOT / "build" / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     tarball = cache / f"ohif-app-{ohifinstall.VERSION}.tgz"

@@ -116,6 +116,7 @@ def inventory(tmp_path: Path, hosts: dict, shared: dict, secrets: bool = True) -
     inv["all"]["vars"] = {
         "radsetu_hub_box_id": "hub",
         "radsetu_pki_dir": str(tmp_path / "pki"),
+        "radsetu_ohif_tarball": str(ROOT / "build/cache/ohif-app-3.13.2.tgz"),
         "radsetu_ntp_servers": ["pool.ntp.org"],
         "radsetu_start_services": False,
         **(SECRETS if secrets else {}),
@@ -543,7 +544,12 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, request):
     # the clinic's page through nginx only (HTTPS, and HTTP for the redirect)
     assert "ip saddr 10.9.0.0/24 tcp dport { 443, 80, 22 } accept" in rules
     assert 'host = "127.0.0.1"' in toml and "behind_tls_proxy = true" in toml
-    assert "behind_tls_proxy = true" in (root / "etc/radsetu/hub.toml").read_text()
+    hub_toml = (root / "etc/radsetu/hub.toml").read_text()
+    assert "behind_tls_proxy = true" in hub_toml
+    # the OHIF viewer, from the pinned tarball, where the hub's config says
+    assert 'ohif_dir = "/opt/radsetu/ohif/current"' in hub_toml
+    index = (root / "opt/radsetu/ohif/current/index.html").read_text()
+    assert 'window.PUBLIC_URL="/ohif/"' in index
     sites = {p.name for p in (root / "etc/nginx/conf.d").iterdir()}
     assert sites == {"radsetu-edge.conf", "radsetu-hub.conf"}
     assert not (root / "etc/nginx/sites-enabled/default").exists()
