@@ -5,13 +5,17 @@ a box (`radsetu edge serve`), each with a throwaway data folder. Sends a CT stud
 slices made from pydicom-data's real 693_UNCI.dcm with new UIDs) and a real MR instance
 to the box with dcmtk's storescu, waits until the hub has verified every instance, has a
 radiologist sign a report on the CT and waits until it is back at the box, then prints
-what happened and the URLs to open. With --keep everything stays up until Ctrl-C.
+what happened and the URLs to open: the reading room, OHIF on the demo's CT, the
+clinic's page and the fleet. Everything then stays up until Ctrl-C (or SIGTERM), so that
+those URLs open; ``--exit`` (or RADSETU_DEMO_EXIT=1) stops it at once, for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,7 @@ from devkit.broker import Broker, Hub  # noqa: E402
 from devkit.corpus import data_file, replicate  # noqa: E402
 
 TIMEOUT = 120
+OHIF = Path(__file__).resolve().parent.parent / "build" / "ohif" / "current"
 
 
 def wait(what: str, cond, timeout: float = TIMEOUT):  # type: ignore[no-untyped-def]
@@ -39,8 +44,14 @@ def wait(what: str, cond, timeout: float = TIMEOUT):  # type: ignore[no-untyped-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    ap.add_argument(
+        "--exit", action="store_true", help="stop once the study and its report are through"
+    )
+    ap.add_argument("--keep", action="store_true", help="(the default now; kept for old scripts)")
     args = ap.parse_args()
+    stay = not (args.exit or os.environ.get("RADSETU_DEMO_EXIT", "") not in {"", "0"})
+    # SIGTERM (a service manager, `kill`) ends it as cleanly as Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with tempfile.TemporaryDirectory(prefix="radsetu-demo-") as tmp:
         work = Path(tmp)
         broker = Broker(work / "broker")
@@ -48,7 +59,8 @@ def main() -> int:
         try:
             print(f"starting Mosquitto on port {broker.port} ...")
             broker.start()
-            hub = Hub(work / "hub", broker.mqtt_config("hub"))
+            viewer = {"viewer": {"ohif_dir": str(OHIF)}} if (OHIF / "index.html").is_file() else {}
+            hub = Hub(work / "hub", broker.mqtt_config("hub"), sections=viewer)
             print(f"starting the hub (data in {hub.data_dir}) ...")
             hub.start()
             box = Box(
@@ -133,6 +145,9 @@ def main() -> int:
             print(f"\nopen (user names below, password {password}):")
             print(f"  the clinic's page    http://127.0.0.1:{box.web_port}/  (reception)")
             print(f"  the reading room     http://127.0.0.1:{hub.web_port}/  (dr-demo)")
+            if viewer:
+                print(f"  OHIF on the CT       http://127.0.0.1:{hub.web_port}/ohif/viewer"
+                      f"?StudyInstanceUIDs={ct['study_uid']}  (dr-demo)")  # fmt: skip
             print(f"  the fleet            http://127.0.0.1:{hub.web_port}/fleet  (ops-demo)")
             print(f"  the box's studies    http://127.0.0.1:{box.web_port}/api/studies")
             print(f"  the box's sync       http://127.0.0.1:{box.web_port}/api/sync")
@@ -142,13 +157,18 @@ def main() -> int:
             if not ok:
                 print("the hub's copy differs from the box's", file=sys.stderr)
                 return 1
-            if args.keep:
-                print("\neverything keeps running; Ctrl-C to stop")
+            print("\ndemo done: storescu -> box -> hub, verified; the report came back to the box")
+            if stay:
+                print(
+                    "\neverything keeps running so that these open; Ctrl-C to stop "
+                    "(make demo RADSETU_DEMO_EXIT=1, or --exit, to stop at once)",
+                    flush=True,
+                )
                 try:
                     while True:
                         time.sleep(1)
                 except KeyboardInterrupt:
-                    pass
+                    print("\nstopping the box, the hub and the broker ...")
         except (TimeoutError, RuntimeError) as exc:
             print(f"demo failed: {exc}", file=sys.stderr)
             for name, part in (("box", box), ("hub", hub)):
@@ -163,7 +183,6 @@ def main() -> int:
                 if part is not None:
                     part.stop()
             broker.stop()
-    print("\ndemo done: storescu -> box -> hub, verified; the report came back to the box")
     return 0
 
 

@@ -24,7 +24,7 @@ from tests.system.conftest import PASSWORD
 EVIL = "<script>window.pwned=1</script>^Evil"
 
 DUMMY = {"study_uid": "1.2.3", "sop_uid": "1.2.3.4", "report_id": "r1", "box_id": "box-1",
-         "doctor_id": 1, "token": "t0ken"}  # fmt: skip
+         "doctor_id": 1, "token": "t0ken", "number": 1, "path": "viewer", "ext": "js"}  # fmt: skip
 
 
 def urls(app):  # type: ignore[no-untyped-def]
