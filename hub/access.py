@@ -60,6 +60,7 @@ BLUEPRINT_ROLES: dict[str, tuple[str, ...]] = {
     "hub_api": READ,
     "ui": READ,
     "dicomweb": READ,
+    "clinic_dicomweb": READ,  # the same, narrowed to one clinic (hub/dicomweb.py)
     "ohif": READ,
     "ops": OPERATE,
     "admin": ADMIN,
@@ -195,7 +196,8 @@ def audit_reads(store_for_request: Any, response: Any) -> Any:
     rendered images and tags, drafts, every DICOMweb call) gets an audit row,
     coalesced (common/reads.py). The viewer's page and report PDFs write their own."""
     endpoint = request.endpoint or ""
-    action = "dicomweb" if endpoint.startswith("dicomweb.") else READS.get(endpoint)
+    is_dicomweb = endpoint.startswith(("dicomweb.", "clinic_dicomweb."))
+    action = "dicomweb" if is_dicomweb else READS.get(endpoint)
     if action is None or request.method != "GET" or response.status_code >= 400:
         return response
     study_uid, detail = read_target(request.view_args)

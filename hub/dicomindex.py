@@ -106,33 +106,34 @@ def _instances(store: FileHubStore, key: str) -> list[Instance]:
     return out
 
 
-def visible_rows(store: FileHubStore, patient_id: str = "", key: str = "") -> list[dict[str, Any]]:
-    """The worklist's studies (reported ones too), narrowed by patient or key."""
+def visible_rows(
+    store: FileHubStore, patient_id: str = "", key: str = "", clinic: str = ""
+) -> list[dict[str, Any]]:
+    """The worklist's studies (reported ones too), narrowed by patient, key or clinic."""
     q, args = "SELECT * FROM hub_studies", []
     where = []
-    if patient_id:
-        where.append("patient_id = ?")
-        args.append(patient_id)
-    if key:
-        where.append("study_uid = ?")
-        args.append(key)
+    for column, value in (("patient_id", patient_id), ("study_uid", key), ("box_id", clinic)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
     if where:
         q += " WHERE " + " AND ".join(where)
     return [dict(r) for r in store.db.query(q + " ORDER BY verified_at", args)]
 
 
-def study(store: FileHubStore, uid: str) -> Study | None:
+def study(store: FileHubStore, uid: str, clinic: str = "") -> Study | None:
     """One visible study, by the UID DICOMweb shows (or its hub key), or None."""
-    rows = visible_rows(store, key=uid)
+    rows = visible_rows(store, key=uid, clinic=clinic)
     if not rows and uid.startswith("2.25."):
         twins = store.db.query("SELECT * FROM hub_studies WHERE study_uid LIKE '%~%'")
         rows = [dict(r) for r in twins if shown_uid(r["study_uid"]) == uid]
+        rows = [r for r in rows if not clinic or r["box_id"] == clinic]
     if not rows:
         return None
     key = rows[0]["study_uid"]
     return Study(key, rows[0], _instances(store, key))
 
 
-def studies(store: FileHubStore, patient_id: str = "") -> list[Study]:
-    return [Study(r["study_uid"], r, _instances(store, r["study_uid"])) for r in visible_rows(
-        store, patient_id=patient_id)]  # fmt: skip
+def studies(store: FileHubStore, patient_id: str = "", clinic: str = "") -> list[Study]:
+    rows = visible_rows(store, patient_id=patient_id, clinic=clinic)
+    return [Study(r["study_uid"], r, _instances(store, r["study_uid"])) for r in rows]

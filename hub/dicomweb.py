@@ -6,6 +6,11 @@ endian), bulk data and rendered images.
 
 Only the worklist's studies are visible (hub/dicomindex.py), to a radiologist's session
 or an API token; reading a study's content is audited as ``view`` (hub/access.py).
+
+The same service is also at ``/dicomweb/clinics/<box>/``, narrowed to one clinic's
+studies: a Patient ID is a clinic's own, so a viewer opened on a study (OHIF, whose
+study browser lists the patient's other studies by Patient ID) is given that clinic's
+root, and never shows another clinic's patient who happens to have the same number.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import imagecodecs
 import pydicom
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, abort, g, request
 
 from hub import dicomindex as index
 from hub import dicomparts as parts
@@ -23,6 +28,14 @@ from hub.db import request_store as _store
 from hub.render import RenderError, picture
 
 dicomweb = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
+CLINIC_PREFIX = "/dicomweb/clinics/<clinic>"
+
+
+@dicomweb.url_value_preprocessor
+def _clinic(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Under ``CLINIC_PREFIX``: the clinic every answer is narrowed to."""
+    g.clinic = (values or {}).pop("clinic", "")
+
 
 JSON = "application/dicom+json"
 STUDY_TAGS = ("StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
@@ -64,7 +77,8 @@ def _answer(items: list[dict[str, Any]]) -> Response:
 
 
 def _base() -> str:
-    return request.host_url.rstrip("/") + "/dicomweb"
+    clinic = g.get("clinic", "")
+    return request.host_url.rstrip("/") + "/dicomweb" + (f"/clinics/{clinic}" if clinic else "")
 
 
 def _with_uid(item: dict[str, Any], s: index.Study) -> dict[str, Any]:
@@ -73,7 +87,7 @@ def _with_uid(item: dict[str, Any], s: index.Study) -> dict[str, Any]:
 
 
 def _study(key: str) -> index.Study:
-    found = index.study(_store(), key)
+    found = index.study(_store(), key, g.get("clinic", ""))
     if found is None:
         abort(404)
     return found
@@ -83,7 +97,7 @@ def _study(key: str) -> index.Study:
 def search_studies() -> Response:
     match, names, every = _query()
     out = []
-    for s in index.studies(_store(), match.get("PatientID", "")):
+    for s in index.studies(_store(), match.get("PatientID", ""), g.get("clinic", "")):
         if not s.instances:
             continue
         first = s.instances[0].ds

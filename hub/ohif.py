@@ -6,18 +6,26 @@ the hub's own DICOMweb on the page's own origin, so every request OHIF makes car
 the radiologist's session cookie (no second login, no token in a URL) and passes the
 same access rules and audit as the worklist. Any other path under ``/ohif/`` is one of
 OHIF's own routes and gets its page.
+
+A page opened on studies (``?StudyInstanceUIDs=``) is given the DICOMweb root of the
+first study's clinic (``/dicomweb/clinics/<box>``): OHIF lists the patient's other
+studies by Patient ID, and a Patient ID is only unique within one clinic.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from flask import Blueprint, Response, abort, current_app, send_from_directory
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from common.web import csp_nonce
+from hub import dicomindex
+from hub.db import request_store
 
 ohif = Blueprint("ohif", __name__, url_prefix="/ohif")
 
@@ -30,7 +38,9 @@ CSP = (
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 
-APP_CONFIG = """window.config = {
+APP_CONFIG = """const radsetuRoot =
+  window.location.origin + (window.radsetuDicomweb || '/dicomweb');
+window.config = {
   routerBasename: '/ohif',
   extensions: [],
   modes: [],
@@ -51,9 +61,9 @@ APP_CONFIG = """window.config = {
       configuration: {
         friendlyName: 'RadSetu hub',
         name: 'radsetu',
-        wadoUriRoot: window.location.origin + '/dicomweb',
-        qidoRoot: window.location.origin + '/dicomweb',
-        wadoRoot: window.location.origin + '/dicomweb',
+        wadoUriRoot: radsetuRoot,
+        qidoRoot: radsetuRoot,
+        wadoRoot: radsetuRoot,
         qidoSupportsIncludeField: true,
         imageRendering: 'wadors',
         thumbnailRendering: 'wadors',
@@ -91,12 +101,23 @@ def _index(path: Path, mtime: float) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def _root() -> str:
+    """The DICOMweb root for this page: the clinic of the first study it opens."""
+    first = request.args.get("StudyInstanceUIDs", "").split(",")[0].strip()
+    found = dicomindex.study(request_store(), first) if first else None
+    return f"/dicomweb/clinics/{quote(found.row['box_id'], safe='')}" if found else "/dicomweb"
+
+
 def _page(dist: Path) -> Response:
-    """OHIF's index.html with the answer's nonce on its scripts."""
+    """OHIF's index.html with the answer's nonce on its scripts, and its DICOMweb root."""
     index = dist / "index.html"
     html = _index(index, index.stat().st_mtime)
     nonce = csp_nonce()
     html = re.sub(r"<script(?=[\s>])", f'<script nonce="{nonce}"', html)
+    root = json.dumps(_root()).replace("<", "\\u003c")
+    html = html.replace(
+        "<head>", f'<head><script nonce="{nonce}">window.radsetuDicomweb = {root};</script>', 1
+    )
     r = Response(html, mimetype="text/html")
     r.headers["Cache-Control"] = "no-store"
     return _secured(r)

@@ -14,7 +14,7 @@ from hub import access, db, ui, users
 from hub import config as hub_config
 from hub.api import api
 from hub.confirm import confirm
-from hub.dicomweb import dicomweb
+from hub.dicomweb import CLINIC_PREFIX, dicomweb
 from hub.ohif import ohif
 from hub.ops import admin, ops
 from hub.store import open_store
@@ -30,6 +30,8 @@ def create_app(cfg: Config | None = None) -> Flask:
     finally:
         store.close()
     app = json_app(cfg, api, dicomweb, ohif, ops, admin, confirm)
+    # DICOMweb once more, narrowed to one clinic (hub/dicomweb.py)
+    app.register_blueprint(dicomweb, url_prefix=CLINIC_PREFIX, name="clinic_dicomweb")
     time_requests(app, "radsetu_hub")
     ui.install(app, key)
     app.before_request(lambda: access.check(db.request_store))

@@ -72,7 +72,8 @@ def viewer_hub(tmp_path_factory):
     shared = generate_uid()
     replicate(data_file("693_UNCI.dcm"), w / "shared-a", 2, shared)
     clinic_b = replicate(data_file("693_UNCI.dcm"), w / "shared-b", 3, shared)
-    restudy(clinic_b, PatientID="B-77", PatientName="Clinic^B")
+    # another clinic's patient: the same UID and the same Patient ID, another person
+    restudy(clinic_b, PatientName="Other^Person", StudyDescription="OTHER CLINIC HEAD")
     for folder in ("ct", "prior", "shared-a"):
         pack_in(hub, w / folder)
     pack_in(hub, w / "shared-b", box_id="clinic-b")
@@ -146,10 +147,21 @@ def test_dicomweb_answers_an_independent_client(viewer_hub):
     # one clinic's UID: clinic A's two images, never clinic B's three
     shared = dicom_json(client.search_for_instances(uids["shared"], fields=["PatientID"]))
     assert len(shared) == 2 and all(d.PatientID == PATIENT for d in shared)
-    (twin,) = [d for d in studies if str(d.PatientID) == "B-77"]
+    (twin,) = [d for d in studies if str(d.PatientName) == "Other^Person"]
     assert str(twin.StudyInstanceUID) != uids["shared"]  # a UID of its own, valid
-    b = dicom_json(client.search_for_instances(str(twin.StudyInstanceUID), fields=["PatientID"]))
-    assert len(b) == 3 and all(d.PatientID == "B-77" for d in b)
+    b = dicom_json(client.search_for_instances(str(twin.StudyInstanceUID), fields=["PatientName"]))
+    assert len(b) == 3 and all(d.PatientName == "Other^Person" for d in b)
+    # one clinic's root (what OHIF gets): its own patients only, whatever the number
+    clinic_a = DICOMwebClient(base + "/dicomweb/clinics/clinic-a", session=client._session)
+    theirs = dicom_json(clinic_a.search_for_studies(search_filters={"PatientID": PATIENT}))
+    assert {str(d.PatientName) for d in theirs} == {PATIENT}
+    assert str(twin.StudyInstanceUID) not in {str(d.StudyInstanceUID) for d in theirs}
+    assert (
+        client._session.get(
+            base + f"/dicomweb/clinics/clinic-a/studies/{twin.StudyInstanceUID}/series"
+        ).status_code
+        == 404
+    )
 
     # the CT: series, instances, metadata with the pixel data by reference, frames
     (series,) = dicom_json(client.search_for_series(uids["ct"]))
@@ -274,6 +286,7 @@ def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_pa
         until(b, lambda d: len(d.window_handles) == 2)
         b.switch_to.window(b.window_handles[1])
         assert "/ohif/viewer" in b.current_url
+        assert b.execute_script("return window.radsetuDicomweb") == "/dicomweb/clinics/clinic-a"
 
         def shown(d):
             vps = d.execute_script(VIEWPORT)
@@ -281,6 +294,10 @@ def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_pa
 
         (vp,) = until(b, shown, 60)
         assert uids["ct"] in vp["id"]
+        # the study browser: this patient's studies at this clinic, not the other clinic's
+        # patient with the same number
+        until(b, lambda d: "PRIOR HEAD" in d.find_element(By.TAG_NAME, "body").text, 20)
+        assert "OTHER CLINIC HEAD" not in b.find_element(By.TAG_NAME, "body").text
         b.execute_script(
             "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
         )
