@@ -6,6 +6,7 @@ data either as stored (compressed frames untouched) or decoded to native little 
 from __future__ import annotations
 
 import fnmatch
+import io
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -135,6 +136,32 @@ def accepts_stored(accept: str, ts: str) -> bool:
     """Whether the client takes frames in the stored transfer syntax."""
     a = accept.replace('"', "").replace(" ", "")
     return "transfer-syntax=*" in a or f"transfer-syntax={ts}" in a
+
+
+def file_as_accepted(data: bytes, accept: str) -> bytes:
+    """A stored Part 10 file as the client takes it (PS3.18 8.7.3): as it is when the
+    client accepts its transfer syntax (or any, ``*``), or when it is uncompressed
+    little endian and the client named none (the default is Explicit VR Little
+    Endian); else decoded to Explicit VR Little Endian."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    named = "transfer-syntax=" in accept.replace(" ", "")
+    if accepts_stored(accept, ts) or (not named and not ts.is_compressed and ts != BIG_ENDIAN):
+        return data
+    if "PixelData" in ds:
+        n = frame_count(ds)
+        frames = [_native(stored_frame(ds, k), ds) for k in range(n)]
+        ds.PixelData = b"".join(frames)
+        ds["PixelData"].VR = "OB" if int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+        if int(ds.get("SamplesPerPixel", 1) or 1) == 3 and ts.is_compressed:
+            ds.PhotometricInterpretation = "RGB"  # the decoders give RGB, interleaved
+            ds.PlanarConfiguration = 0
+        if "NumberOfFrames" in ds or n > 1:
+            ds.NumberOfFrames = n
+    ds.file_meta.TransferSyntaxUID = NATIVE_LE
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    return out.getvalue()
 
 
 def frames(ds: pydicom.Dataset, numbers: list[int], as_stored: bool) -> list[tuple[str, bytes]]:

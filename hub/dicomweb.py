@@ -16,6 +16,7 @@ root, and never shows another clinic's patient who happens to have the same numb
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import imagecodecs
@@ -27,6 +28,7 @@ from hub import dicomparts as parts
 from hub.db import request_store as _store
 from hub.render import RenderError, picture
 
+log = logging.getLogger("radsetu.hub.dicomweb")
 dicomweb = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 CLINIC_PREFIX = "/dicomweb/clinics/<clinic>"
 
@@ -171,11 +173,21 @@ def _select(
 
 
 def _files(found: list[index.Instance]) -> Response:
-    """The stored files as they are, one part each."""
+    """The stored files, one part each: as they are, unless the client does not take
+    their transfer syntax (dicomparts.file_as_accepted)."""
     blobs = _store().blobs  # the parts are sent after the request's store is closed
-    body, ctype = parts.multipart(
-        (("application/dicom", blobs.get(i.key)) for i in found), "application/dicom"
-    )
+    accept = request.headers.get("Accept", "")
+
+    def each() -> Any:
+        for i in found:
+            try:
+                data = parts.file_as_accepted(blobs.get(i.key), accept)
+            except (RenderError, ValueError, OSError) as exc:  # the others still go
+                log.warning("instance %s left out of a retrieve: %s", i.sop_uid, exc)
+                continue
+            yield "application/dicom", data
+
+    body, ctype = parts.multipart(each(), "application/dicom")
     return Response(body, content_type=ctype)
 
 

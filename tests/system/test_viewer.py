@@ -204,6 +204,14 @@ def test_dicomweb_answers_an_independent_client(viewer_hub):
                 *where, frame_numbers=[1], media_types=(("application/octet-stream", "*"),)
             )
             assert stored == next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+        # the whole instance: as stored when its syntax is accepted, else decoded
+        got = client.retrieve_instance(*where, media_types=(("application/dicom", "*"),))
+        assert got.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        le = client.retrieve_instance(
+            *where, media_types=(("application/dicom", "1.2.840.10008.1.2.1"),)
+        )
+        assert le.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", f.name
+        assert np.array_equal(le.pixel_array, want), f.name
         png = client.retrieve_instance_rendered(*where, media_types=("image/png",))
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # a frame that is not there, an attribute that is not a tag
