@@ -64,6 +64,8 @@ class Box:
         data_dir: Path | None = None,
         clinic: str = "",
         web: dict[str, object] | None = None,
+        worklist: dict[str, object] | None = None,
+        dicom: dict[str, object] | None = None,
         **store: object,
     ):
         """Without ``mqtt`` the box does not sync; with it, it syncs to that broker."""
@@ -73,6 +75,7 @@ class Box:
         self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
         self.dicom_port = free_port()
         self.web_port = free_port()
+        self.worklist_port = free_port()
         self.ae_title = "RADSETU"
         self.config = self.workdir / "edge.toml"
         store_cfg = {"reserve_bytes": 0, "quiet_seconds": 60, **store}
@@ -83,6 +86,10 @@ class Box:
             f'data_dir = "{self.data_dir}"',
             "[dicom]",
             f"port = {self.dicom_port}",
+            *(f"{k} = {json.dumps(v)}" for k, v in (dicom or {}).items()),
+            "[worklist]",
+            f"port = {self.worklist_port}",
+            *(f"{k} = {json.dumps(v)}" for k, v in (worklist or {}).items()),
             "[web]",
             f"port = {self.web_port}",
             *(f"{k} = {json.dumps(v)}" for k, v in (web or {}).items()),

@@ -9,6 +9,7 @@ Access for the whole app (pages and ``/api``) is decided in ``check()``.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import shutil
 from datetime import timedelta
@@ -29,7 +30,17 @@ from flask import (
 )
 
 from common.passwords import csrf_sent, session_key
-from edge import accounts, catalog, criticalpages, doctorpages, doctors, i18n, studies
+from edge import (
+    accounts,
+    catalog,
+    criticalpages,
+    doctorpages,
+    doctors,
+    i18n,
+    orderpages,
+    orders,
+    studies,
+)
 from edge import reports as box_reports
 from edge.errors import BoxError
 from edge.login import OPEN_WHILE_MUST_CHANGE, SESSION_HOURS, current_user
@@ -130,6 +141,8 @@ def study(study_uid: str) -> Any:
         "study.html", "Study", study=found, view=view, reports=reps, instances=found["instances"],
         referrer=doctors.for_study(db, found["referrer_id"], found["referring_physician"]),
         doctors=doctors.listing(db),
+        order=orders.of_study(db, study_uid),
+        candidates=orders.unmatched_candidates(db, dt.date.today()),
     )  # fmt: skip
 
 
@@ -216,7 +229,8 @@ def install(app: Flask, data_dir: Path, store: Any) -> None:
         lambda s, p, n: i18n.gettext(session.get("lang", "en"), s if n == 1 else p),
         newstyle=True,
     )
-    assert doctorpages.clinic is clinic  # its pages are on the clinic's blueprint
+    assert doctorpages.clinic is clinic  # their pages are on the clinic's blueprint
+    assert orderpages.clinic is clinic
     criticalpages.install(app)
     app.register_blueprint(clinic)
     app.before_request(check)

@@ -38,6 +38,14 @@ DEFAULTS: dict[str, Any] = {
         "max_per_address": 8,
         "setup_seconds": 20,
     },
+    # the Modality Worklist (edge/worklist.py): modalities fetch the clinic's orders here;
+    # stations: "MODALITY=AE_TITLE" for the station an order of that modality goes to
+    "worklist": {
+        "enabled": True,
+        "port": 11113,
+        "max_answers": 500,
+        "stations": [],
+    },
     "web": {
         "host": "127.0.0.1",
         "port": 8080,
@@ -107,7 +115,8 @@ def _validate(v: dict[str, Any]) -> None:
     for ae in d["allowed_callers"] + d["stat_callers"]:
         if not _AE_RE.match(ae):
             raise ConfigError(f"dicom: {ae!r} in a callers list is not a valid AE title")
-    for section, key in (("dicom", "port"), ("web", "port")):
+    _validate_worklist(v["worklist"])
+    for section, key in (("dicom", "port"), ("web", "port"), ("worklist", "port")):
         if not 0 <= v[section][key] <= 65535:
             raise ConfigError(f"{section}.{key}: {v[section][key]} is not a TCP port")
     if v["store"]["reserve_bytes"] < 0:
@@ -150,6 +159,24 @@ def _validate(v: dict[str, Any]) -> None:
     for ae in v["stat"]["calling_ae_titles"]:
         if not _AE_RE.match(ae):
             raise ConfigError(f"stat.calling_ae_titles: {ae!r} is not a valid AE title")
+
+
+def _validate_worklist(w: dict[str, Any]) -> None:
+    if not 1 <= w["max_answers"] <= 10_000:
+        raise ConfigError("worklist.max_answers: between 1 and 10000")
+    for item in w["stations"]:
+        modality, _, ae = str(item).partition("=")
+        if not re.fullmatch(r"[A-Z]{2}", modality) or not _AE_RE.match(ae) or not ae.strip():
+            raise ConfigError(f"worklist.stations: {item!r} is not MODALITY=AE_TITLE (CT=CT_ROOM1)")
+
+
+def station_for(config: Config, modality: str) -> str:
+    """The station AE title an order of ``modality`` is scheduled on ("" for any)."""
+    for item in config["worklist"]["stations"]:
+        m, _, ae = str(item).partition("=")
+        if m == modality:
+            return ae
+    return ""
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

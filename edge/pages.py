@@ -57,6 +57,7 @@ READS = {  # endpoint -> audit action, for every GET that returns patient data
     "clinic.home": "list_studies",
     "clinic.studies_json": "list_studies",
     "clinic.reports_page": "list_reports",
+    "clinic.orders_page": "list_orders",
 }
 
 

@@ -190,3 +190,22 @@ def m008_critical_confirmed(db: sqlite_utils.Database) -> None:
         "confirm_pending INTEGER NOT NULL DEFAULT 0",
     ):
         db.execute(f"ALTER TABLE reports ADD COLUMN {col}")
+
+
+@migrations()
+def m009_orders(db: sqlite_utils.Database) -> None:
+    """Orders registered at reception (edge/orders.py), which the box's Modality
+    Worklist serves, and the study each one met."""
+    db.execute("""
+        CREATE TABLE orders (
+            accession TEXT PRIMARY KEY, study_uid TEXT NOT NULL UNIQUE,
+            patient_id TEXT NOT NULL, name_latin TEXT NOT NULL, name_local TEXT NOT NULL,
+            sex TEXT NOT NULL, birth_date TEXT NOT NULL, age TEXT NOT NULL,
+            modality TEXT NOT NULL, body_part TEXT NOT NULL, question TEXT NOT NULL,
+            referrer_id INTEGER, stat INTEGER NOT NULL, station_ae TEXT NOT NULL,
+            scheduled_date TEXT NOT NULL, scheduled_time TEXT NOT NULL,
+            state TEXT NOT NULL, linked_study TEXT,
+            created_by TEXT NOT NULL, created_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX orders_day ON orders(scheduled_date)")
+    db.execute("CREATE INDEX orders_linked ON orders(linked_study)")

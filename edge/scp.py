@@ -311,13 +311,20 @@ def admit_by_address(server: Any, config: Config) -> None:
     server.process_request = process_request
 
 
+def harden(config: Config) -> None:
+    """pynetdicom's reader bounded (``_recv_bounded``) with the box's set-up deadline,
+    and a listen backlog of 128: for every pynetdicom server of the box."""
+    transport.AssociationSocket.recv = _recv_bounded
+    _SETUP["seconds"] = config["dicom"]["setup_seconds"]
+    transport.ThreadedAssociationServer.request_queue_size = 128  # listen() backlog
+
+
 def start(config: Config, store: Store) -> Any:
     """Start the receiver in the background; returns pynetdicom's server."""
     # Large instances go straight to a file on the store's disk, not to memory (the box
     # is Pi-class) and not to /tmp (often RAM, and another filesystem).
     _config.STORE_RECV_CHUNKED_DATASET = True
-    transport.AssociationSocket.recv = _recv_bounded
-    _SETUP["seconds"] = config["dicom"]["setup_seconds"]
+    harden(config)
     tempfile.tempdir = str(store.tmp)
     # ... and with our own file meta header, so that the file pynetdicom writes is the
     # file we keep: adopted in place, not copied (handle_store checks, and copies when
@@ -327,7 +334,6 @@ def start(config: Config, store: Store) -> Any:
         implementation_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version=IMPLEMENTATION_VERSION,
     )
-    transport.ThreadedAssociationServer.request_queue_size = 128  # listen() backlog
     ae = make_ae(config)
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge import receiver, scp
+from edge import receiver, scp, worklist
 from edge.boot import check_store, lock_data_dir, open_store
 from edge.config import Config
 from edge.notify import Watchdog, notify
@@ -91,6 +91,7 @@ def serve(config: Config) -> int:
     stop = threading.Event()
     engine = receiver if config["dicom"]["engine"] == "native" else scp
     dicom = engine.start(config, store)
+    mwl = worklist.start(config, config.data_dir)
     ticker = threading.Thread(
         target=_readiness_loop,
         args=(store, stop, config["store"]["retention_days"]),
@@ -129,6 +130,8 @@ def serve(config: Config) -> int:
         notify("STOPPING=1")
         stop.set()
         dicom.shutdown()
+        if mwl is not None:
+            mwl.shutdown()
         if agent is not None:
             agent.stop()
             agent.store.close()

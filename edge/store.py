@@ -30,7 +30,7 @@ from common.clock import utcnow
 from common.db import open_db
 from common.dicomfile import InstanceInfo
 from common.durable import fsync_dir
-from edge import holds, repair, studies
+from edge import holds, orders, repair, studies
 from edge.repair import CheckReport
 from edge.schema import migrations
 from edge.tempfiles import TempFile
@@ -213,6 +213,10 @@ class Store:
                 [info.sop_instance_uid],
             ).fetchone()[0]
             studies.upsert(self.db, info, stat, now)
+            order = orders.for_instance(self.db, info.study_uid, info.accession_number)
+            if order is not None and orders.link(self.db, order["accession"], info.study_uid):
+                studies.apply_order(self.db, info.study_uid, order)
+                log.info("study %s: the order %s", info.study_uid, order["accession"])
             flagged = None
             if prior:
                 flagged = (

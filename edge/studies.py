@@ -126,6 +126,18 @@ def set_referrer(db: sqlite_utils.Database, study_uid: str, doctor_id: int | Non
     )
 
 
+def apply_order(db: sqlite_utils.Database, study_uid: str, order: dict[str, Any]) -> None:
+    """What the study's order says: STAT, the clinical question (unless the clinic
+    wrote a note already) and the referring doctor (unless one was chosen)."""
+    db.execute(
+        "UPDATE studies SET priority=CASE WHEN ? THEN 'stat' ELSE priority END, "
+        "priority_reason=CASE WHEN ? THEN 'STAT on the order' ELSE priority_reason END, "
+        "clinical_note=CASE WHEN clinical_note = '' THEN ? ELSE clinical_note END, "
+        "referrer_id=coalesce(referrer_id, ?), update_pending=1 WHERE study_uid=?",
+        [order["stat"], order["stat"], order["question"], order["referrer_id"], study_uid],
+    )
+
+
 def update_sent(
     db: sqlite_utils.Database, study_uid: str, priority: str, note: str, referrer_id: int
 ) -> None:

@@ -138,6 +138,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m006_sessions",
         "m007_doctors",
         "m008_critical_confirmed",
+        "m009_orders",
     ]
     s.close()
 

@@ -199,11 +199,12 @@ def test_every_message_is_translated(lang):
 
     from jinja2 import Environment
 
-    from edge import clinic, doctors, i18n
+    from edge import clinic, doctors, i18n, orders
 
     root = Path(clinic.__file__).parent
     env = Environment(extensions=["jinja2.ext.i18n"])
     wanted = set(clinic.STATE_ORDER) | set(doctors.FORM_ERRORS.values())
+    wanted |= set(orders.FORM_ERRORS.values()) | set(orders.PROGRESS)
     for page in (root / "pages").glob("*.html"):
         for _line, _fn, msg in env.extract_translations(page.read_text()):
             wanted.update(m for m in (msg if isinstance(msg, tuple) else (msg,)) if m)
@@ -215,6 +216,7 @@ def test_every_message_is_translated(lang):
         "uploads.py",
         "doctorpages.py",
         "criticalpages.py",
+        "orderpages.py",
     ):  # the page code
         for node in ast.walk(ast.parse((root / module).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_":

@@ -540,7 +540,9 @@ def test_image_stage_roles_and_first_boot_in_a_debian_root(tmp_path, request):
     # only the clinic's modalities may send, by AE title and by address
     assert 'allowed_callers = ["CT_ROOM1", "CR_ROOM2"]' in toml
     rules = (root / "etc/nftables.conf").read_text()
-    assert "ip saddr { 10.9.0.20, 10.9.0.21 } tcp dport 11112 accept" in rules
+    # the DICOM port and the worklist's
+    assert "ip saddr { 10.9.0.20, 10.9.0.21 } tcp dport { 11112, 11113 } accept" in rules
+    assert "[worklist]\nenabled = true\nport = 11113" in toml
     # the clinic's page through nginx only (HTTPS, and HTTP for the redirect)
     assert "ip saddr 10.9.0.0/24 tcp dport { 443, 80, 22 } accept" in rules
     assert 'host = "127.0.0.1"' in toml and "behind_tls_proxy = true" in toml
