@@ -21,7 +21,7 @@ from typing import Any
 
 from common.clock import utcnow
 from common.durable import fsync_dir
-from edge import doctors, studies
+from edge import doctors, orders, studies
 from edge.holds import Holds
 from edge.sneakernet import NothingToPack, PackResult, Source, pack
 from edge.store import Store
@@ -167,6 +167,7 @@ class Outbox:
         ).fetchone()
         priority, first_received, reason, note, referrer_id, dicom_name = study
         referrer = doctors.for_study(self.db, referrer_id, dicom_name)
+        order = orders.of_study(self.db, sources[0].study_uid)
         return pack(
             sources,
             out,
@@ -183,6 +184,12 @@ class Outbox:
                 "priority_reason": reason[:500],
                 "clinical_note": note[:1000],
                 **({"referrer": referrer.contact()} if referrer else {}),
+                # the order the study met: the turnaround starts at its time
+                **(
+                    {"order": {"accession": order["accession"], "ordered_at": order["created_at"]}}
+                    if order
+                    else {}
+                ),
             },
             coder_seconds=float(self.cfg["coder_seconds"]),
         )

@@ -23,6 +23,7 @@ SUBSPECIALTIES = ("general", "neuro", "msk", "chest", "breast", "cardiac", "paed
 
 # the turnaround's steps: (name, from, to)
 INTERVALS = (
+    ("ordered_to_acquired", "ordered_at", "acquired_at"),
     ("box_to_hub", "received_at_box", "verified_at"),
     ("waiting_to_claim", "verified_at", "claimed_at"),
     ("claim_to_sign", "claimed_at", "signed_at"),
@@ -30,6 +31,7 @@ INTERVALS = (
     ("signed_to_box", "signed_at", "report_at_box_at"),
     ("box_to_printed", "report_at_box_at", "printed_at"),
     ("acquired_to_printed", "acquired_at", "printed_at"),
+    ("ordered_to_printed", "ordered_at", "printed_at"),
     ("signed_to_critical_confirmed", "signed_at", "critical_confirmed_at"),
 )
 
@@ -88,6 +90,12 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
     referrer = _referrer(extra.get("referrer"), m.box_id, key)
     if referrer:
         store.db.execute("UPDATE hub_studies SET referrer=? WHERE study_uid=?", [referrer, key])
+    order = _order(extra.get("order"))
+    if order:
+        store.db.execute(
+            "UPDATE hub_studies SET accession=?, ordered_at=? WHERE study_uid=?",
+            [order[0], order[1], key],
+        )
     note = extra.get("clinical_note")
     if isinstance(note, str) and note:
         store.db.execute(
@@ -133,6 +141,21 @@ def clinic_update(
         [study_uid, box_id, priority, note[:1000], who, utcnow()],
     )
     return False
+
+
+def _order(value: Any) -> tuple[str, str] | None:
+    """(accession number, ordered at) of a manifest's ``extra.order``; None when it is
+    missing or not a sane one (logged neither: an old box sends none)."""
+    if not isinstance(value, dict):
+        return None
+    acc, at = value.get("accession"), value.get("ordered_at")
+    if not isinstance(acc, str) or not isinstance(at, str) or len(acc) > 16 or len(at) > 40:
+        return None
+    try:
+        datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return acc, at
 
 
 def _referrer(value: Any, box_id: str, study_uid: str) -> str:
@@ -259,6 +282,7 @@ def turnaround(store: FileHubStore, study_uid: str) -> dict[str, Any]:
         "times": {
             k: s[k]
             for k in (
+                "ordered_at",
                 "acquired_at",
                 "received_at_box",
                 "verified_at",

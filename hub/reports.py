@@ -4,6 +4,7 @@ version gets its PDF and a delivery to the study's box, retried until acknowledg
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from typing import Any
@@ -158,11 +159,12 @@ def _finish(store: FileHubStore, r: dict[str, Any]) -> None:
 
 def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
     study = store.db.execute(
-        "SELECT patient_name, patient_id, modality, description, acquired_at "
-        "FROM hub_studies WHERE study_uid=?",
+        "SELECT patient_name, patient_id, modality, description, acquired_at, "
+        "clinical_note, referrer, accession FROM hub_studies WHERE study_uid=?",
         [r["study_uid"]],
     ).fetchone()
-    name, pid, modality, description, acquired = study or ("", "", "", "", "")
+    name, pid, modality, description, acquired, question, referrer, accession = study or (("",) * 8)
+    doctor = json.loads(referrer).get("name", "") if referrer else ""
     lang = reportwords.language_of(store, r["box_id"])
 
     def h(english: str) -> str:
@@ -177,6 +179,13 @@ def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
         ("line", f"{h('Study UID')}: {real_uid(r['study_uid'])}"),
         ("line", f"{h('Report')}: {r['report_id']} {h('version')} {r['version']}"),
     ]
+    for label, value in (
+        ("Accession number", accession),
+        ("Referred by", doctor),
+        ("Clinical question", question),
+    ):
+        if value:
+            blocks.append(("line", f"{h(label)}: {value}"))
     if r.get("critical"):
         blocks.append(("heading", h("CRITICAL FINDING - act on this report now")))
     blocks += [

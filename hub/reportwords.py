@@ -22,6 +22,9 @@ WORDS: dict[str, dict[str, str]] = {
         "Findings": "जाँच के परिणाम",
         "Impression": "निष्कर्ष",
         "Signed": "हस्ताक्षर",
+        "Accession number": "ऑर्डर संख्या",
+        "Referred by": "भेजने वाले डॉक्टर",
+        "Clinical question": "क्लिनिकल प्रश्न",
     },
     "kn": {
         "Radiology report": "ರೇಡಿಯಾಲಜಿ ವರದಿ",
@@ -36,6 +39,9 @@ WORDS: dict[str, dict[str, str]] = {
         "Findings": "ಕಂಡುಬಂದ ಅಂಶಗಳು",
         "Impression": "ಅಭಿಪ್ರಾಯ",
         "Signed": "ಸಹಿ",
+        "Accession number": "ಆರ್ಡರ್ ಸಂಖ್ಯೆ",
+        "Referred by": "ಕಳುಹಿಸಿದ ವೈದ್ಯರು",
+        "Clinical question": "ಕ್ಲಿನಿಕಲ್ ಪ್ರಶ್ನೆ",
     },
 }
 

@@ -249,3 +249,11 @@ def m016_critical_turnaround(db: sqlite_utils.Database) -> None:
 def m017_critical_operators(db: sqlite_utils.Database) -> None:
     """A critical result's second escalation: when the operators were alerted."""
     db.execute("ALTER TABLE critical_results ADD COLUMN operators_at TEXT")
+
+
+@migrations()
+def m018_orders(db: sqlite_utils.Database) -> None:
+    """The clinic's order a study met (its accession number, and when it was ordered:
+    where the turnaround starts)."""
+    db.execute("ALTER TABLE hub_studies ADD COLUMN accession TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE hub_studies ADD COLUMN ordered_at TEXT")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import types
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -21,8 +22,8 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from devkit.broker import Broker, Hub
 from edge import orders, worklist
 from edge.store import Store, reader
-from tests.conftest import need, screenshots, storescu, until, wait_for
-from tests.helpers import delivered, make_study, start_box
+from tests.conftest import need, pdf_text, screenshots, storescu, until, wait_for
+from tests.helpers import delivered, make_study, sign_report, start_box
 from tests.system.test_clinic import login
 from tests.system.test_referrers import add_doctor
 
@@ -168,6 +169,7 @@ def test_orders_meet_their_studies_through_the_worklist(tmp_path, browser, boxes
                 "SpecificCharacterSet",
             ):
                 setattr(ds, key, ct.get(key))  # fmt: skip
+            ds.StudyDate, ds.StudyTime = today, dt.datetime.now().strftime("%H%M%S")
             ds.save_as(f)
         storescu(box.dicom_port, files, aet="CT_ROOM1")
         uid = str(ct.StudyInstanceUID)
@@ -181,11 +183,23 @@ def test_orders_meet_their_studies_through_the_worklist(tmp_path, browser, boxes
         wait_for(lambda: at_hub(uid).get("clinical_note") == QUESTION, 30, "the question")
         row = at_hub(uid)
         assert row["priority"] == "stat" and row["referrer"]["name"] == "Dr Asha Rao"
+        # the turnaround starts at the order; the report prints its question and doctor
+        tat = hub.api(f"/api/studies/{uid}/turnaround")
+        assert tat["times"]["ordered_at"] and tat["seconds"]["ordered_to_acquired"] >= 0
+        report_id = sign_report(hub, uid, "No bleed.")
+        req = urllib.request.Request(f"http://127.0.0.1:{hub.web_port}/api/reports/{report_id}/pdf",
+                                     headers={"Authorization": f"Bearer {hub.token}"})  # fmt: skip
+        pdf = tmp_path / "report.pdf"
+        with urllib.request.urlopen(req, timeout=20) as r:
+            pdf.write_bytes(r.read())
+        text = " ".join(pdf_text(pdf).split())
+        assert f"Clinical question: {QUESTION}" in text and "Referred by: Dr Asha Rao" in text
+        assert f"Accession number: {ct.AccessionNumber}" in text
         b.get(base + "/orders")
         ordered = b.find_element(
             By.CSS_SELECTOR, f"tr.order[data-accession='{ct.AccessionNumber}']"
         )
-        assert "at the hub" in ordered.text
+        assert "reported" in ordered.text or "at the hub" in ordered.text  # its report may be in
         # the worklist no longer offers what was done
         assert [str(d.PatientID) for d in findscu(port, out)] == ["BGK-0043"]
 
