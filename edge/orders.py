@@ -9,8 +9,10 @@ the images, so the study that arrives is found by its UID (or, when the modality
 its own UID, by the accession number) and linked to its order: never by a name or a
 guess. A study that matches no order can be linked to one by hand on its page.
 
-An order's state: scheduled -> in progress (its first image is in) -> and then the
-study's own way (received, at the hub, reported), read from the study it is linked to.
+An order's state: scheduled -> in progress (its first image is in, or the modality's
+MPPS says it began: edge/mpps.py) -> done or stopped at the machine (MPPS) -> and then
+the study's own way (received, at the hub, reported), read from the study it is linked
+to.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ def of_day(db: Any, day: dt.date) -> list[dict[str, Any]]:
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
-PROGRESS = ("scheduled", "in progress", "received", "at the hub", "reported")
+PROGRESS = ("scheduled", "in progress", "done at the machine", "stopped at the machine",
+            "received", "at the hub", "reported")  # fmt: skip
 
 
 def progress(order: dict[str, Any]) -> str:
@@ -188,7 +191,11 @@ def progress(order: dict[str, Any]) -> str:
         return "at the hub"
     if order.get("study_state") in ("ready", "sending"):
         return "received"
-    if order.get("linked_study"):
+    if order.get("state") == "completed":
+        return "done at the machine"
+    if order.get("state") == "discontinued":
+        return "stopped at the machine"
+    if order.get("linked_study") or order.get("state") == "in_progress":
         return "in progress"
     return "scheduled"
 
@@ -213,11 +220,30 @@ def link(db: Any, accession: str, study_uid: str) -> bool:
     True when it was tied now. An order tied to a study stays tied to it."""
     return bool(
         db.execute(
-            "UPDATE orders SET linked_study=?, state='in_progress' WHERE accession=? AND "
+            "UPDATE orders SET linked_study=?, state=CASE WHEN state='scheduled' "
+            "THEN 'in_progress' ELSE state END WHERE accession=? AND "
             "linked_study IS NULL AND state != 'cancelled'",
             [study_uid, accession],
         ).rowcount
     )
+
+
+def performed(db: Any, accession: str, step_uid: str, state: str) -> bool:
+    """What the modality's performed procedure step says of an order (MPPS): the step
+    begins (in_progress), or ends (completed, discontinued). A step other than the
+    order's own changes nothing."""
+    return bool(
+        db.execute(
+            "UPDATE orders SET mpps_uid=?, state=? WHERE accession=? AND "
+            "(mpps_uid IS NULL OR mpps_uid=?) AND state != 'cancelled'",
+            [step_uid, state, accession, step_uid],
+        ).rowcount
+    )
+
+
+def of_step(db: Any, step_uid: str) -> dict[str, Any] | None:
+    found = _rows(db, "mpps_uid=?", [step_uid])
+    return found[0] if found else None
 
 
 def unmatched_candidates(db: Any, day: dt.date) -> list[dict[str, Any]]:

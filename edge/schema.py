@@ -209,3 +209,9 @@ def m009_orders(db: sqlite_utils.Database) -> None:
         )""")
     db.execute("CREATE INDEX orders_day ON orders(scheduled_date)")
     db.execute("CREATE INDEX orders_linked ON orders(linked_study)")
+
+
+@migrations()
+def m010_mpps(db: sqlite_utils.Database) -> None:
+    """The modality's performed procedure step an order is in (edge/mpps.py)."""
+    db.execute("ALTER TABLE orders ADD COLUMN mpps_uid TEXT")

@@ -13,7 +13,8 @@ script go as ISO_IR 192 (UTF-8) beside their Latin form (``Latin=local``, DICOM'
 alphabetic and ideographic groups), so a modality that shows only ASCII still shows
 the Latin one. At most ``worklist.max_answers`` answers go to one query.
 
-The calling AE titles allowed at the DICOM port (``dicom.allowed_callers``) apply here
+The same port takes Modality Performed Procedure Step (edge/mpps.py) from modalities
+that send it. The calling AE titles allowed at the DICOM port (``dicom.allowed_callers``) apply here
 too, and so do its limits on connections (edge/scp.py: admit_by_address).
 """
 
@@ -27,9 +28,13 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    Verification,
+)
 
-from edge import orders
+from edge import mpps, orders
 from edge.config import Config
 from edge.scp import admit_by_address, handle_echo, handle_rejected, harden
 from edge.store import reader
@@ -193,12 +198,15 @@ def start(config: Config, data_dir: Path) -> Any:
     ae.maximum_pdu_size = d["max_pdu"]
     ae.require_calling_aet = list(d["allowed_callers"])
     ae.add_supported_context(ModalityWorklistInformationFind)
+    ae.add_supported_context(ModalityPerformedProcedureStep)
     ae.add_supported_context(Verification)
     ae.maximum_associations = d["max_connections"] + 1
     ae.acse_timeout = d["setup_seconds"]
     ae.network_timeout = ae.dimse_timeout = 60
     handlers = [
         (evt.EVT_C_FIND, handle_find, [config, data_dir]),
+        (evt.EVT_N_CREATE, mpps.handle_create, [data_dir]),
+        (evt.EVT_N_SET, mpps.handle_set, [data_dir]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_REJECTED, handle_rejected, [config]),
     ]

@@ -139,6 +139,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m007_doctors",
         "m008_critical_confirmed",
         "m009_orders",
+        "m010_mpps",
     ]
     s.close()
 

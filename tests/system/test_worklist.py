@@ -8,6 +8,7 @@ and a study sent without the worklist is linked to its order by hand."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import types
 import urllib.request
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pydicom import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind
+from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind
 
+from devkit.box import Box
 from devkit.broker import Broker, Hub
 from edge import orders, worklist
 from edge.store import Store, reader
@@ -257,3 +261,82 @@ def test_a_query_gets_at_most_max_answers_and_a_bad_one_is_refused(tmp_path, cap
     assert bad == [(0xC000, None)] and "refused: bad VR" in caplog.text
     with reader(tmp_path / "data") as db:
         assert len(orders.scheduled(db)) == 7  # nothing lost by either
+
+
+def _csrf(session: requests.Session, url: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', session.get(url).text)
+    assert found
+    return found[1]
+
+
+def test_offline_the_worklist_mpps_and_an_order_met_by_accession(tmp_path, boxes):
+    """No hub and no broker: orders, the worklist, MPPS and matching work on the box
+    alone. The modality here keeps its own Study UID, so the order is met by its
+    accession number."""
+    box = Box(tmp_path / "box", quiet_seconds=1, dicom={"allowed_callers": CALLERS})
+    boxes.append(box)
+    box.start()
+    box.add_user("reception", PASSWORD)
+    base = f"http://127.0.0.1:{box.web_port}"
+    s = requests.Session()
+    r = s.post(base + "/login", data={"username": "reception", "password": PASSWORD,
+                                      "csrf": _csrf(s, base + "/login")})  # fmt: skip
+    assert r.ok and "/login" not in r.url
+    form = {"name_latin": "Meena Kumari", "patient_id": "VJP-7", "sex": "F",
+            "birth_date": "2999-01-01", "modality": "MR", "body_part": "BRAIN",
+            "question": "Headache for a week", "stat": "on"}  # fmt: skip
+    r = s.post(base + "/orders", data={**form, "csrf": _csrf(s, base + "/orders")})
+    assert r.status_code == 400 and "not a date in the future" in r.text  # nothing stored
+    form["birth_date"] = "1980-02-29"
+    r = s.post(base + "/orders", data={**form, "csrf": _csrf(s, base + "/orders")})
+    assert r.ok and "Meena Kumari" in r.text
+
+    ae = AE(ae_title="MWLSIM")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", box.worklist_port, ae_title="RADSETU")
+    assert assoc.is_established
+    q = Dataset()
+    q.PatientID, q.AccessionNumber, q.PatientBirthDate, q.PatientAge = "VJP-7", "", "", ""
+    (answer,) = [i for st, i in assoc.send_c_find(q, ModalityWorklistInformationFind)
+                 if st and st.Status == 0xFF00]  # fmt: skip
+    assert answer.PatientBirthDate == "19800229" and answer.PatientAge.startswith("0")
+
+    # the modality's performed procedure step: begun, then done
+    step = Dataset()
+    step.PerformedProcedureStepStatus = "IN PROGRESS"
+    item = Dataset()
+    item.AccessionNumber, item.StudyInstanceUID = answer.AccessionNumber, "1.2.3.4.5.6"
+    step.ScheduledStepAttributesSequence = [item]
+    step_uid = generate_uid()
+    st, _ = assoc.send_n_create(step, ModalityPerformedProcedureStep, step_uid)
+    assert st.Status == 0x0000
+    # a step for an order the box never had is refused, and changes nothing
+    stray = Dataset()
+    stray.PerformedProcedureStepStatus = "IN PROGRESS"
+    other = Dataset()
+    other.AccessionNumber, other.StudyInstanceUID = "NO-SUCH", "9.9.9"
+    stray.ScheduledStepAttributesSequence = [other]
+    st, _ = assoc.send_n_create(stray, ModalityPerformedProcedureStep, generate_uid())
+    assert st.Status == 0x0110
+    done = Dataset()
+    done.PerformedProcedureStepStatus = "COMPLETED"
+    st, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, step_uid)
+    assert st.Status == 0x0000
+    assoc.release()
+    page = s.get(base + "/orders").text
+    assert "done at the machine" in page
+
+    # the images, with the order's accession number but the modality's own Study UID
+    files, uid = make_study(tmp_path, "mr", 2, src="MR2_UNCR.dcm")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.AccessionNumber, ds.PatientID, ds.PatientName = answer.AccessionNumber, "VJP-7", (
+            "Meena Kumari")  # fmt: skip
+        ds.save_as(f)
+    storescu(box.dicom_port, files, aet="MWLSIM")
+    wait_for(lambda: box.api(f"/api/studies/{uid}").get("clinical_note"), 30, "the order met")
+    study = box.api(f"/api/studies/{uid}")
+    assert study["clinical_note"] == "Headache for a week" and study["priority"] == "stat"
+    # and the order follows its study: received (no hub here to send it to)
+    wait_for(lambda: '"progress">received' in s.get(base + "/orders").text, 30, "received")
