@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "port": 11113,
         "max_answers": 500,
         "stations": [],
+        # the clinic's exams, offered first on the order form: "MODALITY BODY PART"
+        "exams": ["CR CHEST", "CT HEAD", "CT CHEST", "CT ABDOMEN", "US ABDOMEN", "MR BRAIN"],
     },
     "web": {
         "host": "127.0.0.1",
@@ -164,6 +166,9 @@ def _validate(v: dict[str, Any]) -> None:
 def _validate_worklist(w: dict[str, Any]) -> None:
     if not 1 <= w["max_answers"] <= 10_000:
         raise ConfigError("worklist.max_answers: between 1 and 10000")
+    for exam in w["exams"]:
+        if not re.fullmatch(r"[A-Z]{2}( [A-Z ]{1,16})?", str(exam)):
+            raise ConfigError(f"worklist.exams: {exam!r} is not MODALITY BODYPART (CT HEAD)")
     for item in w["stations"]:
         modality, _, ae = str(item).partition("=")
         if not re.fullmatch(r"[A-Z]{2}", modality) or not _AE_RE.match(ae) or not ae.strip():

@@ -21,7 +21,7 @@ def _page(form: dict[str, Any]) -> Any:
         o["progress"] = orders.progress(o)
     return render_page(
         "orders.html", "Orders", orders=today, form=form, doctors=doctors.listing(db),
-        modalities=orders.MODALITIES,
+        modalities=orders.MODALITIES, exams=current_app.config["RADSETU"]["worklist"]["exams"],
     )  # fmt: skip
 
 
@@ -36,9 +36,11 @@ def order_add() -> Any:
     form = request.form.to_dict()
     config = current_app.config["RADSETU"]
     ids = {d.id for d in doctors.listing(db)}
-    station = station_for(config, form.get("modality", ""))
+    exams = config["worklist"]["exams"]
+    modality = form.get("exam", "").partition(" ")[0] or form.get("modality", "")
     try:
-        made = orders.create(db, form, ids, station, session.get("user", ""))
+        made = orders.create(db, form, ids, station_for(config, modality),
+                             session.get("user", ""), exams=exams)  # fmt: skip
     except orders.OrderError as exc:
         flash(_("Not saved: %(why)s.", why=_(str(exc))), "error")
         return _page(form), 400

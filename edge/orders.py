@@ -73,8 +73,16 @@ def _birth(form: dict[str, str], today: dt.date) -> tuple[str, str]:
     raise OrderError(FORM_ERRORS["birth"])
 
 
-def check(form: dict[str, str], doctor_ids: set[int], today: dt.date) -> dict[str, Any]:
-    """The form's values, cleaned and checked, or OrderError saying what is wrong."""
+def check(
+    form: dict[str, str], doctor_ids: set[int], today: dt.date, exams: list[str] | None = None
+) -> dict[str, Any]:
+    """The form's values, cleaned and checked, or OrderError saying what is wrong. An
+    ``exam`` from the clinic's list (``exams``) stands for its modality and body part."""
+    if form.get("exam"):
+        if form["exam"] not in (exams or []):
+            raise OrderError(FORM_ERRORS["modality"])
+        modality, _, body = form["exam"].partition(" ")
+        form = {**form, "modality": modality, "body_part": body}
     latin, local = _clean(form.get("name_latin", "")), _clean(form.get("name_local", ""))
     if not LATIN.fullmatch(latin) or len(latin) > MAX_NAME:
         raise OrderError(FORM_ERRORS["name_latin"])
@@ -120,10 +128,11 @@ def _accession(db: Any, today: dt.date) -> str:
 
 
 def create(db: Any, form: dict[str, str], doctor_ids: set[int], station_ae: str,
-           user: str, now: dt.datetime | None = None) -> dict[str, Any]:  # fmt: skip
+           user: str, now: dt.datetime | None = None,
+           exams: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Register an order for today; returns it with its accession number and UID."""
     now = now or dt.datetime.now()
-    v = check(form, doctor_ids, now.date())
+    v = check(form, doctor_ids, now.date(), exams)
     with db.atomic():
         acc = _accession(db, now.date())
         db.execute(

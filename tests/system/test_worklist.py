@@ -47,7 +47,9 @@ def add_order(b, base, **form):  # type: ignore[no-untyped-def]
         if form.get(field):
             b.find_element(By.ID, f"order-{field}").send_keys(form[field])
     Select(b.find_element(By.ID, "order-sex")).select_by_value(form["sex"])
-    Select(b.find_element(By.ID, "order-modality")).select_by_value(form["modality"])
+    Select(b.find_element(By.ID, "order-exam")).select_by_value(form.get("exam", ""))
+    if form.get("modality"):
+        Select(b.find_element(By.ID, "order-modality")).select_by_value(form["modality"])
     if form.get("doctor"):
         Select(b.find_element(By.ID, "order-referrer")).select_by_visible_text(form["doctor"])
     if form.get("stat"):
@@ -107,10 +109,10 @@ def test_orders_meet_their_studies_through_the_worklist(tmp_path, browser, boxes
         assert not b.find_elements(By.CSS_SELECTOR, "tr.order")
 
         add_order(b, base, name="Lakshmi Rao", **{"name-local": LOCAL, "patient-id": "BGK-0042"},
-                  sex="F", age="45", modality="CT", body="HEAD", doctor="Dr Asha Rao",
+                  sex="F", age="45", exam="CT HEAD", doctor="Dr Asha Rao",
                   question=QUESTION, stat=True)  # fmt: skip
         add_order(b, base, name="Ravi Patil", **{"patient-id": "BGK-0043"}, sex="M", age="61",
-                  modality="CR", body="CHEST", question="Cough for 3 weeks")  # fmt: skip
+                  exam="CR CHEST", question="Cough for 3 weeks")  # fmt: skip
         rows = b.find_elements(By.CSS_SELECTOR, "tr.order")
         assert len(rows) == 2 and all("scheduled" in r.text for r in rows)
         screenshots(b, "box-orders")
