@@ -50,6 +50,21 @@ def order_add() -> Any:
     return redirect(url_for("clinic.orders_page"))
 
 
+@clinic.post("/orders/<accession>/cancel")
+def order_cancel(accession: str) -> Any:
+    db = page_db()
+    order = orders.get(db, accession)
+    if order is None:
+        abort(404)
+    if orders.cancel(db, accession):
+        audit("order_cancel", order["study_uid"], accession)
+        flash(_("Order %(accession)s cancelled: the machine no longer sees it.",
+                accession=accession), "ok")  # fmt: skip
+    else:
+        flash(_("That order already has its study."), "error")
+    return redirect(url_for("clinic.orders_page"))
+
+
 @clinic.post("/study/<study_uid>/order")
 def study_order(study_uid: str) -> Any:
     """A study whose machine ignored the worklist, tied to its order by a person."""

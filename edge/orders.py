@@ -189,7 +189,7 @@ def of_day(db: Any, day: dt.date) -> list[dict[str, Any]]:
 
 
 PROGRESS = ("scheduled", "in progress", "done at the machine", "stopped at the machine",
-            "received", "at the hub", "reported")  # fmt: skip
+            "received", "at the hub", "reported", "cancelled")  # fmt: skip
 
 
 def progress(order: dict[str, Any]) -> str:
@@ -200,6 +200,8 @@ def progress(order: dict[str, Any]) -> str:
         return "at the hub"
     if order.get("study_state") in ("ready", "sending"):
         return "received"
+    if order.get("state") == "cancelled":
+        return "cancelled"
     if order.get("state") == "completed":
         return "done at the machine"
     if order.get("state") == "discontinued":
@@ -246,6 +248,18 @@ def performed(db: Any, accession: str, step_uid: str, state: str) -> bool:
             "UPDATE orders SET mpps_uid=?, state=? WHERE accession=? AND "
             "(mpps_uid IS NULL OR mpps_uid=?) AND state != 'cancelled'",
             [step_uid, state, accession, step_uid],
+        ).rowcount
+    )
+
+
+def cancel(db: Any, accession: str) -> bool:
+    """Take a scheduled order off the worklist (the patient left, a wrong entry); an
+    order that met its study cannot be cancelled."""
+    return bool(
+        db.execute(
+            "UPDATE orders SET state='cancelled' WHERE accession=? AND state='scheduled' "
+            "AND linked_study IS NULL",
+            [accession],
         ).rowcount
     )
 

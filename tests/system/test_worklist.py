@@ -293,6 +293,18 @@ def test_offline_the_worklist_mpps_and_an_order_met_by_accession(tmp_path, boxes
     r = s.post(base + "/orders", data={**form, "csrf": _csrf(s, base + "/orders")})
     assert r.ok and "Meena Kumari" in r.text
 
+    # an order made by mistake is cancelled, and the worklist no longer offers it
+    gone = {**form, "name_latin": "Wrong Entry", "patient_id": "TMP-1"}
+    s.post(base + "/orders", data={**gone, "csrf": _csrf(s, base + "/orders")})
+    acc = re.search(
+        r'data-accession="(\d+)"[^>]*>(?:(?!</tr>).)*Wrong Entry',
+        s.get(base + "/orders").text,
+        re.S,
+    )
+    assert acc
+    r = s.post(f"{base}/orders/{acc[1]}/cancel", data={"csrf": _csrf(s, base + "/orders")})
+    assert r.ok and '"progress">cancelled' in r.text
+
     ae = AE(ae_title="MWLSIM")
     ae.add_requested_context(ModalityWorklistInformationFind)
     ae.add_requested_context(ModalityPerformedProcedureStep)
@@ -303,6 +315,8 @@ def test_offline_the_worklist_mpps_and_an_order_met_by_accession(tmp_path, boxes
     (answer,) = [i for st, i in assoc.send_c_find(q, ModalityWorklistInformationFind)
                  if st and st.Status == 0xFF00]  # fmt: skip
     assert answer.PatientBirthDate == "19800229" and answer.PatientAge.startswith("0")
+    q.PatientID = "TMP-1"
+    assert not [i for st, i in assoc.send_c_find(q, ModalityWorklistInformationFind) if i]
 
     # the modality's performed procedure step: begun, then done
     step = Dataset()
