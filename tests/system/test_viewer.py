@@ -29,8 +29,12 @@ from pydicom.uid import generate_uid
 
 from devkit.broker import Hub
 from devkit.corpus import data_file, replicate
+from edge.sneakernet import pack, sources_from_folder
 from hub import ohifinstall
+from hub.ingest import import_pack
+from hub.store import FileHubStore
 from tests.conftest import ROOT, chromium, until
+from wire.manifest import Priority
 
 OHIF = ROOT / "build" / "ohif" / "current"
 PASSWORD = "correct horse battery"
@@ -39,12 +43,17 @@ SHOTS = ROOT / "test-artifacts" / "screenshots"
 
 
 def pack_in(hub: Hub, folder: Path, box_id: str = "clinic-a") -> None:
-    pack = folder.with_suffix(".pack")
-    run = [sys.executable, "-m", "radsetu"]
-    subprocess.run([*run, "pack", str(folder), "-o", str(pack), "--box-id", box_id],
-                   check=True, capture_output=True)  # fmt: skip
-    subprocess.run([*run, "hub", "import", str(pack), "--data-dir", str(hub.data_dir)],
-                   check=True, capture_output=True)  # fmt: skip
+    """A study as a pack file into the hub's store (what ``radsetu pack`` and ``radsetu
+    hub import`` do, in this process: the commands have tests of their own)."""
+    sources, skipped = sources_from_folder(folder)
+    assert sources and not skipped, skipped
+    out = folder.with_suffix(".pack")
+    pack(sources, out, box_id, 256 * 1024, 3, Priority.ROUTINE, pixel_effort=None)
+    store = FileHubStore(hub.data_dir)
+    try:
+        assert import_pack(store, str(out))["verified"]
+    finally:
+        store.close()
 
 
 def restudy(files: list[Path], **attrs: str) -> None:
