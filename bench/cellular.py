@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devkit import namespaced  # noqa: E402
 from devkit.box import Box  # noqa: E402
 from devkit.broker import Broker, Hub  # noqa: E402
 from devkit.cellular import CellularLink, Profile, mathis_bps  # noqa: E402
@@ -44,11 +44,6 @@ PROFILES = {
 MSS = 1448
 
 
-def hub_transfer(hub: Hub) -> dict | None:  # type: ignore[type-arg]
-    rows = hub.api("/api/transfers")["transfers"]
-    return rows[0] if rows else None
-
-
 def run(name: str, profile: Profile, args: argparse.Namespace, work: Path) -> dict:  # type: ignore[type-arg]
     link = CellularLink(profile).start()
     broker = Broker(work / f"broker-{name}", host=link.hub_ip).start()
@@ -56,26 +51,14 @@ def run(name: str, profile: Profile, args: argparse.Namespace, work: Path) -> di
     box = Box(work / f"box-{name}", mqtt={"host": link.hub_ip, "port": broker.port,
                                           "keepalive": 30},
               box_id=f"cell-{name}", quiet_seconds=2)  # fmt: skip
-    log = open(box.log, "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        link.inside(sys.executable, "-m", "radsetu", "edge", "serve", "--config", str(box.config)),
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc, log = namespaced.start_box(link.inside(), box)
     try:
         files = replicate(data_file("693_UNCI.dcm"), work / f"study-{name}", args.slices)
-        for _ in range(100):  # the box's receiver, inside the namespace
-            r = subprocess.run(link.inside("storescu", "-aec", "RADSETU", "127.0.0.1",
-                                           str(box.dicom_port), *map(str, files)),
-                               capture_output=True, text=True)  # fmt: skip
-            if r.returncode == 0:
-                break
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"storescu into the namespace failed: {r.stderr[-500:]}")
-        while hub_transfer(hub) is None:
+        namespaced.storescu(link.inside(), box.dicom_port, files)
+        while namespaced.hub_transfer(hub) is None:
             time.sleep(0.05)
         start = time.monotonic()
-        while (t := hub_transfer(hub)) and t["state"] != "verified":
+        while (t := namespaced.hub_transfer(hub)) and t["state"] != "verified":
             time.sleep(0.1)
             if time.monotonic() - start > args.timeout:
                 raise TimeoutError(f"{name}: not verified within {args.timeout} s")
@@ -92,12 +75,7 @@ def run(name: str, profile: Profile, args: argparse.Namespace, work: Path) -> di
             "stats": link.stats(),
         }  # fmt: skip
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        namespaced.stop(proc, log)
         hub.stop()
         broker.stop()
         link.stop()

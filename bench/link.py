@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devkit import namespaced  # noqa: E402
 from devkit.box import Box  # noqa: E402
 from devkit.broker import Broker, Hub  # noqa: E402
 from devkit.corpus import data_file, replicate  # noqa: E402
@@ -110,11 +111,6 @@ class Cutter(threading.Thread):
         return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.cuts)
 
 
-def hub_transfer(hub: Hub) -> dict | None:  # type: ignore[type-arg]
-    rows = hub.api("/api/transfers")["transfers"]
-    return rows[0] if rows else None
-
-
 def run_codec(name: str, effort: int, args: argparse.Namespace, work: Path) -> dict:  # type: ignore[type-arg]
     rate = args.rate_kbit * 1000 / 8  # bytes a second
     broker = Broker(work / f"broker-{name}", host=HOST_IP).start()
@@ -126,39 +122,17 @@ def run_codec(name: str, effort: int, args: argparse.Namespace, work: Path) -> d
         box_id=f"bench-{name}",
         quiet_seconds=2,
     )
-    log = open(box.log, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        in_ns(sys.executable, "-m", "radsetu", "edge", "serve", "--config", str(box.config)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc, log = namespaced.start_box(in_ns(), box)
     try:
         files = replicate(data_file("693_UNCI.dcm"), work / f"study-{name}", args.slices)
         payload = sum(p.stat().st_size for p in files)
-        for _ in range(100):  # the box's receiver, inside the namespace
-            r = subprocess.run(
-                in_ns(
-                    "storescu",
-                    "-aec",
-                    "RADSETU",
-                    "127.0.0.1",
-                    str(box.dicom_port),
-                    *map(str, files),
-                ),
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode == 0:
-                break
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"storescu into the namespace failed: {r.stderr[-500:]}")
-        while hub_transfer(hub) is None:  # packed, manifest at the hub
+        namespaced.storescu(in_ns(), box.dicom_port, files)
+        while namespaced.hub_transfer(hub) is None:  # packed, manifest at the hub
             time.sleep(0.05)
         start, (wire0, pk0) = time.monotonic(), rx_counters()
         cutter = Cutter(args.first_cut, args.cut_every, args.cut_for)
         cutter.start()
-        while (t := hub_transfer(hub)) and t["state"] != "verified":
+        while (t := namespaced.hub_transfer(hub)) and t["state"] != "verified":
             time.sleep(0.1)
             if time.monotonic() - start > args.timeout:
                 raise TimeoutError(f"{name}: not verified within {args.timeout} s")
@@ -192,12 +166,7 @@ def run_codec(name: str, effort: int, args: argparse.Namespace, work: Path) -> d
             "chunks_resent": resent,
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        namespaced.stop(proc, log)
         hub.stop()
         broker.stop()
 
