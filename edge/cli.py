@@ -138,12 +138,13 @@ def cmd_user(args: argparse.Namespace) -> int:
         )
     password = read_password(args.name)
     store = open_store(config)
+    language = args.language or config["language"]  # the clinic's, unless one is given
     return user_add(
         args,
         store,
-        lambda: add_user(store.db, args.name, args.role, password, args.language, args.must_change),
+        lambda: add_user(store.db, args.name, args.role, password, language, args.must_change),
         AccountError,
-        f"{args.role}, {args.language}",
+        f"{args.role}, {language}",
     )
 
 
@@ -278,7 +279,12 @@ def _add_account_commands(sub: Any) -> None:
         action="store_true",
         help="the password is to be changed at the first login (set by provisioning)",
     )
-    s.add_argument("--language", default="en", choices=["en", "hi", "kn"])
+    s.add_argument(
+        "--language",
+        default=None,
+        choices=["en", "hi", "kn"],
+        help="the pages' language for this person (default: the box's language key)",
+    )
     s.add_argument(
         "--if-absent", action="store_true", help="leave an existing account as it is (provisioning)"
     )

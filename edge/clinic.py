@@ -44,7 +44,16 @@ from edge import (
 from edge import reports as box_reports
 from edge.errors import BoxError
 from edge.login import OPEN_WHILE_MUST_CHANGE, SESSION_HOURS, current_user
-from edge.pages import _, admin_only, audit, audit_reads, clinic, page_db, render_page
+from edge.pages import (
+    _,
+    admin_only,
+    audit,
+    audit_reads,
+    clinic,
+    page_db,
+    page_language,
+    render_page,
+)
 from edge.progress import STATE_ORDER, health, studies_view, today
 from edge.uploads import upload_request
 
@@ -225,10 +234,11 @@ def install(app: Flask, data_dir: Path, store: Any) -> None:
     app.request_class = upload_request(uploads)
     app.jinja_env.add_extension("jinja2.ext.i18n")
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        lambda m: i18n.gettext(session.get("lang", "en"), m),
-        lambda s, p, n: i18n.gettext(session.get("lang", "en"), s if n == 1 else p),
+        lambda m: i18n.gettext(page_language(), m),
+        lambda s, p, n: i18n.gettext(page_language(), s if n == 1 else p),
         newstyle=True,
     )
+    app.jinja_env.globals["page_lang"] = page_language
     assert doctorpages.clinic is clinic  # their pages are on the clinic's blueprint
     assert orderpages.clinic is clinic
     criticalpages.install(app)

@@ -33,9 +33,15 @@ def page_db():  # type: ignore[no-untyped-def]
     return get_db()
 
 
+def page_language() -> str:
+    """The person's language once logged in; before that (the login page), the box's
+    ``language`` key: the clinic's own."""
+    return str(session.get("lang") or current_app.config["RADSETU"]["language"])
+
+
 def _(message: str, **kw: Any) -> str:
     """The message in the user's language, with ``kw`` filled in."""
-    text = i18n.gettext(session.get("lang", "en"), message)
+    text = i18n.gettext(page_language(), message)
     return text % kw if kw else text
 
 

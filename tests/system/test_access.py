@@ -295,3 +295,35 @@ def test_no_open_redirect_after_login_at_either_end(box_app, hub_app, target):
         data={"csrf": token, "username": "asha", "password": PASSWORD},
     )
     assert r.headers["Location"] == "/reports"
+
+
+def test_the_login_page_speaks_the_clinics_language(tmp_path):
+    """Before anyone logs in, the box's pages are in its ``language``; after, in the
+    person's own; a new account takes the box's language unless told."""
+    import subprocess
+    import sys
+
+    from edge import accounts
+    from edge import config as edge_config
+    from edge.web import create_app as make_box_app
+
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(f'language = "kn"\ndata_dir = "{tmp_path / "data"}"\n'
+                        "[store]\nreserve_bytes = 0\n")  # fmt: skip
+    app = make_box_app(edge_config.load(cfg_path))
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert '<html lang="kn">' in page and "ಲಾಗ್ ಇನ್" in page
+    r = subprocess.run([sys.executable, "-m", "radsetu", "edge", "user", "add", "ravi",
+                        "--config", str(cfg_path)], input="a-long-test-password\n",
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    store = app.config["RADSETU_STORE"]
+    langs = dict(store.db.execute("SELECT username, language FROM users").fetchall())
+    assert langs["ravi"] == "kn"
+    accounts.add_user(store.db, "asha", "staff", PASSWORD, "hi")
+    c = app.test_client()
+    token = re.search(
+        r'name="csrf" (?:value|content)="([^"]+)"', c.get("/login").get_data(as_text=True)
+    )[1]  # type: ignore[index]
+    c.post("/login", data={"csrf": token, "username": "asha", "password": PASSWORD})
+    assert '<html lang="hi">' in c.get("/").get_data(as_text=True)
