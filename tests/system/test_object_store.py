@@ -160,8 +160,8 @@ def test_object_store_config_is_checked(tmp_path, objects, message):
 
 
 def test_the_hub_role_writes_the_object_store_section(tmp_path):
-    """The hub role's config template with an object store and a second broker, read
-    by the hub itself."""
+    """The hub role's config template with an object store, a second broker, an SMS
+    gateway and an SMTP relay, read by the hub itself."""
     from tests.system.test_provisioning import ANSIBLE, playbook
 
     out = tmp_path / "hub.toml"
@@ -189,6 +189,16 @@ def test_the_hub_role_writes_the_object_store_section(tmp_path):
         "radsetu_hub_objects_secret_key": "a-test-secret",
         "hub_other_brokers": ["broker-2.test:8883"],
         "hub_index_url": "postgresql://hub:pw@db.test/radsetu",
+        # a critical finding's messages
+        "hub_public_url": "https://hub.example.in",
+        "hub_sms_url": "http://kannel.test:13013/cgi-bin/sendsms",
+        "hub_sms_username": "radsetu",
+        "radsetu_hub_sms_password": "an-sms-secret",
+        "radsetu_hub_sms_inbound_key": "a-long-inbound-key",
+        "hub_smtp_host": "smtp.test",
+        "hub_smtp_port": 587,
+        "hub_smtp_starttls": True,
+        "radsetu_hub_smtp_password": "a-mail-secret",
     }
     playbook("-i", "localhost,", "-e", json.dumps(extra), str(book))
     cfg = hub_config.load(out, env={})
@@ -198,3 +208,9 @@ def test_the_hub_role_writes_the_object_store_section(tmp_path):
     assert cfg["web"]["behind_tls_proxy"] is True
     assert cfg["mqtt"]["other_brokers"] == ["broker-2.test:8883"]
     assert cfg["index"]["url"] == "postgresql://hub:pw@db.test/radsetu"
+    assert cfg["critical"] == {"confirm_minutes": 15.0, "patient_data": "initials",
+                               "public_url": "https://hub.example.in"}  # fmt: skip
+    assert cfg["sms"]["url"].startswith("http://kannel.test") and cfg["sms"]["password"] == (
+        "an-sms-secret") and cfg["sms"]["inbound_key"] == "a-long-inbound-key"  # fmt: skip
+    assert cfg["smtp"]["port"] == 587 and cfg["smtp"]["starttls"] is True
+    assert cfg["smtp"]["password"] == "a-mail-secret"
