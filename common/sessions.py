@@ -121,36 +121,42 @@ def _keys(username: str, address: str) -> list[tuple[str, int]]:
 
 def locked(db: sqlite_utils.Database, username: str, address: str) -> float:
     """Seconds until a login for ``username`` from ``address`` may be tried (0: now)."""
+    return max(key_locked(db, k) for k, _ in _keys(username, address))
+
+
+def key_locked(db: sqlite_utils.Database, key: str) -> float:
+    """Seconds until ``key`` (a login's, or any other guess's) may try again (0: now)."""
+    row = db.execute("SELECT locked_until FROM login_failures WHERE key=?", [key]).fetchone()
+    return max((row[0] - time.time()) if row else 0.0, 0.0)
+
+
+def key_failed(db: sqlite_utils.Database, key: str, limit: int) -> bool:
+    """Count a wrong guess under ``key``: ``limit`` of them within WINDOW_SECONDS lock
+    it for LOCK_SECONDS. True when this one locked it."""
     now = time.time()
-    keys = [k for k, _ in _keys(username, address)]
-    rows = db.execute(
-        "SELECT locked_until FROM login_failures WHERE key IN (?, ?, ?)", keys
-    ).fetchall()
-    return max([r[0] - now for r in rows] + [0.0])
+    row = db.execute("SELECT failures, first FROM login_failures WHERE key=?", [key]).fetchone()
+    failures, first = (row[0] + 1, row[1]) if row and now - row[1] < WINDOW_SECONDS else (1, now)
+    until = now + LOCK_SECONDS if failures >= limit else 0
+    db.execute(
+        "INSERT INTO login_failures(key, failures, first, locked_until) VALUES (?,?,?,?) "
+        "ON CONFLICT(key) DO UPDATE SET failures=excluded.failures, first=excluded.first, "
+        "locked_until=excluded.locked_until",
+        [key, 0 if until else failures, now if until else first, until],
+    )
+    return bool(until)
+
+
+def key_cleared(db: sqlite_utils.Database, key: str) -> None:
+    db.execute("DELETE FROM login_failures WHERE key=?", [key])
 
 
 def failed(db: sqlite_utils.Database, username: str, address: str) -> bool:
     """Count a failed login; True when it locked a key."""
-    now = time.time()
-    locked_now = False
-    for key, limit in _keys(username, address):
-        row = db.execute("SELECT failures, first FROM login_failures WHERE key=?", [key]).fetchone()
-        failures, first = (
-            (row[0] + 1, row[1]) if row and now - row[1] < WINDOW_SECONDS else (1, now)
-        )
-        until = now + LOCK_SECONDS if failures >= limit else 0
-        locked_now = locked_now or bool(until)
-        db.execute(
-            "INSERT INTO login_failures(key, failures, first, locked_until) VALUES (?,?,?,?) "
-            "ON CONFLICT(key) DO UPDATE SET failures=excluded.failures, first=excluded.first, "
-            "locked_until=excluded.locked_until",
-            [key, 0 if until else failures, now if until else first, until],
-        )
-    return locked_now
+    return any([key_failed(db, key, limit) for key, limit in _keys(username, address)])
 
 
 def succeeded(db: sqlite_utils.Database, username: str, address: str) -> None:
-    db.execute("DELETE FROM login_failures WHERE key=?", [f"user:{username}@{address}"])
+    key_cleared(db, f"user:{username}@{address}")
 
 
 @dataclass(frozen=True)

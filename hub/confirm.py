@@ -10,10 +10,14 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template, request
 
-from hub import critical
+from common import sessions
+from hub import access, critical
 from hub.db import request_store
 
 confirm = Blueprint("confirm", __name__, template_folder="pages")
+# replies from one number that match no open result, within 15 minutes, before the
+# number is not listened to for 15 minutes (a code is 1 in 10,000: a guesser gets 5)
+SMS_GUESSES = 5
 
 
 @confirm.route("/c/<token>", methods=["GET", "POST"])
@@ -45,8 +49,15 @@ def sms_inbound() -> Any:
         abort(403)
     sender = request.args.get("from", "")[:20]
     text = request.args.get("text", "")[:500]
-    done = critical.confirm_by_sms(request_store(), sender, text)
-    # the gateway sends the answer back to the phone as an SMS
+    store = request_store()
+    throttle = f"sms:{sender}"
+    # the gateway sends each answer back to the phone as an SMS
+    if sessions.key_locked(store.db, throttle):
+        return "RadSetu: too many replies that matched nothing; call the clinic.", 200
+    done = critical.confirm_by_sms(store, sender, text)
     if done:
+        sessions.key_cleared(store.db, throttle)
         return "RadSetu: thank you, the critical finding is confirmed.", 200
+    if sessions.key_failed(store.db, throttle, SMS_GUESSES):
+        access.audit(store, "sms_locked", detail=sender)
     return "RadSetu: no open critical finding matches this reply.", 200

@@ -343,3 +343,35 @@ def test_hub_password_change_ends_the_other_sessions(hub_app):
     assert first.get("/").status_code == 302  # the other browser's session ended
     assert second.get("/").status_code == 200
     assert users.authenticate(store, "a-radiologist", new) == "radiologist"
+
+
+def test_sms_replies_that_match_nothing_lock_their_number(tmp_path):
+    """A phone that keeps guessing confirmation codes is not listened to for a while;
+    other phones are, and the lock is in the audit log."""
+    from hub import config as hub_config
+    from hub.confirm import SMS_GUESSES
+    from hub.store import FileHubStore
+    from hub.web import create_app as make_hub_app
+
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n'
+                   '[sms]\ninbound_key = "a-long-inbound-key"\n')  # fmt: skip
+    app = make_hub_app(hub_config.load(cfg))
+    c = app.test_client()
+
+    def reply(phone: str, text: str) -> str:
+        r = c.get("/api/sms/inbound", query_string={"key": "a-long-inbound-key",
+                                                    "from": phone, "text": text})  # fmt: skip
+        assert r.status_code == 200
+        return r.get_data(as_text=True)
+
+    for guess in range(SMS_GUESSES):
+        assert "no open critical finding" in reply("+919900000001", f"YES {1000 + guess}")
+    assert "too many replies" in reply("+919900000001", "YES 4242")
+    assert "no open critical finding" in reply("+919900000002", "YES 4242")  # another phone
+    store = FileHubStore(tmp_path / "hub")
+    try:
+        rows = access.audit_rows(store, action="sms_locked")
+        assert [r["detail"] for r in rows] == ["+919900000001"]
+    finally:
+        store.close()
