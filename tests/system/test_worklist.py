@@ -317,6 +317,16 @@ def test_offline_the_worklist_mpps_and_an_order_met_by_accession(tmp_path, boxes
     assert answer.PatientBirthDate == "19800229" and answer.PatientAge.startswith("0")
     q.PatientID = "TMP-1"
     assert not [i for st, i in assoc.send_c_find(q, ModalityWorklistInformationFind) if i]
+    # malformed keys over the network: an overlong ID, a date that is no date, a name
+    # with markup; answered with nothing (not refused), and the port serves on
+    bad = Dataset()
+    bad.PatientID, bad.PatientName = "X" * 200, "<script>alert(1)</script>*"
+    step_q = Dataset()
+    step_q.ScheduledProcedureStepStartDate = "2026-13-99"
+    bad.ScheduledProcedureStepSequence = [step_q]
+    statuses = [st.Status for st, _i in assoc.send_c_find(bad, ModalityWorklistInformationFind)]
+    assert statuses == [0x0000]
+    assert [i for st, i in assoc.send_c_find(q, ModalityWorklistInformationFind) if i] == []
 
     # the modality's performed procedure step: begun, then done
     step = Dataset()
