@@ -13,7 +13,7 @@ HUB_INDEX_TESTS := tests/hub tests/system/test_access.py tests/system/test_sessi
 # the heaviest self-contained tests, run in the background stream after the image test
 # and the PostgreSQL pass (scripts/run-tests.sh), so the two streams end about together
 BESIDE_TESTS := tests/system/test_corpus.py tests/edge/test_crash.py tests/system/test_cluster.py \
-	tests/system/test_object_store.py tests/system/test_viewer.py
+	tests/system/test_object_store.py tests/system/test_viewer.py tests/system/test_worklist.py
 DEBS_BENCH := dcmtk orthanc mosquitto iproute2 postgresql
 
 .PHONY: test lint demo bench lock clean debs-test debs-bench corpus ohif

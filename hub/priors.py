@@ -1,11 +1,11 @@
 """A patient's earlier studies at the hub, for comparison.
 
 Studies are the same patient's when they come from the same clinic (box), carry the same
-Patient ID, and the same name once case, the DICOM ``^`` separators and spacing are
-set aside. A Patient ID is the clinic's own: the same number at another clinic is
-another person, and a study without a Patient ID has no priors (never guessed from a
-name alone). Earlier means acquired earlier (the hub's arrival time when the DICOM
-dates are missing).
+Patient ID, the same name once case, the DICOM ``^`` separators and spacing are set
+aside, and the same birth date when both studies have one. A Patient ID is the
+clinic's own: the same number at another clinic is another person, and a study without
+a Patient ID has no priors (never guessed from a name alone). Earlier means acquired
+earlier (the hub's arrival time when the DICOM dates are missing).
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ from typing import Any
 from hub.store import FileHubStore
 
 COLUMNS = (
-    "study_uid, box_id, patient_id, patient_name, modality, description, "
-    "acquired_at, verified_at, signed_at"
+    "study_uid, box_id, patient_id, patient_name, patient_birth_date, modality, "
+    "description, acquired_at, verified_at, signed_at"
 )
 
 
 def same_person(name: str) -> str:
     return re.sub(r"\s+", " ", name.replace("^", " ")).strip().upper()
+
+
+def _born_alike(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    x, y = a.get("patient_birth_date") or "", b.get("patient_birth_date") or ""
+    return not x or not y or x == y
 
 
 def _when(row: dict[str, Any]) -> str:
@@ -54,6 +59,7 @@ def of_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
         for r in rows
         if r["study_uid"] != study_uid
         and same_person(r["patient_name"]) == person
+        and _born_alike(r, me)
         and _when(r) < _when(me)
     ]
     return sorted(out, key=_when, reverse=True)
@@ -74,7 +80,11 @@ def counts(store: FileHubStore, studies: list[dict[str, Any]]) -> dict[str, int]
         if not s.get("patient_id"):
             continue
         same = groups.get((s["box_id"], s["patient_id"], same_person(s["patient_name"])), [])
-        n = sum(1 for r in same if r["study_uid"] != s["study_uid"] and _when(r) < _when(s))
+        n = sum(
+            1
+            for r in same
+            if r["study_uid"] != s["study_uid"] and _born_alike(r, s) and _when(r) < _when(s)
+        )
         if n:
             out[s["study_uid"]] = n
     return out

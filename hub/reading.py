@@ -90,6 +90,11 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
     referrer = _referrer(extra.get("referrer"), m.box_id, key)
     if referrer:
         store.db.execute("UPDATE hub_studies SET referrer=? WHERE study_uid=?", [referrer, key])
+    if info.birth_date:
+        store.db.execute(
+            "UPDATE hub_studies SET patient_birth_date=? WHERE study_uid=?",
+            [info.birth_date[:8], key],
+        )
     order = _order(extra.get("order"))
     if order:
         store.db.execute(

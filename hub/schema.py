@@ -257,3 +257,10 @@ def m018_orders(db: sqlite_utils.Database) -> None:
     where the turnaround starts)."""
     db.execute("ALTER TABLE hub_studies ADD COLUMN accession TEXT NOT NULL DEFAULT ''")
     db.execute("ALTER TABLE hub_studies ADD COLUMN ordered_at TEXT")
+
+
+@migrations()
+def m019_birth_date(db: sqlite_utils.Database) -> None:
+    """The patient's birth date (DICOM YYYYMMDD, or empty): priors are the same patient's
+    only when it agrees (hub/priors.py)."""
+    db.execute("ALTER TABLE hub_studies ADD COLUMN patient_birth_date TEXT NOT NULL DEFAULT ''")

@@ -71,9 +71,14 @@ def viewer_hub(tmp_path_factory):
     w = tmp_path_factory.mktemp("viewer")
     hub = Hub(w / "hub", {"enabled": False}, sections={"viewer": {"ohif_dir": str(OHIF)}})
     ct = replicate(data_file("693_UNCI.dcm"), w / "ct", 4)
-    restudy(ct, StudyDate="20261130", StudyDescription="CT HEAD PLAIN")
+    restudy(ct, StudyDate="20261130", StudyDescription="CT HEAD PLAIN", PatientBirthDate="19800505")
     prior = replicate(data_file("693_UNCI.dcm"), w / "prior", 2)
-    restudy(prior, StudyDate="20200101", StudyDescription="PRIOR HEAD")
+    restudy(prior, StudyDate="20200101", StudyDescription="PRIOR HEAD", PatientBirthDate="19800505")
+    # the same clinic's ID and name, born on another day: another person, no prior
+    twin = replicate(data_file("693_UNCI.dcm"), w / "twin", 1)
+    restudy(
+        twin, StudyDate="20190101", StudyDescription="NOT THIS ONE", PatientBirthDate="19700101"
+    )
     other_uid = generate_uid()
     for name in ("JPEG2000.dcm", "SC_rgb_rle.dcm", "MR_small_bigendian.dcm", "CT_small.dcm"):
         f = replicate(Path(get_testdata_file(name)), w / "other" / name, 1, other_uid)
@@ -83,7 +88,7 @@ def viewer_hub(tmp_path_factory):
     clinic_b = replicate(data_file("693_UNCI.dcm"), w / "shared-b", 3, shared)
     # another clinic's patient: the same UID and the same Patient ID, another person
     restudy(clinic_b, PatientName="Other^Person", StudyDescription="OTHER CLINIC HEAD")
-    for folder in ("ct", "prior", "shared-a"):
+    for folder in ("ct", "prior", "shared-a", "twin"):
         pack_in(hub, w / folder)
     pack_in(hub, w / "shared-b", box_id="clinic-b")
     for sub in sorted((w / "other").iterdir()):
@@ -373,6 +378,7 @@ def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_pa
         b.get(base + f"/read/{uids['ct']}")
         link = b.find_element(By.CSS_SELECTOR, "#priors a.compare")
         assert "PRIOR HEAD" in b.find_element(By.ID, "priors").text
+        assert "NOT THIS ONE" not in b.find_element(By.ID, "priors").text
         b.get(link.get_attribute("href"))
         vps = until(b, lambda d: (lambda v: v if len(v) >= 2 and all(x["ready"] for x in v[:2])
                                   else None)(d.execute_script(VIEWPORT)), 60)  # fmt: skip
