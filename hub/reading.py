@@ -87,13 +87,27 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
             "now": utcnow(),
         },
     )
-    referrer = _referrer(extra.get("referrer"), m.box_id, key)
+    _what_the_clinic_sent(store, key, m.box_id, extra, info.birth_date)
+    hint = store.db.execute(
+        "SELECT priority, clinical_note, referrer FROM study_hints WHERE study_uid=? AND box_id=?",
+        [key, m.box_id],
+    ).fetchone()
+    if hint is not None:  # the clinic's word came before the study did
+        clinic_update(store, m.box_id, key, hint[0], hint[1], json.loads(hint[2] or "null"))
+        store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [key])
+
+
+def _what_the_clinic_sent(
+    store: FileHubStore, key: str, box_id: str, extra: dict[str, Any], birth_date: str
+) -> None:
+    """A verified study's details beside its images: the referring doctor, the birth
+    date, the order it met, the clinical note (kept when the clinic wrote one first)."""
+    referrer = _referrer(extra.get("referrer"), box_id, key)
     if referrer:
         store.db.execute("UPDATE hub_studies SET referrer=? WHERE study_uid=?", [referrer, key])
-    if info.birth_date:
+    if birth_date:
         store.db.execute(
-            "UPDATE hub_studies SET patient_birth_date=? WHERE study_uid=?",
-            [info.birth_date[:8], key],
+            "UPDATE hub_studies SET patient_birth_date=? WHERE study_uid=?", [birth_date[:8], key]
         )
     order = _order(extra.get("order"))
     if order:
@@ -107,13 +121,6 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
             "UPDATE hub_studies SET clinical_note=? WHERE study_uid=? AND clinical_note=''",
             [note[:1000], key],
         )
-    hint = store.db.execute(
-        "SELECT priority, clinical_note, referrer FROM study_hints WHERE study_uid=? AND box_id=?",
-        [key, m.box_id],
-    ).fetchone()
-    if hint is not None:  # the clinic's word came before the study did
-        clinic_update(store, m.box_id, key, hint[0], hint[1], json.loads(hint[2] or "null"))
-        store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [key])
 
 
 def clinic_update(
