@@ -175,13 +175,15 @@ def _validate_worklist(w: dict[str, Any]) -> None:
             raise ConfigError(f"worklist.stations: {item!r} is not MODALITY=AE_TITLE (CT=CT_ROOM1)")
 
 
+def stations(config: Config) -> dict[str, str]:
+    """``worklist.stations`` as modality -> the station AE title its orders go to."""
+    pairs = (str(item).partition("=") for item in config["worklist"].get("stations", []))
+    return {modality: ae for modality, _, ae in pairs}
+
+
 def station_for(config: Config, modality: str) -> str:
     """The station AE title an order of ``modality`` is scheduled on ("" for any)."""
-    for item in config["worklist"]["stations"]:
-        m, _, ae = str(item).partition("=")
-        if m == modality:
-            return ae
-    return ""
+    return stations(config).get(modality, "")
 
 
 def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:

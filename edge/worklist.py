@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (
 )
 
 from edge import mpps, orders
-from edge.config import Config
+from edge.config import Config, stations
 from edge.scp import admit_by_address, handle_echo, handle_rejected, harden
 from edge.store import reader
 
@@ -155,11 +155,6 @@ def select(
     return out
 
 
-def _stations(config: Config) -> dict[str, str]:
-    pairs = (str(item).partition("=") for item in config["worklist"].get("stations", []))
-    return {ae: modality for modality, _, ae in pairs}
-
-
 def handle_find(event: Any, config: Config, data_dir: Path) -> Any:
     """C-FIND: a pending answer per scheduled step, then success (or the reason why not)."""
     calling = event.assoc.requestor.ae_title
@@ -168,7 +163,9 @@ def handle_find(event: Any, config: Config, data_dir: Path) -> Any:
         steps = query.get("ScheduledProcedureStepSequence") or [Dataset()]
         lo, hi = _date_range(_text(steps[0], "ScheduledProcedureStepStartDate"))
         with reader(data_dir) as db:
-            found = select(query, orders.scheduled(db, lo, hi), _stations(config))
+            found = select(
+                query, orders.scheduled(db, lo, hi), {ae: m for m, ae in stations(config).items()}
+            )
             names = dict(db.execute("SELECT id, name FROM doctors").fetchall())
     except Exception as exc:  # a query the box cannot read: refused, the port serves on
         log.warning("worklist query from %s refused: %s", calling, exc)

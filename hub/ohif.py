@@ -104,8 +104,15 @@ def _index(path: Path, mtime: float) -> str:
 def _root() -> str:
     """The DICOMweb root for this page: the clinic of the first study it opens."""
     first = request.args.get("StudyInstanceUIDs", "").split(",")[0].strip()
-    found = dicomindex.study(request_store(), first) if first else None
-    return f"/dicomweb/clinics/{quote(found.row['box_id'], safe='')}" if found else "/dicomweb"
+    if not first:
+        return "/dicomweb"
+    # the study's row alone (its headers are read when OHIF asks for them)
+    rows = dicomindex.visible_rows(request_store(), key=first)
+    found = rows[0] if rows else None
+    if found is None and first.startswith("2.25."):  # a second clinic's study
+        twin = dicomindex.study(request_store(), first)
+        found = twin.row if twin else None
+    return f"/dicomweb/clinics/{quote(found['box_id'], safe='')}" if found else "/dicomweb"
 
 
 def _page(dist: Path) -> Response:
