@@ -11,6 +11,7 @@ a folder the caller owns.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -69,14 +70,43 @@ def sample_path(origin: str, name: str) -> Path:
 
 def replicate(src: Path, out_dir: Path, count: int, study_uid: str | None = None) -> list[Path]:
     """``count`` copies of a real slice as one new study (new UIDs per copy)."""
+    return series_from([src], out_dir, count, study_uid)
+
+
+def head_ct_slices() -> list[Path]:
+    """A real head CT series: pylinac's demo CBCT "High quality head" (64 slices,
+    512 x 512 x 16), in slice order. Raises FileNotFoundError without the corpus."""
+    return list(_head_ct())
+
+
+@functools.cache
+def _head_ct() -> tuple[Path, ...]:
+    """The series' files, each read once per process: the slices with pixel data, by
+    their position along the patient."""
+    position: dict[Path, float] = {}
+    for f in corpus_files():
+        if "High quality head/" in f.name:
+            ds = pydicom.dcmread(f.path)
+            if "PixelData" in ds:
+                z = ds.ImagePositionPatient[2] if "ImagePositionPatient" in ds else 0.0
+                position[f.path] = float(z)
+    if not position:
+        raise FileNotFoundError("pylinac's head CBCT is not in the corpus (run 'make test')")
+    return tuple(sorted(position, key=position.__getitem__))
+
+
+def series_from(
+    srcs: list[Path], out_dir: Path, count: int, study_uid: str | None = None
+) -> list[Path]:
+    """One new study of ``count`` instances made from real slices, taken in turn (a
+    series longer than ``srcs`` repeats them), each with new UIDs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = pydicom.dcmread(src)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
+    study_uid, series_uid = study_uid or generate_uid(), generate_uid()
+    originals = [pydicom.dcmread(s) for s in srcs]
     paths = []
     for i in range(count):
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
+        ds = originals[i % len(originals)]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = i + 1

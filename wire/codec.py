@@ -8,7 +8,10 @@ manifest so that an older box's transfers stay readable:
 - ``raw``: the bytes as they are (already-compressed pixel data gains nothing);
 - ``dicom-jxl``: pixel data as a lossless JPEG XL image, the rest zstd'd
   (``wire.pixels``); chosen per instance when the packer has a ``pixel_effort`` and
-  the instance suits it, otherwise the instance goes as ``zstd``.
+  the instance suits it, otherwise the instance goes as ``zstd``;
+- ``dicom-j2k-rest``: what completes the instance's lossy preview, sent earlier, to
+  the original file (``wire.layered``); made by the caller (``Packer.add_record``)
+  and decoded with the preview the unpacker's ``previews`` gives.
 
 The caller owns all I/O: it feeds bytes in and writes the chunks that come out.
 """
@@ -22,17 +25,22 @@ from typing import Any
 
 import zstandard
 
-from wire import pixels
-from wire.errors import LocalProtocolError, RemoteProtocolError
+from wire import layered, pixels
+from wire.errors import LocalProtocolError, PreviewMissing, RemoteProtocolError
+from wire.inflate import BoundedZstd, Inflated
 from wire.manifest import InstanceEntry, Manifest, Priority
 
-CODECS = ("zstd", "raw", "dicom-jxl")
+CODECS = ("zstd", "raw", "dicom-jxl", "dicom-j2k-rest")
+WHOLE = ("dicom-jxl", "dicom-j2k-rest")  # records decoded only once all of them is in
 DEFAULT_LEVEL = 3
 MAX_LISTED_FALLBACKS = 20
 
 # (file bytes, effort, zstd level) -> a dicom-jxl record, or None when the file is not
 # an image it codes. It may raise anything: a codec is an optimisation, never a gate.
 ImageCoder = Callable[[bytes, int, int], "bytes | None"]
+# SOP Instance UID -> the codestream of the preview a dicom-j2k-rest record completes,
+# or None when it is not here
+Previews = Callable[[str], "bytes | None"]
 
 
 def default_image_coder(data: bytes, effort: int, level: int) -> bytes | None:
@@ -201,6 +209,27 @@ class Packer:
         self._rec = None
         return entry
 
+    def add_record(
+        self, sop_instance_uid: str, codec: str, record: bytes, size: int, sha256: str
+    ) -> InstanceEntry:
+        """An instance the caller coded itself (and checked): its record as it is, with
+        the size and SHA-256 of the file it rebuilds."""
+        if self._rec is not None or self._finished:
+            raise LocalProtocolError("add_record while an instance is open or after finish")
+        if codec not in CODECS:
+            raise LocalProtocolError(f"unknown codec {codec!r}")
+        entry = InstanceEntry(
+            sop_instance_uid=sop_instance_uid,
+            size=size,
+            sha256=sha256,
+            offset=self._stream,
+            encoded_size=len(record),
+            codec=codec,
+        )
+        self._out(record)
+        self._entries.append(entry)
+        return entry
+
     def _out(self, data: bytes) -> None:
         self._stream += len(data)
         self._buf += data
@@ -267,51 +296,6 @@ class InstanceVerified:
     entry: InstanceEntry
 
 
-class _Inflated(Exception):
-    pass
-
-
-class _Sink:
-    def __init__(self, limit: int):
-        self.limit, self.total = limit, 0
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.total += len(data)
-        if self.total > self.limit:
-            raise _Inflated(self.total)
-        self.parts.append(bytes(data))
-        return len(data)
-
-
-ZSTD_SLICE = 256  # compressed bytes per step: at most 64 blocks of 128 KiB out
-
-
-class _BoundedZstd:
-    """zstd decoding that stops as soon as the output passes ``limit`` bytes (the
-    instance's declared size): a small record made to inflate to gigabytes costs at
-    most one output buffer more than the instance itself."""
-
-    def __init__(self, limit: int):
-        self._sink = _Sink(limit)
-        self._writer = zstandard.ZstdDecompressor().stream_writer(
-            self._sink,  # type: ignore[arg-type]  # any object with write() serves
-            write_size=1 << 17,
-        )
-
-    def pieces(self, data: bytes | memoryview) -> Iterator[bytes]:
-        """The output of ``data``, fed ZSTD_SLICE bytes at a time: one slice inflates to
-        at most a few MiB (a 4-byte block can stand for 128 KiB), so a small hostile
-        record never sits in memory inflated whole."""
-        view = memoryview(data)
-        for start in range(0, len(view), ZSTD_SLICE):
-            self._writer.write(view[start : start + ZSTD_SLICE])
-            if self._sink.parts:
-                out = b"".join(self._sink.parts)
-                self._sink.parts.clear()
-                yield out
-
-
 class Unpacker:
     """Chunks in (in order, already checked against their hashes), instances out.
 
@@ -319,8 +303,9 @@ class Unpacker:
     not match: its bytes must then be thrown away by the caller.
     """
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, previews: Previews | None = None):
         self.m = manifest
+        self.previews = previews
         self._next_chunk = 0
         self._i = 0  # current instance
         self._left = 0
@@ -337,8 +322,17 @@ class Unpacker:
         self._left = e.encoded_size
         self._sha = hashlib.sha256()
         self._size = 0
-        self._z = _BoundedZstd(e.size) if e.codec == "zstd" else None
-        self._whole = bytearray() if e.codec == "dicom-jxl" else None
+        self._z = BoundedZstd(e.size) if e.codec == "zstd" else None
+        self._whole = bytearray() if e.codec in WHOLE else None
+
+    def _decode_whole(self, e: InstanceEntry, record: bytes) -> bytes:
+        if e.codec == "dicom-jxl":
+            return pixels.decode(record, e.size)
+        preview = self.previews(e.sop_instance_uid) if self.previews else None
+        try:
+            return layered.decode_rest(record, preview, e.size)
+        except PreviewMissing as exc:
+            raise PreviewMissing(f"{self.m.transfer_id} {e.sop_instance_uid}: {exc}") from exc
 
     def feed_chunk(self, index: int, data: bytes) -> Iterator[InstanceBytes | InstanceVerified]:
         if index != self._next_chunk:
@@ -358,14 +352,14 @@ class Unpacker:
                 self._whole += part
                 part = memoryview(b"")
                 if not self._left:
-                    part = memoryview(pixels.decode(bytes(self._whole), e.size))
+                    part = memoryview(self._decode_whole(e, bytes(self._whole)))
                     self._whole = None
             if len(part):
                 outs = self._z.pieces(part) if self._z else iter((bytes(part),))
                 try:
                     for out in outs:
                         yield from self._take(e, out)
-                except _Inflated as exc:
+                except Inflated as exc:
                     raise RemoteProtocolError(
                         f"{self.m.transfer_id} {e.sop_instance_uid}: decodes to more than "
                         f"its {e.size} bytes"

@@ -12,3 +12,8 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """We were asked to do something the protocol does not allow (a bug here)."""
+
+
+class PreviewMissing(RemoteProtocolError):
+    """A record completes a preview this side does not hold (yet): the transfer waits
+    for it rather than being asked for again."""

@@ -72,6 +72,13 @@ class Manifest:
         return self.stream_size - self.chunk_size * (self.chunk_count - 1)
 
     @property
+    def preview(self) -> dict[str, Any] | None:
+        """For a lossy preview's transfer, what it is (``method``, ``ratio``, ``of``:
+        how many instances the study had); None for lossless instances."""
+        p = self.extra.get("preview")
+        return p if isinstance(p, dict) else None
+
+    @property
     def payload_bytes(self) -> int:
         return sum(i.size for i in self.instances)
 

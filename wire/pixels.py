@@ -39,6 +39,7 @@ MAGIC = b"DJX1"
 MAX_PIXEL_BYTES = 256 * 1024 * 1024
 _HEADER = struct.Struct("<4sBBiIIIQQI")  # magic dtype bits offset rows cols frames start len zlen
 _DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 3: np.dtype("<i2")}
+DTYPES = _DTYPES  # the stored word types, by the code records carry
 
 PIXEL_DATA = 0x7FE00010
 ROWS, COLUMNS = 0x00280010, 0x00280011
@@ -157,6 +158,17 @@ def encode(data: bytes, effort: int, zstd_level: int = 3, check: bool = True) ->
     return header + rest + coded
 
 
+def check_other(framed: bytes, room: int, name: str) -> None:
+    """A record's zstd'd other bytes may declare no more than ``room`` bytes: checked
+    before anything is allocated for them (zstd believes its frame's content size)."""
+    try:
+        declared = zstandard.frame_content_size(framed)
+    except zstandard.ZstdError as exc:
+        raise RemoteProtocolError(f"{name} record does not decode: {exc}") from exc
+    if declared > room:
+        raise RemoteProtocolError(f"{name} record's other bytes are larger than its file")
+
+
 def decode(record: bytes, max_size: int = 1 << 62) -> bytes:
     """Rebuild the original file (at most ``max_size`` bytes) from a ``dicom-jxl`` record."""
     if len(record) < _HEADER.size:
@@ -171,12 +183,7 @@ def decode(record: bytes, max_size: int = 1 << 62) -> bytes:
     # what each part declares is checked before anything is allocated for it: a
     # decoder believes the sizes a record states (zstd's frame content size, JPEG XL's
     # size header), whatever our own header says
-    try:
-        declared = zstandard.frame_content_size(framed)
-    except zstandard.ZstdError as exc:
-        raise RemoteProtocolError(f"dicom-jxl record does not decode: {exc}") from exc
-    if declared > max_size - length:
-        raise RemoteProtocolError("dicom-jxl record's other bytes are larger than its file")
+    check_other(framed, max_size - length, "dicom-jxl")
     if jxl_size(codestream) != (cols, frames * rows):
         raise RemoteProtocolError("dicom-jxl record's image does not match its header")
     try:

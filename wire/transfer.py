@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -168,15 +170,33 @@ class _Outgoing:
     acked: RangeSet
     verified: bool = False
     awaiting: bool = True  # no chunk goes until the hub answered the manifest
+    preview: bool = False  # a lossy preview: before any other chunk of its priority
+    awaiting_since: float | None = None  # when chunks were first asked for while awaiting
+    held_since: float | None = None  # when the hub was first seen holding every chunk
+    whole_since: float | None = None  # the same, kept across manifests sent again
+
+    @property
+    def urgency(self) -> tuple[int, bool]:
+        """Lower goes first: STAT before routine, a preview before the rest."""
+        return self.priority.rank, not self.preview
+
+
+HOLD_SECONDS = 60.0  # the longest a transfer awaiting its manifest's answer holds the window
+RATE_SECONDS = 2.0  # what is in flight: about this long at the rate the hub acknowledges
+RATE_SPAN = 10.0  # the rate is measured over about this long of sending
+MIN_WINDOW = 2
 
 
 class Uplink:
     """Which chunk the box sends next, given the hub's acks and an in-flight window.
 
-    STAT transfers go before routine ones at chunk granularity; within a priority, the
-    oldest queued first. A chunk the hub acknowledged is never handed out again.
-    In-flight chunks are those handed out and not yet acked; one unacked longer than
-    ``ack_timeout`` seconds may go again.
+    STAT transfers go before routine ones at chunk granularity; within a priority,
+    lossy previews first, then the oldest queued first. While a more urgent transfer
+    waits for the hub's answer to its manifest, no less urgent chunk is handed out
+    (for at most HOLD_SECONDS), so the window is free when its chunks may go. A chunk
+    the hub acknowledged is never handed out again. In-flight chunks are those handed
+    out and not yet acked; one unacked longer than ``ack_timeout`` seconds may go
+    again.
 
     A transfer's chunks go only after the hub has answered its manifest on this
     connection (a *fresh* ack): after any disconnect, broker restart or reboot,
@@ -191,12 +211,19 @@ class Uplink:
         self.ack_timeout = ack_timeout
         self.transfers: dict[str, _Outgoing] = {}
         self.in_flight: dict[tuple[str, int], float] = {}  # -> when handed out
+        self.acked_total = 0  # chunks newly acknowledged, ever
+        self._samples: deque[tuple[float, int]] = deque()  # (when, acked_total) sending
 
     def queue(self, manifest: Manifest, seq: int) -> None:
         if manifest.transfer_id in self.transfers:
             return  # idempotent: queueing again changes nothing
         self.transfers[manifest.transfer_id] = _Outgoing(
-            manifest.transfer_id, manifest.priority, seq, manifest.chunk_count, RangeSet()
+            manifest.transfer_id,
+            manifest.priority,
+            seq,
+            manifest.chunk_count,
+            RangeSet(),
+            preview=manifest.preview is not None,
         )
 
     def set_priority(self, transfer_id: str, priority: Priority) -> None:
@@ -210,19 +237,22 @@ class Uplink:
         ``only``: hand out chunks of transfers of that priority alone (outside a sync
         window, STAT may still go)."""
         self._expire(now)
-        room = self.window - len(self.in_flight)
+        order = sorted(
+            (t for t in self.transfers.values() if not t.verified),
+            key=lambda t: (t.urgency, t.seq),
+        )
+        held = self._held_for(order, now)
+        room = self.effective_window(now) - len(self.in_flight)
         if limit is not None:
             room = min(room, limit)
         out: list[tuple[str, int]] = []
         if room <= 0:
             return out
-        order = sorted(
-            (t for t in self.transfers.values() if not t.verified),
-            key=lambda t: (t.priority.rank, t.seq),
-        )
         for t in order:
             if t.awaiting or (only is not None and t.priority is not only):
                 continue
+            if held is not None and t.urgency > held:
+                break  # the window is kept for a more urgent transfer's first chunks
             for i in t.acked.missing(t.chunk_count):
                 if (t.transfer_id, i) in self.in_flight:
                     continue
@@ -231,6 +261,36 @@ class Uplink:
                 if len(out) >= room:
                     return out
         return out
+
+    def effective_window(self, now: float) -> int:
+        """``window``, or fewer chunks on a slow link: about RATE_SECONDS of what the
+        hub acknowledged over the last RATE_SPAN seconds of sending, at least
+        MIN_WINDOW. Chunks handed out cannot be called back, so on a 256 kbit/s link a
+        window of 8 chunks of 128 KiB would put half a minute in front of a STAT study.
+        A window that limits the rate grows (RATE_SECONDS is above any round trip)."""
+        if not self.in_flight:
+            self._samples.clear()  # idle: no measure of the link
+        if not self._samples or now - self._samples[-1][0] >= 0.5:
+            self._samples.append((now, self.acked_total))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_SPAN:
+            self._samples.popleft()
+        since, acked = self._samples[0]
+        if now - since < RATE_SPAN / 2:
+            return self.window  # not measured yet
+        rate = (self.acked_total - acked) / (now - since)
+        return max(MIN_WINDOW, min(self.window, math.ceil(rate * RATE_SECONDS)))
+
+    def _held_for(self, order: list[_Outgoing], now: float) -> tuple[int, bool] | None:
+        """The urgency of the most urgent transfer still waiting for the hub's answer to
+        its manifest, for at most HOLD_SECONDS: no less urgent chunk goes meanwhile, so
+        its first chunks do not queue behind a whole window handed out in the wait."""
+        for t in order:
+            if t.awaiting:
+                if t.awaiting_since is None:
+                    t.awaiting_since = now
+                if now - t.awaiting_since < HOLD_SECONDS:
+                    return t.urgency
+        return None
 
     def _expire(self, now: float) -> None:
         for key, sent in list(self.in_flight.items()):
@@ -247,7 +307,7 @@ class Uplink:
         waiting = []
         for t in self.transfers.values():
             if not t.verified:
-                t.awaiting = True
+                t.awaiting, t.awaiting_since = True, None
                 waiting.append(t.transfer_id)
         return waiting
 
@@ -261,6 +321,31 @@ class Uplink:
             for t in self.transfers.values()
             if not t.verified
         ]
+
+    def stalled(self, now: float, after: float) -> list[str]:
+        """Transfers whose every chunk the hub has held for ``after`` seconds without
+        verifying them (a hub waiting for a preview, or one that missed its moment):
+        their manifest may go again, which makes the hub look again. Each comes back
+        at most once per ``after``."""
+        out = []
+        for t in self.transfers.values():
+            whole = not t.verified and len(t.acked) >= t.chunk_count
+            t.whole_since = (now if t.whole_since is None else t.whole_since) if whole else None
+            if not whole or t.awaiting:
+                t.held_since = None
+            elif t.held_since is None:
+                t.held_since = now
+            elif now - t.held_since >= after:
+                t.held_since = now
+                out.append(t.transfer_id)
+        return out
+
+    def held_whole_for(self, transfer_id: str, now: float) -> float:
+        """Seconds since ``stalled`` first saw the hub hold every chunk of the transfer
+        without verifying it, through manifests sent again and reconnections (0: not
+        so, or forgotten)."""
+        t = self.transfers.get(transfer_id)
+        return now - t.whole_since if t is not None and t.whole_since is not None else 0.0
 
     def forget(self, transfer_id: str) -> None:
         self.transfers.pop(transfer_id, None)
@@ -298,6 +383,7 @@ class Uplink:
                 self.in_flight.pop((t.transfer_id, i), None)
         events: list[Any] = []
         if len(t.acked) > before:
+            self.acked_total += len(t.acked) - before
             events.append(ChunksAcked(t.transfer_id, len(t.acked) - before))
         if ack.get("verified") is True and len(t.acked) == t.chunk_count and not t.verified:
             t.verified = True
@@ -318,6 +404,7 @@ class Uplink:
                         "chunk_count": t.chunk_count,
                         "acked": t.acked.to_json(),
                         "verified": t.verified,
+                        "preview": t.preview,
                     }
                     for t in self.transfers.values()
                 ],
@@ -336,5 +423,6 @@ class Uplink:
                 t["chunk_count"],
                 RangeSet.from_json(t["acked"], t["chunk_count"]),
                 t["verified"],
+                preview=bool(t.get("preview", False)),
             )
         return u

@@ -13,6 +13,8 @@ from wire.errors import RemoteProtocolError
 from wire.manifest import Manifest, Priority
 from wire.ranges import RangeSet
 from wire.transfer import (
+    HOLD_SECONDS,
+    MIN_WINDOW,
     ChunkAccepted,
     ChunkDuplicated,
     ChunkRejected,
@@ -102,6 +104,113 @@ def test_packing_streams_in_bounded_memory():
         biggest = max(biggest, len(p._buf))
         p.chunks()
     assert biggest < 32 * 1024
+
+
+def test_a_preview_goes_before_any_other_chunk_of_its_priority():
+    """Within a priority, lossy previews first (even before an older lossless transfer);
+    a routine study's preview still waits behind STAT. The order survives a restart."""
+
+    def queued(tid: str, seq: int, priority: Priority, preview: bool) -> None:
+        extra = {"preview": {"method": "ISO_15444_1", "ratio": 12.0, "of": 1}} if preview else {}
+        meta = {**META, "priority": priority, "extra": extra}
+        m, _ = pack_bytes(
+            [(f"1.2.{seq}", random.randbytes(9000))], chunk_size=4096, transfer_id=tid, **meta
+        )
+        assert (m.preview is not None) is preview
+        up.queue(Manifest.from_json(m.to_json()), seq=seq)
+        up.receive_ack({"transfer_id": tid, "held": []}, fresh=True)
+
+    up = Uplink(window=20)
+    queued("routine-preview", 1, Priority.ROUTINE, True)
+    queued("stat-lossless-older", 2, Priority.STAT, False)
+    queued("stat-preview", 3, Priority.STAT, True)
+    queued("stat-lossless", 4, Priority.STAT, False)
+    queued("routine-lossless", 0, Priority.ROUTINE, False)
+    order = ["stat-preview", "stat-lossless-older", "stat-lossless", "routine-preview",
+             "routine-lossless"]  # fmt: skip
+    got = [t for t, _ in up.next_chunks(now=0)]
+    assert list(dict.fromkeys(got)) == order
+    again = Uplink.from_json(up.to_json())
+    for t in again.transfers.values():
+        t.awaiting = False
+    assert list(dict.fromkeys(t for t, _ in again.next_chunks(now=0))) == order
+
+
+def test_a_transfer_held_whole_but_never_verified_is_announced_again():
+    """The hub holds every chunk but has not verified (it waits for a preview): after
+    ``after`` seconds the box sends the manifest again, then once per ``after``."""
+    m, _ = pack_bytes([("1.2.1", random.randbytes(9000))], chunk_size=4096,
+                      transfer_id="t", **META)  # fmt: skip
+    up = Uplink(window=8)
+    up.queue(m, seq=1)
+    assert up.stalled(0, 60) == []  # awaiting its manifest's answer: another rule
+    up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
+    up.next_chunks(now=1)
+    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]})
+    assert up.stalled(2, 60) == []  # not all held yet
+    up.receive_ack({"transfer_id": "t", "held": [[0, m.chunk_count]]})
+    assert up.stalled(10, 60) == [] and up.stalled(69, 60) == []
+    assert up.stalled(70, 60) == ["t"]
+    assert up.stalled(100, 60) == [] and up.stalled(130, 60) == ["t"]
+    # how long it has been so counts from the first time seen, through a reconnection
+    assert up.held_whole_for("t", 130) == 120
+    assert up.reconnected() == ["t"] and up.stalled(140, 60) == []
+    up.receive_ack({"transfer_id": "t", "held": [[0, m.chunk_count]]}, fresh=True)
+    assert up.stalled(150, 60) == [] and up.held_whole_for("t", 150) == 140
+    up.receive_ack({"transfer_id": "t", "held": [[0, m.chunk_count]], "verified": True})
+    assert up.stalled(500, 60) == [] and up.held_whole_for("t", 500) == 0
+
+
+def test_the_window_waits_for_a_more_urgent_transfers_manifest_answer():
+    """A STAT study queued while routine chunks go: until the hub answers its manifest
+    no routine chunk is handed out, so the STAT chunks do not queue behind a window of
+    routine ones; a manifest never answered holds the window HOLD_SECONDS at most."""
+    up = Uplink(window=4)
+    routine, _ = pack_bytes(
+        [("1.2.1", random.randbytes(90_000))], chunk_size=4096, transfer_id="routine", **META
+    )
+    up.queue(routine, seq=1)
+    up.receive_ack({"transfer_id": "routine", "held": []}, fresh=True)
+    assert len(up.next_chunks(now=0)) == 4
+    stat, _ = pack_bytes([("1.2.2", random.randbytes(9000))], chunk_size=4096,
+                         transfer_id="stat", **{**META, "priority": Priority.STAT})  # fmt: skip
+    up.queue(stat, seq=2)
+    up.receive_ack({"transfer_id": "routine", "held": [[0, 2]]})  # two places free
+    assert up.next_chunks(now=1) == []  # kept for the STAT study
+    up.receive_ack({"transfer_id": "stat", "held": []}, fresh=True)
+    assert up.next_chunks(now=2) == [("stat", 0), ("stat", 1)]
+    # a manifest the hub does not answer (refused for now) holds routine chunks a while
+    late, _ = pack_bytes([("1.2.3", random.randbytes(9000))], chunk_size=4096,
+                         transfer_id="late", **{**META, "priority": Priority.STAT})  # fmt: skip
+    up.queue(late, seq=3)
+    up.receive_ack({"transfer_id": "stat", "held": [[0, 3]]})  # stat's 3 chunks all in
+    assert up.next_chunks(now=10) == []
+    up.receive_ack({"transfer_id": "routine", "held": [[0, 4]]})
+    assert up.next_chunks(now=10 + HOLD_SECONDS) == [("routine", i) for i in range(4, 8)]
+
+
+def test_the_window_shrinks_to_a_slow_links_rate_and_grows_back():
+    """About RATE_SECONDS of what the hub acknowledges is in flight, at least
+    MIN_WINDOW: 256 kbit/s (a 128 KiB chunk every 4 s) keeps 2 chunks out, not 8."""
+    up = Uplink(window=8)
+    m, _ = pack_bytes([("1.2.1", random.randbytes(4096 * 200))], chunk_size=4096,
+                      transfer_id="t", **META)  # fmt: skip
+    up.queue(m, seq=1)
+    up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
+    assert len(up.next_chunks(now=0)) == 8  # nothing measured yet: the whole window
+    acked = 0
+    for step in range(1, 25):  # one chunk acknowledged every 4 s
+        if step % 4 == 0:
+            acked += 1
+            up.receive_ack({"transfer_id": "t", "held": [[0, acked]]})
+        up.next_chunks(now=step)
+    assert up.effective_window(now=24) == MIN_WINDOW
+    assert len(up.in_flight) <= 8  # what went before the measure stays out
+    for step in range(25, 45):  # the link is fast again: 10 chunks a second
+        acked = min(acked + 10, 200)
+        up.receive_ack({"transfer_id": "t", "held": [[0, acked]]})
+        up.next_chunks(now=step)
+    assert up.effective_window(now=45) == 8
 
 
 def test_stat_preempts_routine_at_chunk_granularity():
