@@ -71,7 +71,8 @@ def sign_report(report_id: str) -> Any:
     who = who if isinstance(who, str) and who else None
     # an admin's script may sign for the draft's radiologist; a radiologist signs as themself
     signer = _acting_for(who) if who or g.role != "admin" else None
-    signed = reports.sign(request_store(), report_id, signer)
+    allowed = bool(current_app.config["RADSETU"]["reading"]["sign_on_preview"])
+    signed = reports.sign(request_store(), report_id, signer, on_preview=allowed)
     access.audit(request_store(), "sign", signed.get("study_uid", ""), f"report {report_id}")
     return jsonify(signed)
 
@@ -107,7 +108,7 @@ def _instance_key(study_uid: str, sop_uid: str) -> str:
     row = (
         request_store()
         .db.execute(
-            "SELECT path FROM instances WHERE study_uid=? AND sop_instance_uid=? "
+            "SELECT path FROM shown_instances WHERE study_uid=? AND sop_instance_uid=? "
             "ORDER BY stored_at DESC LIMIT 1",
             [study_uid, sop_uid],
         )

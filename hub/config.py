@@ -71,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
     # the OHIF viewer's installed build (radsetu hub install-viewer); empty: none, and
     # the worklist opens studies in the built-in viewer
     "viewer": {"ohif_dir": ""},
+    # a report may be signed on a STAT study's lossy preview (it then says so); by
+    # default signing waits for the lossless images
+    "reading": {"sign_on_preview": False},
     "retention": {
         "box_history_days": 90,
     },

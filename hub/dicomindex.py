@@ -82,7 +82,8 @@ def _number(i: Instance) -> tuple[int, int]:
 
 def _instances(store: FileHubStore, key: str) -> list[Instance]:
     count, newest = store.db.execute(
-        "SELECT count(*), coalesce(max(stored_at), '') FROM instances WHERE study_uid=?", [key]
+        "SELECT count(*), coalesce(max(stored_at), '') FROM shown_instances WHERE study_uid=?",
+        [key],
     ).fetchone()
     tag = (key, int(count), str(newest))
     with _lock:
@@ -91,7 +92,7 @@ def _instances(store: FileHubStore, key: str) -> list[Instance]:
             return _cache[tag]
     found: dict[str, Instance] = {}
     rows = store.db.execute(
-        "SELECT sop_instance_uid, path FROM instances WHERE study_uid=? ORDER BY stored_at",
+        "SELECT sop_instance_uid, path FROM shown_instances WHERE study_uid=? ORDER BY stored_at",
         [key],
     ).fetchall()
     for sop, path in rows:

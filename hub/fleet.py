@@ -144,13 +144,21 @@ def _alerts(store: FileHubStore, box: dict, cfg: dict[str, Any], now: float) -> 
         alert("critical_unconfirmed", f"{b}: critical result of study {study} (report {rid}) "
               f"not confirmed since {opened}: call the clinic")  # fmt: skip
     cutoff = now - cfg["stall_seconds"]
-    for study, updated in store.db.execute(
-        "SELECT study_uid, updated FROM transfers WHERE box_id=? AND state != 'verified'",
+    for study, updated, state in store.db.execute(
+        "SELECT study_uid, updated, state FROM transfers WHERE box_id=? AND state != 'verified'",
         [b],
     ).fetchall():
         t = _ts(updated)
         if box["online"] and t is not None and t < cutoff:
-            alert("stalled_transfer", f"{b}: transfer of study {study} stalled since {updated}")
+            why = (
+                ": every chunk is in, and it waits for the preview its records complete "
+                "(see docs/preview.md)"
+                if state == "complete"
+                else ""
+            )
+            alert(
+                "stalled_transfer", f"{b}: transfer of study {study} stalled since {updated}{why}"
+            )
     return out
 
 

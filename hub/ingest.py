@@ -12,11 +12,12 @@ import logging
 import threading
 from typing import Any
 
+from common.preview import codestream_of
 from hub import reading
 from hub.store import HubStore, InstanceFile
 from hub.studykeys import study_key
 from wire.codec import InstanceBytes, InstanceVerified, Unpacker
-from wire.errors import RemoteProtocolError
+from wire.errors import PreviewMissing, RemoteProtocolError
 from wire.manifest import Manifest
 from wire.packfile import MAGIC, header_length
 from wire.transfer import ChunkAccepted, ChunkRejected, Reception, State, TransferComplete
@@ -84,6 +85,10 @@ def take_manifest(
     with _lock, store.transaction(manifest.transfer_id):
         known = _load(store, manifest.transfer_id)
         if known is not None:
+            if known.state is State.COMPLETE:  # waiting for a preview: is it in now?
+                _finish(store, known)
+                if known.state is not State.COMPLETE:  # else its stall stays visible
+                    _save(store, known, source)
             return known.ack()
         if quota_bytes is not None:
             held = store.bytes_in_progress(manifest.box_id)
@@ -105,6 +110,32 @@ def take_manifest(
         manifest.priority.value,
     )
     return r.ack()
+
+
+def finished_with(store: HubStore, ack: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """After ``take_chunk``'s ``ack``: when it verified a transfer, the acks of the box's
+    transfers of that study that were waiting for a preview and are verified now (the
+    preview is in, or the box sent their images whole instead)."""
+    if not ack.get("verified") or ack.get("unknown"):
+        return []
+    r = _load(store, ack["transfer_id"])
+    if r is None:
+        return []
+    return _retry_waiting(store, r.manifest.box_id, r.manifest.study_uid, source)
+
+
+def _retry_waiting(store: HubStore, box_id: str, study_uid: str, source: str) -> list[Any]:
+    acks = []
+    for tid in store.waiting_transfers(box_id, study_uid):
+        with _lock, store.transaction(tid):
+            r = _load(store, tid)
+            if r is None or r.state is not State.COMPLETE:
+                continue
+            _finish(store, r)
+            if r.state is not State.COMPLETE:
+                _save(store, r, source)
+                acks.append(r.ack())
+    return acks
 
 
 def take_chunk(
@@ -166,11 +197,10 @@ def _chunks_of(m: Manifest, offset: int, size: int) -> list[int]:
     return list(range(first, min(last, m.chunk_count - 1) + 1))
 
 
-def _finish(store: HubStore, r: Reception) -> None:
-    m = r.manifest
-    unpacker = Unpacker(m)
-    key = study_key(store, m.box_id, m.study_uid)
+def _keep_all(store: HubStore, m: Manifest, key: str, unpacker: Unpacker) -> None:
+    """Unpack the transfer's chunks and keep each instance as its SHA-256 verifies."""
     current: dict[str, InstanceFile] = {}  # written to disk piece by piece
+    lossy = m.preview is not None  # a STAT study's preview: kept until its lossless
     try:
         for i in range(m.chunk_count):
             for ev in unpacker.feed_chunk(i, store.get_chunk(m.transfer_id, i)):
@@ -181,16 +211,37 @@ def _finish(store: HubStore, r: Reception) -> None:
                 elif isinstance(ev, InstanceVerified):
                     e = ev.entry
                     part = current.pop(e.sop_instance_uid, None) or store.new_instance()
-                    store.keep_instance(
-                        {
-                            "sop_instance_uid": e.sop_instance_uid,
-                            "sha256": e.sha256,
-                            "study_uid": key,
-                            "box_id": m.box_id,
-                            "transfer_id": m.transfer_id,
-                        },
-                        part,
-                    )
+                    if lossy and store.has_lossless(key, e.sop_instance_uid):
+                        part.discard()  # the preview came after its lossless instance
+                        continue
+                    row = {"sop_instance_uid": e.sop_instance_uid, "sha256": e.sha256,
+                           "study_uid": key, "box_id": m.box_id,
+                           "transfer_id": m.transfer_id, "lossy": lossy}  # fmt: skip
+                    store.keep_instance(row, part)
+    finally:
+        for part in current.values():  # what a failure left half written
+            part.discard()
+
+
+def _finish(store: HubStore, r: Reception) -> None:
+    m = r.manifest
+    key = study_key(store, m.box_id, m.study_uid)
+    lossy = m.preview is not None
+    unpacker = Unpacker(m, previews=lambda sop: _preview_codestream(store, key, sop))
+    try:
+        _keep_all(store, m, key, unpacker)
+    except PreviewMissing as exc:
+        if all(store.has_lossless(key, e.sop_instance_uid) for e in m.instances):
+            # the box gave up waiting and sent these images whole, in another transfer
+            log.info("box %s transfer %s: its images came whole in another transfer; done",
+                     m.box_id, m.transfer_id)  # fmt: skip
+            r.verified()
+            store.drop_chunks(m.transfer_id)
+            return
+        # its previews are on their way (they go first) or in a transfer not verified
+        # yet: it stays complete, and is finished when one of them is verified
+        log.warning("box %s transfer %s waits for its preview: %s", m.box_id, m.transfer_id, exc)
+        return
     except RemoteProtocolError as exc:
         bad = unpacker.current_entry
         chunks = _chunks_of(m, bad.offset, bad.encoded_size) if bad else []
@@ -203,11 +254,10 @@ def _finish(store: HubStore, r: Reception) -> None:
         )
         r.failed(chunks)
         return
-    finally:
-        for part in current.values():  # what a failure left half written
-            part.discard()
     r.verified()
     store.drop_chunks(m.transfer_id)
+    if not lossy and (dropped := store.drop_replaced_previews(key)):
+        log.info("study %s: %d preview instances replaced by lossless ones", key, dropped)
     try:
         reading.study_verified(store, m, key)
     except Exception:  # the study is safe; the reading room's summary can be rebuilt
@@ -219,6 +269,18 @@ def _finish(store: HubStore, r: Reception) -> None:
         len(m.instances),
         m.transfer_id,
     )
+
+
+def _preview_codestream(store: HubStore, key: str, sop_instance_uid: str) -> bytes | None:
+    data = store.preview_file(key, sop_instance_uid)
+    if data is None:
+        return None
+    try:
+        return codestream_of(data)
+    except ValueError as exc:
+        log.error("study %s instance %s: the preview held does not read: %s", key,
+                  sop_instance_uid, exc)  # fmt: skip
+        return None
 
 
 def import_pack(store: HubStore, pack_file: str) -> dict[str, Any]:

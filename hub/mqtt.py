@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
 from hub import critical, reading, reports
-from hub.ingest import take_chunk, take_manifest
+from hub.ingest import finished_with, take_chunk, take_manifest
 from hub.jobs import Jobs, Notifier
 from hub.store import FileHubStore, open_store
 from hub.studykeys import study_key
@@ -203,6 +203,7 @@ class Ingest:
             if isinstance(up, ManifestReceived):
                 quota = self.config["ingest"]["box_quota_bytes"]
                 ack = take_manifest(self.store, up.raw, source, box_id=box_id, quota_bytes=quota)
+                also: list[dict[str, Any]] = []
             else:
                 ack = take_chunk(
                     self.store,
@@ -213,20 +214,27 @@ class Ingest:
                     box_id=box_id,
                     attempt=up.attempt,
                 )
+                also = finished_with(self.store, ack, source)
         except RemoteProtocolError as exc:
             log.warning("box %s: refused a message on %s: %s", box_id, leaf, exc)
             self.store.touch_box(box_id, rejection=str(exc)[:500])
             return
-        props = Properties(PacketTypes.PUBLISH)
+        self._send_acks(box_id, msg, [ack, *also])
+
+    def _send_acks(self, box_id: str, msg: mqtt.MQTTMessage, acks: list[dict[str, Any]]) -> None:
+        """The ack of the message, with its correlation data; then those of transfers
+        that waited for the preview this message completed."""
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-        if corr:
-            props.CorrelationData = corr
-        self.client.publish(
-            frames.topic(box_id, frames.DOWN_ACK),
-            json.dumps(ack, separators=(",", ":")),
-            qos=1,
-            properties=props,
-        )
+        for n, ack in enumerate(acks):
+            props = Properties(PacketTypes.PUBLISH)
+            if corr and n == 0:  # the others answer no message of the box's
+                props.CorrelationData = corr
+            self.client.publish(
+                frames.topic(box_id, frames.DOWN_ACK),
+                json.dumps(ack, separators=(",", ":")),
+                qos=1,
+                properties=props,
+            )
 
     def _clinic_confirmed(self, box_id: str, up: ReportAcked) -> None:
         """The clinic's staff told the doctor of the critical finding (a read-back)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +25,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
 
 from common.web import csp_nonce
-from hub import dicomindex
+from hub import dicomindex, reading
 from hub.db import request_store
 
 ohif = Blueprint("ohif", __name__, url_prefix="/ohif")
@@ -101,18 +102,41 @@ def _index(path: Path, mtime: float) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _root() -> str:
-    """The DICOMweb root for this page: the clinic of the first study it opens."""
-    first = request.args.get("StudyInstanceUIDs", "").split(",")[0].strip()
-    if not first:
-        return "/dicomweb"
-    # the study's row alone (its headers are read when OHIF asks for them)
-    rows = dicomindex.visible_rows(request_store(), key=first)
+def _row(uid: str) -> dict[str, Any] | None:
+    """A study's row (its headers are read only when OHIF asks for them)."""
+    rows = dicomindex.visible_rows(request_store(), key=uid)
     found = rows[0] if rows else None
-    if found is None and first.startswith("2.25."):  # a second clinic's study
-        twin = dicomindex.study(request_store(), first)
+    if found is None and uid.startswith("2.25."):  # a second clinic's study
+        twin = dicomindex.study(request_store(), uid)
         found = twin.row if twin else None
-    return f"/dicomweb/clinics/{quote(found['box_id'], safe='')}" if found else "/dicomweb"
+    return found
+
+
+def _opened() -> list[dict[str, Any]]:
+    """The rows of the studies the page opens, the first first."""
+    uids = [u.strip() for u in request.args.get("StudyInstanceUIDs", "").split(",")]
+    return [row for uid in uids[:8] if uid and (row := _row(uid)) is not None]
+
+
+def _root(first: dict[str, Any] | None) -> str:
+    """The DICOMweb root for this page: the clinic of the first study it opens."""
+    return f"/dicomweb/clinics/{quote(first['box_id'], safe='')}" if first else "/dicomweb"
+
+
+def _banner(rows: list[dict[str, Any]]) -> str:
+    """A banner over the viewer while any study it opens is shown from its preview."""
+    lossy = [p for row in rows if (p := reading.preview_of(request_store(), row["study_uid"]))]
+    if not lossy:
+        return ""
+    text = html_escape(
+        f"LOSSY PREVIEW ({lossy[0]}): the lossless images are on their way; "
+        "reload this page once they are in"
+    )
+    return (
+        '<div id="radsetu-lossy-preview" role="alert" style="position:fixed;top:0;left:50%;'
+        "transform:translateX(-50%);z-index:100000;background:#b00020;color:#fff;"
+        f'padding:4px 14px;font:bold 14px sans-serif;border-radius:0 0 6px 6px">{text}</div>'
+    )
 
 
 def _page(dist: Path) -> Response:
@@ -121,10 +145,12 @@ def _page(dist: Path) -> Response:
     html = _index(index, index.stat().st_mtime)
     nonce = csp_nonce()
     html = re.sub(r"<script(?=[\s>])", f'<script nonce="{nonce}"', html)
-    root = json.dumps(_root()).replace("<", "\\u003c")
+    opened = _opened()
+    root = json.dumps(_root(opened[0] if opened else None)).replace("<", "\\u003c")
     html = html.replace(
         "<head>", f'<head><script nonce="{nonce}">window.radsetuDicomweb = {root};</script>', 1
     )
+    html = re.sub(r"(<body[^>]*>)", lambda m: m[1] + _banner(opened), html, count=1)
     r = Response(html, mimetype="text/html")
     r.headers["Cache-Control"] = "no-store"
     return _secured(r)

@@ -55,7 +55,7 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
     the hub's key for the study (hub/studykeys.py), its UID unless another box has it."""
     key = key or m.study_uid
     row = store.db.execute(
-        "SELECT path FROM instances WHERE study_uid=? ORDER BY stored_at LIMIT 1", [key]
+        "SELECT path FROM shown_instances WHERE study_uid=? ORDER BY stored_at LIMIT 1", [key]
     ).fetchone()
     with store.blobs.local(row[0]) as path:
         info, _ = index_existing(path)
@@ -88,6 +88,7 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
         },
     )
     _what_the_clinic_sent(store, key, m.box_id, extra, info.birth_date)
+    _preview_state(store, key, m)
     hint = store.db.execute(
         "SELECT priority, clinical_note, referrer FROM study_hints WHERE study_uid=? AND box_id=?",
         [key, m.box_id],
@@ -95,6 +96,29 @@ def study_verified(store: FileHubStore, m: Manifest, key: str | None = None) -> 
     if hint is not None:  # the clinic's word came before the study did
         clinic_update(store, m.box_id, key, hint[0], hint[1], json.loads(hint[2] or "null"))
         store.db.execute("DELETE FROM study_hints WHERE study_uid=?", [key])
+
+
+def _preview_state(store: FileHubStore, key: str, m: Manifest) -> None:
+    """The study is shown from a lossy preview while any instance shown is one."""
+    lossy = store.db.execute(
+        "SELECT count(*) FROM shown_instances WHERE study_uid=? AND lossy=1", [key]
+    ).fetchone()[0]
+    if not lossy:
+        store.db.execute("UPDATE hub_studies SET preview_ratio=NULL WHERE study_uid=?", [key])
+    elif m.preview is not None:
+        ratio = m.preview.get("ratio")
+        ratio = float(ratio) if isinstance(ratio, int | float) and 1 <= ratio <= 1000 else 0.0
+        store.db.execute("UPDATE hub_studies SET preview_ratio=? WHERE study_uid=?", [ratio, key])
+
+
+def preview_of(store: FileHubStore, study_uid: str) -> str | None:
+    """ "JPEG 2000, up to 12:1" while the study is shown from its lossy preview."""
+    row = store.db.execute(
+        "SELECT preview_ratio FROM hub_studies WHERE study_uid=?", [study_uid]
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return f"JPEG 2000, up to {row[0]:.0f}:1" if row[0] else "JPEG 2000"
 
 
 def _what_the_clinic_sent(

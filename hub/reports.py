@@ -80,7 +80,14 @@ def update_draft(store: FileHubStore, report_id: str, body: dict[str, Any]) -> d
     return get(store, report_id)
 
 
-def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) -> dict[str, Any]:
+def sign(
+    store: FileHubStore,
+    report_id: str,
+    radiologist: str | None = None,
+    on_preview: bool = False,
+) -> dict[str, Any]:
+    """Sign a draft. While the study is shown from its lossy preview, only when
+    ``on_preview`` (the hub's ``reading.sign_on_preview``), and the report says so."""
     current = get(store, report_id)
     if current["state"] != "draft":
         raise HubError("the report is already signed", 409)
@@ -89,14 +96,22 @@ def sign(store: FileHubStore, report_id: str, radiologist: str | None = None) ->
         raise HubError("a report is signed by a named radiologist")
     if not (current["findings"].strip() or current["impression"].strip()):
         raise HubError("an empty report cannot be signed")
+    preview = reading.preview_of(store, current["study_uid"])
+    if preview and not on_preview:
+        raise HubError(
+            f"the images are a lossy preview ({preview}); the report can be drafted now "
+            "and signed once the lossless images are in",
+            409,
+        )
     signed_at = utcnow()
     with store.db.atomic():  # signed, its PDF and its delivery: all or nothing
         store.db.execute(
-            "UPDATE reports SET state='signed', radiologist=?, signed_at=? "
+            "UPDATE reports SET state='signed', radiologist=?, signed_at=?, on_preview=? "
             "WHERE report_id=? AND version=1",
-            [who, signed_at, report_id],
+            [who, signed_at, preview, report_id],
         )
-        _finish(store, {**current, "radiologist": who, "signed_at": signed_at})
+        signed = {"radiologist": who, "signed_at": signed_at, "on_preview": preview}
+        _finish(store, {**current, **signed})
         reading.mark(store, current["study_uid"], "signed_at")
     log.info("report %s of study %s signed by %s", report_id, current["study_uid"], who)
     return get(store, report_id)
@@ -186,6 +201,14 @@ def render_pdf(store: FileHubStore, r: dict[str, Any]) -> bytes:
     ):
         if value:
             blocks.append(("line", f"{h(label)}: {value}"))
+    if r.get("on_preview"):
+        blocks.append(
+            (
+                "line",
+                f"{h('Read on a lossy preview')}: {r['on_preview']}; "
+                "the lossless images had not arrived when this report was signed",
+            )
+        )
     if r.get("critical"):
         blocks.append(("heading", h("CRITICAL FINDING - act on this report now")))
     blocks += [

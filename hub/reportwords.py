@@ -25,6 +25,7 @@ WORDS: dict[str, dict[str, str]] = {
         "Accession number": "ऑर्डर संख्या",
         "Referred by": "भेजने वाले डॉक्टर",
         "Clinical question": "क्लिनिकल प्रश्न",
+        "Read on a lossy preview": "कम्प्रेस की गई प्रारंभिक छवियों पर पढ़ी गई",
     },
     "kn": {
         "Radiology report": "ರೇಡಿಯಾಲಜಿ ವರದಿ",
@@ -42,6 +43,7 @@ WORDS: dict[str, dict[str, str]] = {
         "Accession number": "ಆರ್ಡರ್ ಸಂಖ್ಯೆ",
         "Referred by": "ಕಳುಹಿಸಿದ ವೈದ್ಯರು",
         "Clinical question": "ಕ್ಲಿನಿಕಲ್ ಪ್ರಶ್ನೆ",
+        "Read on a lossy preview": "ಸಂಕುಚಿತ ಪ್ರಾಥಮಿಕ ಚಿತ್ರಗಳ ಮೇಲೆ ಓದಲಾಗಿದೆ",
     },
 }
 

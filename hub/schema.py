@@ -264,3 +264,20 @@ def m019_birth_date(db: sqlite_utils.Database) -> None:
     """The patient's birth date (DICOM YYYYMMDD, or empty): priors are the same patient's
     only when it agrees (hub/priors.py)."""
     db.execute("ALTER TABLE hub_studies ADD COLUMN patient_birth_date TEXT NOT NULL DEFAULT ''")
+
+
+@migrations()
+def m020_previews(db: sqlite_utils.Database) -> None:
+    """A STAT study's lossy preview (common/preview.py) is kept beside the lossless
+    instances until they arrive: ``instances.lossy`` marks it; ``shown_instances`` is
+    what viewers see (an instance's lossless version once it is in, else its preview);
+    ``hub_studies.preview_ratio`` is set while the study is shown from a preview;
+    ``reports.on_preview`` says what a report signed on a preview was read on."""
+    db.execute("ALTER TABLE instances ADD COLUMN lossy INTEGER NOT NULL DEFAULT 0")
+    db.execute("""
+        CREATE VIEW shown_instances AS
+        SELECT * FROM instances i WHERE i.lossy = 0 OR NOT EXISTS (
+            SELECT 1 FROM instances l WHERE l.study_uid = i.study_uid
+                AND l.sop_instance_uid = i.sop_instance_uid AND l.lossy = 0)""")
+    db.execute("ALTER TABLE hub_studies ADD COLUMN preview_ratio REAL")
+    db.execute("ALTER TABLE reports ADD COLUMN on_preview TEXT")

@@ -62,6 +62,10 @@ class HubStore(Protocol):
     def new_instance(self) -> InstanceFile: ...
     def keep_instance(self, row: dict[str, Any], part: InstanceFile) -> None: ...
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool: ...
+    def has_lossless(self, study_uid: str, sop_instance_uid: str) -> bool: ...
+    def drop_replaced_previews(self, study_uid: str) -> int: ...
+    def preview_file(self, study_uid: str, sop_instance_uid: str) -> bytes | None: ...
+    def waiting_transfers(self, box_id: str, study_uid: str) -> list[str]: ...
     def put_box_status(self, box_id: str, status: dict[str, Any], online: bool) -> bool: ...
     def touch_box(self, box_id: str, rejection: str | None = None, broker: str = "") -> None: ...
     def count_traffic(self, box_id: str, nbytes: int) -> None: ...
@@ -300,7 +304,7 @@ class FileHubStore:
             part.path.unlink(missing_ok=True)
         self.db.execute(
             """INSERT INTO instances(sop_instance_uid, sha256, study_uid, box_id, transfer_id,
-                   size, path, stored_at) VALUES (?,?,?,?,?,?,?,?)
+                   size, path, stored_at, lossy) VALUES (?,?,?,?,?,?,?,?,?)
                ON CONFLICT DO NOTHING""",
             [
                 row["sop_instance_uid"],
@@ -311,21 +315,68 @@ class FileHubStore:
                 part.size,
                 key,
                 utcnow(),
+                int(bool(row.get("lossy"))),
             ],
         )
+
+    def has_lossless(self, study_uid: str, sop_instance_uid: str) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM instances WHERE study_uid=? AND sop_instance_uid=? AND lossy=0",
+                [study_uid, sop_instance_uid],
+            ).fetchone()
+            is not None
+        )
+
+    def preview_file(self, study_uid: str, sop_instance_uid: str) -> bytes | None:
+        """The lossy preview of an instance, as its file, while the hub holds one."""
+        row = self.db.execute(
+            "SELECT path FROM instances WHERE study_uid=? AND sop_instance_uid=? AND lossy=1",
+            [study_uid, sop_instance_uid],
+        ).fetchone()
+        return self.blobs.get(row[0]) if row else None
+
+    def waiting_transfers(self, box_id: str, study_uid: str) -> list[str]:
+        """The box's transfers of the study whose every chunk is in but which are not
+        verified: those waiting for the previews their records complete."""
+        rows = self.db.execute(
+            "SELECT transfer_id FROM transfers WHERE box_id=? AND study_uid=? "
+            "AND state='complete' ORDER BY first_seen",
+            [box_id, study_uid],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def drop_replaced_previews(self, study_uid: str) -> int:
+        """Forget the study's lossy previews whose lossless instance is in (their rows,
+        then their files); returns how many went."""
+        rows = self.db.execute(
+            """SELECT sop_instance_uid, sha256, path FROM instances p
+               WHERE p.study_uid=? AND p.lossy=1 AND EXISTS (SELECT 1 FROM instances l
+                   WHERE l.study_uid=p.study_uid AND l.sop_instance_uid=p.sop_instance_uid
+                   AND l.lossy=0)""",
+            [study_uid],
+        ).fetchall()
+        for sop, sha, path in rows:
+            self.db.execute(
+                "DELETE FROM instances WHERE sop_instance_uid=? AND sha256=? AND lossy=1",
+                [sop, sha],
+            )
+            if not self.db.execute("SELECT 1 FROM instances WHERE path=?", [path]).fetchone():
+                self.blobs.delete(path)  # a crash before this leaves a file, never a row
+        return len(rows)
 
     def studies(self) -> Iterator[dict[str, Any]]:
         yield from self.db.query(
             """SELECT study_uid, box_id, count(*) AS instances, sum(size) AS bytes,
                       max(stored_at) AS last_stored
-               FROM instances GROUP BY study_uid, box_id ORDER BY last_stored DESC"""
+               FROM instances WHERE lossy=0 GROUP BY study_uid, box_id ORDER BY last_stored DESC"""
         )
 
     def study(self, study_uid: str) -> list[dict[str, Any]]:
         return list(
             self.db.query(
                 "SELECT sop_instance_uid, sha256, size, box_id, transfer_id, stored_at "
-                "FROM instances WHERE study_uid=? ORDER BY sop_instance_uid",
+                "FROM instances WHERE study_uid=? AND lossy=0 ORDER BY sop_instance_uid",
                 [study_uid],
             )
         )
@@ -339,7 +390,9 @@ class FileHubStore:
                 "chunks_held, payload_bytes, source, first_seen, updated, verified_at, "
                 "chunks_received, duplicates, resent_held, "
                 "coalesce(json_extract(manifest, '$.extra.coder_fallbacks'), 0) "
-                f"AS coder_fallbacks FROM transfers {where} ORDER BY updated DESC{bound}",
+                "AS coder_fallbacks, CASE WHEN json_extract(manifest, '$.extra.preview.of') "
+                "IS NULL THEN 'lossless' ELSE 'preview' END AS kind "
+                f"FROM transfers {where} ORDER BY updated DESC{bound}",
                 [*args, *more],
             )
         )

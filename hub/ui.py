@@ -15,6 +15,7 @@ from flask import (
     Blueprint,
     Flask,
     abort,
+    current_app,
     flash,
     g,
     redirect,
@@ -141,7 +142,7 @@ def worklist() -> Any:
 def _instances(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
     out = []
     for (rel,) in store.db.execute(
-        "SELECT path FROM instances WHERE study_uid=?", [study_uid]
+        "SELECT path FROM shown_instances WHERE study_uid=?", [study_uid]
     ).fetchall():
         with store.blobs.open(rel) as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -185,6 +186,8 @@ def read(study_uid: str) -> Any:
         critical=critical.of_study(store, study_uid),
         priors=priors.of_study(store, study_uid),
         ohif=ohif.available(),
+        preview=reading.preview_of(store, study_uid),
+        sign_on_preview=current_app.config["RADSETU"]["reading"]["sign_on_preview"],
     )
 
 
@@ -238,7 +241,8 @@ def save_report(store: FileHubStore, study_uid: str) -> Any:
     if request.form.get("action") != "sign":
         return "Draft saved.", here
     reading.claim(store, study_uid, session["user"])
-    reports.sign(store, r["report_id"], session["user"])
+    allowed = bool(current_app.config["RADSETU"]["reading"]["sign_on_preview"])
+    reports.sign(store, r["report_id"], session["user"], on_preview=allowed)
     return "Signed: the report is on its way to the clinic.", here
 
 
