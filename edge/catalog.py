@@ -90,7 +90,7 @@ def transfers(
         f"""SELECT transfer_id, study_uid, follow_up_of, state, chunk_count, chunk_size,
                    stream_bytes, payload_bytes, instance_count, acked, chunks_sent,
                    chunks_resent, created_at, first_sent_at, verified_at, coder_fallbacks,
-                   coder_fallback_reasons
+                   coder_fallback_reasons, kind
             FROM transfers {where} ORDER BY seq DESC LIMIT ?""",
         [*args, limit],
     ):

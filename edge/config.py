@@ -14,7 +14,28 @@ from typing import Any
 
 from common.config import Config, ConfigError, config_keys, read_config
 from common.mqtt import MQTT_DEFAULTS, validate_mqtt
+from common.ratios import parse_ratios
 from wire.pacing import parse_window
+
+# the largest compression ratio of a lossy preview, per modality and body part: the
+# Canadian Association of Radiologists' standard for irreversible compression (2008) for
+# CT neuro, CT chest and body, CR/DX chest and MR; CT, CR and DX elsewhere take the
+# lower figures here (ours, chosen to be safe); other modalities get no preview
+PREVIEW_RATIOS = [
+    "CT=12",
+    "CT HEAD=12",
+    "CT BRAIN=12",
+    "CT CHEST=15",
+    "CT ABDOMEN=15",
+    "CT PELVIS=15",
+    "CT ABDOMENPELVIS=15",
+    "CT CHESTABDOMEN=15",
+    "MR=24",
+    "CR CHEST=30",
+    "DX CHEST=30",
+    "CR=10",
+    "DX=10",
+]
 
 DEFAULTS: dict[str, Any] = {
     "box_id": "",  # empty: the machine's host name
@@ -61,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "max_instance_bytes": 4_000_000_000,
         "retention_days": 30,
     },
-    "mqtt": MQTT_DEFAULTS,
+    "mqtt": {**MQTT_DEFAULTS, "congestion_control": "bbr"},
     "sync": {
         "enabled": True,
         "chunk_bytes": 131072,
@@ -76,6 +97,9 @@ DEFAULTS: dict[str, Any] = {
         "status_seconds": 30,
         "reconnect_min_seconds": 1,
         "reconnect_max_seconds": 60,
+        "preview": "stat",
+        "preview_ratios": PREVIEW_RATIOS,
+        "rest_wait_seconds": 600,
     },
     "print": {
         "printer": "",
@@ -92,6 +116,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+_CC_RE = re.compile(r"^[a-z0-9_]{0,15}$")
 _BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -137,7 +162,17 @@ def _validate(v: dict[str, Any]) -> None:
     if v["store"]["retention_days"] < 0:
         raise ConfigError("store.retention_days: must be 0 (keep forever) or more")
     validate_mqtt(v["mqtt"], "mqtt")
-    s = v["sync"]
+    if not _CC_RE.match(v["mqtt"]["congestion_control"]):
+        raise ConfigError(
+            "mqtt.congestion_control: a kernel's name for it (bbr, cubic...) or empty"
+        )
+    _validate_sync(v["sync"])
+    for ae in v["stat"]["calling_ae_titles"]:
+        if not _AE_RE.match(ae):
+            raise ConfigError(f"stat.calling_ae_titles: {ae!r} is not a valid AE title")
+
+
+def _validate_sync(s: dict[str, Any]) -> None:
     if not 1024 <= s["chunk_bytes"] <= 8 * 1024 * 1024:
         raise ConfigError("sync.chunk_bytes: between 1024 and 8388608")
     if not 1 <= s["window"] <= 20:
@@ -153,14 +188,23 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("sync.pixel_effort: 0 (zstd only) to 9")
     if not 1 <= s["level"] <= 22:
         raise ConfigError("sync.level: a zstd level, 1 to 22")
+    _validate_preview(s)
     for w in s["windows"]:
         try:
             parse_window(w)
         except ValueError as exc:
             raise ConfigError(f"sync.windows: {exc}") from exc
-    for ae in v["stat"]["calling_ae_titles"]:
-        if not _AE_RE.match(ae):
-            raise ConfigError(f"stat.calling_ae_titles: {ae!r} is not a valid AE title")
+
+
+def _validate_preview(s: dict[str, Any]) -> None:
+    if s["preview"] not in ("stat", "all", "off"):
+        raise ConfigError("sync.preview: one of stat, all, off")
+    try:
+        parse_ratios(s["preview_ratios"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"sync.preview_ratios: {exc}") from exc
+    if s["rest_wait_seconds"] <= 0:
+        raise ConfigError("sync.rest_wait_seconds: must be more than 0")
 
 
 def _validate_worklist(w: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -24,6 +25,26 @@ log = logging.getLogger("radsetu.sync")
 
 LOCAL_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
 LOCAL_RETRY_SECONDS = 5.0
+
+
+def use_congestion_control(sock: Any, name: str) -> str:
+    """Ask the kernel for ``name`` as the connection's TCP congestion control (empty:
+    leave the system's). Returns the one in use, "" where there is no such option.
+    A name the kernel refuses (not loaded, or not allowed to this user) leaves the
+    system's, and says so: the link works either way."""
+    if not hasattr(socket, "TCP_CONGESTION"):
+        return ""
+    if name:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            log.warning("TCP congestion control %r refused (%s): the system's is used; "
+                        "docs/field-engineer.md says how to allow it", name, exc)  # fmt: skip
+    try:
+        used: bytes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+    except OSError:
+        return ""
+    return used.split(b"\0", 1)[0].decode(errors="replace")
 
 
 class Link:
@@ -47,6 +68,8 @@ class Link:
         self.backoff = float(s["reconnect_min_seconds"])
         self.next_attempt = 0.0
         self.last_why: str | None = None
+        self.congestion = ""  # the connection's TCP congestion control
+        self.congestion_refused = False
 
     def make_client(self, on_message: Any, on_publish: Any) -> mqtt.Client:
         """The box's paho client, its last will saying "offline" (retained)."""
@@ -65,6 +88,7 @@ class Link:
             qos=1,
             retain=True,
         )
+        c.on_socket_open = self._on_socket_open
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = on_message
@@ -140,6 +164,12 @@ class Link:
             log.warning("link to the broker lost (%s)", why)
         self._retry_later(why)
 
+    def _on_socket_open(self, _c: Any, _u: Any, sock: Any) -> None:
+        want = "" if self.congestion_refused else self.m["congestion_control"]
+        self.congestion = use_congestion_control(sock, want)  # refused: said once
+        if want:
+            self.congestion_refused = self.congestion != want
+
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self.connecting_since = None
         if rc.is_failure:
@@ -154,10 +184,11 @@ class Link:
         self.last_why = None
         self.note_error(None)
         log.info(
-            "connected to the broker %s:%s (session %s)",
+            "connected to the broker %s:%s (session %s, TCP congestion control %s)",
             self.m["host"],
             self.m["port"],
             "resumed" if flags.session_present else "new",
+            self.congestion or "unknown",
         )
         self.on_up(client)
 

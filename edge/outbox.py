@@ -9,9 +9,11 @@ No MQTT here: the sync agent (``edge.sync``) drives this.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -75,22 +77,15 @@ class Outbox:
         for p in self.folder.iterdir():
             if p.name not in live:
                 log.info("outbox: removing %s (no transfer needs it)", p.name)
-                p.unlink(missing_ok=True)
+                if p.is_dir():  # previews being coded when the box stopped
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
         for tid, rel in self.db.execute(
             "SELECT transfer_id, pack_path FROM transfers WHERE state='sending'"
         ).fetchall():
-            if not (self.store.root / rel).exists():
-                # the file is gone (damaged card?): pack its instances again
-                log.warning("outbox: pack file of transfer %s is missing; packing again", tid)
-                with self.store.write_lock, self.db.atomic():
-                    study = self.db.execute(
-                        "SELECT study_uid FROM transfers WHERE transfer_id=?", [tid]
-                    ).fetchone()[0]
-                    self.db.execute("DELETE FROM transfer_instances WHERE transfer_id=?", [tid])
-                    self.db.execute(
-                        "UPDATE transfers SET state='abandoned' WHERE transfer_id=?", [tid]
-                    )
-                    studies.move(self.db, study, "ready", ("sending",))
+            if not (self.store.root / rel).exists():  # gone (a damaged card?)
+                self.abandon(tid, "its pack file is missing")
 
     # -- packing ------------------------------------------------------------------
 
@@ -110,23 +105,28 @@ class Outbox:
         none (the study's state is settled instead). An instance whose file cannot be
         read as it was kept is held (``edge.holds``) and the rest goes; a study whose
         every instance is held makes no transfer."""
-        rows = self._unsent(study_uid)
-        study = self.db.execute(
-            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note, "
-            "referrer_id, referring_physician FROM studies WHERE study_uid=?",
-            [study_uid],
-        ).fetchone()
+        rows = self.unsent(study_uid)
+        study = self.study_row(study_uid)
         if not rows or study is None:
             self.settle(study_uid)
             return None
         tid = uuid.uuid4().hex
         out = self.folder / f"{tid}.pack"
+        rests = self.rests_dir(study_uid)
         sources = [
-            Source(sop, study_uid, self.store.root / rel, sha256=sha, key=iid)
+            Source(
+                sop,
+                study_uid,
+                self.store.root / rel,
+                sha256=sha,
+                key=iid,
+                rest=r if (r := rests / f"{sop}.rest").exists() else None,
+            )  # fmt: skip
             for iid, sop, rel, sha in rows
         ]
         try:
             result = self._pack(sources, out, tid, study)
+            shutil.rmtree(rests, ignore_errors=True)  # packed: the previews' rests went in
         except NothingToPack as exc:
             self.holds.hold_all(study_uid, exc.held)
             self.settle(study_uid)
@@ -142,10 +142,23 @@ class Outbox:
                 fb.sop_instance_uid,
                 fb.reason,
             )
-        seq = self._record(result, out, packed_ids)
+        seq = self.record(result, out, packed_ids)
         return Packed(tid, study_uid, seq, result.manifest.priority)
 
-    def _unsent(self, study_uid: str) -> list[tuple[int, str, str, str]]:
+    def rests_dir(self, study_uid: str) -> Path:
+        """Where a study's preview leaves the records that complete it, for its lossless
+        transfer to send instead of those images (removed once that is packed; a box
+        stopped between the two sends the images whole: ``clean``)."""
+        return self.folder / f"{hashlib.sha256(study_uid.encode()).hexdigest()[:20]}.rests"
+
+    def study_row(self, study_uid: str) -> Any:
+        return self.db.execute(
+            "SELECT priority, first_received, coalesce(priority_reason, ''), clinical_note, "
+            "referrer_id, referring_physician FROM studies WHERE study_uid=?",
+            [study_uid],
+        ).fetchone()
+
+    def unsent(self, study_uid: str) -> list[tuple[int, str, str, str]]:
         """(id, SOP Instance UID, path, SHA-256) of each instance no transfer carries,
         but those held and not yet due again."""
         rows = self.db.execute(
@@ -159,42 +172,53 @@ class Outbox:
         ).fetchall()
         return [tuple(r) for r in rows]
 
-    def _pack(self, sources: list[Source], out: Path, tid: str, study: Any) -> PackResult:
-        earlier = self.db.execute(
+    def earlier_transfer(self, study_uid: str) -> str | None:
+        """The study's latest lossless transfer, which a new one follows up."""
+        row = self.db.execute(
             "SELECT transfer_id FROM transfers WHERE study_uid=? AND state!='abandoned' "
-            "ORDER BY seq DESC LIMIT 1",
-            [sources[0].study_uid],
+            "AND kind='lossless' ORDER BY seq DESC LIMIT 1",
+            [study_uid],
         ).fetchone()
-        priority, first_received, reason, note, referrer_id, dicom_name = study
+        return row[0] if row else None
+
+    def extra(self, study_uid: str, study: Any) -> dict[str, Any]:
+        """What a transfer's manifest tells the hub beside the images (the box's clock,
+        which may be wrong: the hub shows it as the box's)."""
+        _priority, first_received, reason, note, referrer_id, dicom_name = study
         referrer = doctors.for_study(self.db, referrer_id, dicom_name)
-        order = orders.of_study(self.db, sources[0].study_uid)
+        order = orders.of_study(self.db, study_uid)
+        return {
+            "first_received": first_received,
+            "priority_reason": reason[:500],
+            "clinical_note": note[:1000],
+            **({"referrer": referrer.contact()} if referrer else {}),
+            # the order the study met: the turnaround starts at its time
+            **(
+                {"order": {"accession": order["accession"], "ordered_at": order["created_at"]}}
+                if order
+                else {}
+            ),
+        }
+
+    def _pack(self, sources: list[Source], out: Path, tid: str, study: Any) -> PackResult:
+        study_uid = sources[0].study_uid
         return pack(
             sources,
             out,
             self.box_id,
             self.cfg["chunk_bytes"],
             self.cfg["level"],
-            Priority(priority),
+            Priority(study[0]),
             pixel_effort=self.cfg["pixel_effort"] or None,
-            follow_up_of=earlier[0] if earlier else None,
+            follow_up_of=self.earlier_transfer(study_uid),
             transfer_id=tid,
-            # the box's clock, which may be wrong: the hub shows it as the box's
-            extra={
-                "first_received": first_received,
-                "priority_reason": reason[:500],
-                "clinical_note": note[:1000],
-                **({"referrer": referrer.contact()} if referrer else {}),
-                # the order the study met: the turnaround starts at its time
-                **(
-                    {"order": {"accession": order["accession"], "ordered_at": order["created_at"]}}
-                    if order
-                    else {}
-                ),
-            },
+            extra=self.extra(study_uid, study),
             coder_seconds=float(self.cfg["coder_seconds"]),
         )
 
-    def _record(self, result: PackResult, out: Path, packed_ids: list[int]) -> int:
+    def record(
+        self, result: PackResult, out: Path, packed_ids: list[int], kind: str = "lossless"
+    ) -> int:
         """The transfer's row, after its pack file is durable; returns its queue place."""
         manifest, fallbacks = result.manifest, result.fallbacks
         fsync_dir(self.folder)
@@ -205,8 +229,8 @@ class Outbox:
                 """INSERT INTO transfers(transfer_id, study_uid, follow_up_of, state,
                        pack_path, header_bytes, chunk_size, chunk_count, stream_bytes,
                        payload_bytes, instance_count, created_at, coder_fallbacks,
-                       coder_fallback_reasons)
-                   VALUES (?,?,?,'sending',?,?,?,?,?,?,?,?,?,?)""",
+                       coder_fallback_reasons, kind)
+                   VALUES (?,?,?,'sending',?,?,?,?,?,?,?,?,?,?,?)""",
                 [
                     manifest.transfer_id,
                     manifest.study_uid,
@@ -223,17 +247,20 @@ class Outbox:
                     json.dumps({f.sop_instance_uid: f.reason for f in fallbacks})
                     if fallbacks
                     else None,
+                    kind,
                 ],
             )
             self.db.conn.executemany(
                 "INSERT INTO transfer_instances(transfer_id, instance_id) VALUES (?,?)",
                 [(manifest.transfer_id, iid) for iid in packed_ids],
             )
-            studies.move(self.db, manifest.study_uid, "sending", ("ready",))
+            if kind == "lossless":  # a preview alone leaves the study to be packed
+                studies.move(self.db, manifest.study_uid, "sending", ("ready",))
         log.info(
-            "study %s packed as transfer %s%s: %d instances, %d bytes -> %d bytes in %d "
+            "study %s packed as %s transfer %s%s: %d instances, %d bytes -> %d bytes in %d "
             "chunks (%s)%s%s",
             manifest.study_uid,
+            kind,
             manifest.transfer_id,
             f" (follow-up of {manifest.follow_up_of})" if manifest.follow_up_of else "",
             len(manifest.instances),
@@ -262,7 +289,10 @@ class Outbox:
             if open_ == 0 and unsent == 0:
                 if studies.move(self.db, study_uid, "delivered", ("ready", "sending")):
                     log.info("study %s delivered: the hub verified every instance", study_uid)
-            else:
+            elif self.db.execute(
+                "SELECT 1 FROM transfers WHERE study_uid=? AND state='sending' AND kind='lossless'",
+                [study_uid],
+            ).fetchone():  # not for a preview alone: the study is still to be packed
                 studies.move(self.db, study_uid, "sending", ("ready",))
 
     # -- sending ------------------------------------------------------------------
@@ -337,6 +367,34 @@ class Outbox:
                     "UPDATE transfers SET acked=? WHERE transfer_id=? AND state='sending'",
                     [json.dumps(ranges.to_json()), tid],
                 )
+
+    def carries_rests(self, transfer_id: str) -> bool:
+        """Whether the transfer sends records that complete previews (which the hub
+        can decode only with those previews)."""
+        return any(e.codec == "dicom-j2k-rest" for e in self.manifest(transfer_id).instances)
+
+    def abandon(self, transfer_id: str, why: str) -> None:
+        """Give up a transfer still sending: its instances are packed again in a new
+        transfer (whole: the records that complete previews go once), and its pack
+        file goes. Nothing is lost: the instances stay in the store until delivered."""
+        row = self.db.execute(
+            "SELECT study_uid, pack_path FROM transfers WHERE transfer_id=? AND state='sending'",
+            [transfer_id],
+        ).fetchone()
+        if row is None:
+            return
+        with self.store.write_lock, self.db.atomic():
+            self.db.execute("DELETE FROM transfer_instances WHERE transfer_id=?", [transfer_id])
+            self.db.execute(
+                "UPDATE transfers SET state='abandoned' WHERE transfer_id=?", [transfer_id]
+            )
+            studies.move(self.db, row[0], "ready", ("sending",))
+        if (f := self._files.pop(transfer_id, None)) is not None:
+            f.close()
+        self._manifests.pop(transfer_id, None)
+        (self.store.root / row[1]).unlink(missing_ok=True)
+        log.warning("outbox: transfer %s of study %s given up (%s); its instances are packed "
+                    "again", transfer_id, row[0], why)  # fmt: skip
 
     def verified(self, transfer_id: str, acked: RangeSet) -> None:
         """The hub verified every instance of the transfer: its pack file goes, and the

@@ -1,5 +1,6 @@
 """The box's packer thread: ready studies become transfers, one at a time, STAT
-first, while the sync agent sends what is already packed."""
+first (a STAT study's lossy preview before its lossless transfer), while the sync
+agent sends what is already packed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from edge import previews
 from edge.outbox import Outbox, Packed
 
 log = logging.getLogger("radsetu.sync")
@@ -34,6 +36,8 @@ class PackerLoop:
                 if uid is None:
                     self.stop_event.wait(0.5)
                     continue
+                if previews.wanted(self.outbox, uid):  # a STAT study's preview goes first
+                    previews.pack_preview(self.outbox, uid, self.packed)
                 packed = self.outbox.pack_study(uid)
                 if packed is not None:
                     self.packed(packed)

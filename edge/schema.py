@@ -215,3 +215,10 @@ def m009_orders(db: sqlite_utils.Database) -> None:
 def m010_mpps(db: sqlite_utils.Database) -> None:
     """The modality's performed procedure step an order is in (edge/mpps.py)."""
     db.execute("ALTER TABLE orders ADD COLUMN mpps_uid TEXT")
+
+
+@migrations()
+def m011_preview(db: sqlite_utils.Database) -> None:
+    """A transfer is the study's lossless instances or their lossy preview (a STAT
+    study's preview goes first: common/preview.py)."""
+    db.execute("ALTER TABLE transfers ADD COLUMN kind TEXT NOT NULL DEFAULT 'lossless'")

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -50,6 +51,7 @@ class Source:
     path: Path
     sha256: str | None = None  # what the file must hash to (the store knows it)
     key: int | None = None  # the caller's own id for it (the box's instance row)
+    rest: Path | None = None  # a dicom-j2k-rest record to send instead (its preview went)
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,12 @@ class BoundedCoder:
                 error.append(exc)
 
         worker = threading.Thread(target=run, name="pixel-coder", daemon=True)
+        started = time.monotonic()
         worker.start()
         worker.join(self.seconds)
-        if worker.is_alive():
+        # the time taken decides, not whether the thread happened to be scheduled
+        # before join gave up: a coding that finished late is still an overrun
+        if worker.is_alive() or time.monotonic() - started > self.seconds:
             self.timed_out = True
             raise TimeoutError(f"took longer than {self.seconds:g} s")
         if error:
@@ -155,7 +160,7 @@ def pack(
     pixel_effort: int | None = 3,
     follow_up_of: str | None = None,
     transfer_id: str | None = None,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
     coder_seconds: float = 120.0,
 ) -> PackResult:
     """Write one pack file; the chunks go to a temp file first, since the manifest
@@ -210,6 +215,10 @@ def _write(packer: Packer, sources: list[Source], out: Path) -> Manifest:
     try:
         with open(body, "wb") as chunks_out:
             for s in sources:
+                if _add_rest(packer, s):
+                    for c in packer.chunks():
+                        chunks_out.write(c)
+                    continue
                 try:
                     size = s.path.stat().st_size
                     f = open(s.path, "rb")  # noqa: SIM115 - closed below
@@ -252,6 +261,20 @@ def _write(packer: Packer, sources: list[Source], out: Path) -> Manifest:
     finally:
         body.unlink(missing_ok=True)
     return manifest
+
+
+def _add_rest(packer: Packer, s: Source) -> bool:
+    """Send the instance as the record that completes its preview; False (the file
+    goes whole) when it has none, or the record or the file is gone."""
+    if s.rest is None or s.sha256 is None:
+        return False
+    try:
+        size = s.path.stat().st_size
+        record = s.rest.read_bytes()
+    except OSError:
+        return False
+    packer.add_record(s.sop_instance_uid, "dicom-j2k-rest", record, size, s.sha256)
+    return True
 
 
 def unpack(pack_file: Path, out_dir: Path) -> tuple[Manifest, list[Path]]:

@@ -53,10 +53,10 @@ log = logging.getLogger("radsetu.sync")
 
 PERSIST_EVERY = 1.0  # seconds between writes of what the hub holds
 PRIORITY_EVERY = 0.5  # seconds between reads of priorities people may have changed
+STALLED_SECONDS = 60.0  # a transfer held whole but not verified: its manifest again
 
 
 def version() -> str:
-
     try:
         return _v("radsetu")
     except PackageNotFoundError:
@@ -82,15 +82,8 @@ class Agent:
         self.events: deque[Event] = deque()  # from the packer, the printer and callbacks
         self.threads: list[threading.Thread] = []
         self.client: mqtt.Client | None = None
-        self.link = Link(
-            self.box_id,
-            self.m,
-            self.s,
-            self.stop_event,
-            on_up=self._link_up,
-            on_down=self.uplink.disconnected,
-            note_error=self._note_error,
-        )
+        self.link = Link(self.box_id, self.m, self.s, self.stop_event, on_up=self._link_up,
+                         on_down=self.uplink.disconnected, note_error=self._note_error)  # fmt: skip
         self.token = b""  # correlation id of this connection's manifests
         self.resync_due = False
         self.manifest_sent: dict[str, float] = {}
@@ -103,6 +96,7 @@ class Agent:
         self.last_status = 0.0
         self.status_seq = 0
         self.last_sync: str | None = None
+        self.last_ack = 0.0  # time.monotonic() of the hub's last ack
         self.last_error: str | None = None
         self._lock = threading.Lock()  # guards the figures read by the web API
         self.totals = {"chunks_sent": 0, "chunks_resent": 0, "bytes_sent": 0}
@@ -271,18 +265,14 @@ class Agent:
         except RemoteProtocolError as exc:
             log.warning("ignoring an ack the hub got wrong: %s", exc)
             return
-        self.last_sync = utcnow()
+        self.last_sync, self.last_ack = utcnow(), time.monotonic()
         self.acked_dirty.add(tid)
         self.manifest_tries.pop(tid, None)
         for ev in events:
             if isinstance(ev, TransferVerified):
                 acked = self.uplink.transfers[tid].acked
                 self.outbox.verified(tid, acked)
-                self.uplink.forget(tid)
-                self.acked_dirty.discard(tid)
-                self.manifest_sent.pop(tid, None)
-                for key in [k for k in self.attempts if k[0] == tid]:
-                    del self.attempts[key]
+                self._forget(tid)
                 self._publish_status(time.monotonic())
 
     # publishing
@@ -329,23 +319,42 @@ class Agent:
             self.client.loop_write()
         return sent
 
+    def _persist(self) -> None:
+        """What the hub holds, and what was sent, into the outbox's rows."""
+        acked = self.uplink.transfers
+        if self.acked_dirty:
+            self.outbox.record_acked({t: acked[t].acked for t in self.acked_dirty if t in acked})
+            self.acked_dirty.clear()
+        if self.sent_counts:
+            self.outbox.record_sent({t: (c[0], c[1]) for t, c in self.sent_counts.items()})
+            self.sent_counts.clear()
+
+    def _give_up_waiting(self, now: float) -> None:
+        """A transfer of records completing previews that the hub has held whole without
+        verifying for ``rest_wait_seconds`` (it lacks the previews: lost, or never
+        verified there) is given up: the study's images go whole in a new one. Not
+        while the hub is silent: a hub that is down verifies nothing, and will."""
+        if now - self.last_ack > 2 * STALLED_SECONDS:
+            return
+        for tid in list(self.uplink.transfers):
+            waited = self.uplink.held_whole_for(tid, now)
+            if waited >= self.s["rest_wait_seconds"] and self.outbox.carries_rests(tid):
+                self.outbox.abandon(tid, f"the hub held it {waited:.0f} s without its previews")
+                self._forget(tid)
+
+    def _forget(self, tid: str) -> None:
+        self.uplink.forget(tid)
+        self.acked_dirty.discard(tid)
+        self.manifest_sent.pop(tid, None)
+        for key in [k for k in self.attempts if k[0] == tid]:
+            del self.attempts[key]
+
     def _housekeeping(self, now: float) -> None:
         with self._lock:
             self._pending = self.uplink.pending()
         if now - self.last_persist >= PERSIST_EVERY:
             self.last_persist = now
-            if self.acked_dirty:
-                self.outbox.record_acked(
-                    {
-                        t: self.uplink.transfers[t].acked
-                        for t in self.acked_dirty
-                        if t in self.uplink.transfers
-                    }
-                )
-                self.acked_dirty.clear()
-            if self.sent_counts:
-                self.outbox.record_sent({t: (c[0], c[1]) for t, c in self.sent_counts.items()})
-                self.sent_counts.clear()
+            self._persist()
         if now - self.last_priorities >= PRIORITY_EVERY:
             self.last_priorities = now
             for tid, prio in self.outbox.priorities().items():
@@ -360,6 +369,9 @@ class Agent:
                 if now - self.manifest_sent.get(tid, 0) > wait:
                     self.manifest_tries[tid] = self.manifest_tries.get(tid, 0) + 1
                     self._publish_manifest(tid)
+            for tid in self.uplink.stalled(now, STALLED_SECONDS):  # held, never verified
+                self._publish_manifest(tid)
+            self._give_up_waiting(now)
             if now - self.last_status >= self.s["status_seconds"]:
                 self._publish_status(now)
             if now - self.last_study_check >= 1.0:
@@ -371,9 +383,7 @@ class Agent:
         """What the box tells the hub (and its own page) about itself; ``db``: a
         connection of the caller's thread (the agent's own by default)."""
         with self._lock:
-            totals = dict(self.totals)
-        with self._lock:
-            pending = list(self._pending)
+            totals, pending = dict(self.totals), list(self._pending)
         sending = [
             {"transfer_id": tid, "chunks_acked": acked, "chunk_count": count}
             for tid, acked, count in pending
@@ -415,16 +425,7 @@ class Agent:
     def _goodbye(self) -> None:
         """A clean stop: persist, say offline (retained), disconnect."""
         try:
-            if self.acked_dirty:
-                self.outbox.record_acked(
-                    {
-                        t: self.uplink.transfers[t].acked
-                        for t in self.acked_dirty
-                        if t in self.uplink.transfers
-                    }
-                )
-            if self.sent_counts:
-                self.outbox.record_sent({t: (c[0], c[1]) for t, c in self.sent_counts.items()})
+            self._persist()
             if self.client is not None and self.connected:
                 info = self.client.publish(
                     frames.topic(self.box_id, frames.STATUS),

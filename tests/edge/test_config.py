@@ -46,6 +46,12 @@ def test_file_then_environment(tmp_path):
         ("[dicom\n", {}, "not valid TOML"),
         ("", {"RADSETU_WEB_PORT": "eighty"}, "RADSETU_WEB_PORT: expected int"),
         ('[dicom]\nae_title = "THIS-TITLE-IS-TOO-LONG"\n', {}, "dicom.ae_title"),
+        ('[sync]\npreview = "sometimes"\n', {}, "sync.preview: one of stat, all, off"),
+        ("[sync]\nrest_wait_seconds = 0\n", {}, "sync.rest_wait_seconds: must be more"),
+        ('[mqtt]\ncongestion_control = "bbr; rm -rf"\n', {}, "mqtt.congestion_control: a kernel"),
+        ('[sync]\npreview_ratios = ["CT=500"]\n', {}, "sync.preview_ratios: 'CT=500'"),
+        ('[sync]\npreview_ratios = ["CT HEAD NECK=5"]\n', {}, "sync.preview_ratios: 'CT HEAD"),
+        ("", {"RADSETU_SYNC_PREVIEW_RATIOS": "CT=12, MR"}, "sync.preview_ratios: 'MR' is not"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, env, message):

@@ -110,6 +110,20 @@ def test_a_coder_that_overruns_its_time_is_left_behind(tmp_path):
     assert all("off for the rest of this transfer" in r for r in reasons[1:])
 
 
+def test_a_coding_that_finished_late_is_an_overrun_too():
+    # with no time at all, even an instant coder has overrun; whether its thread
+    # was scheduled before join gave up must not decide
+    def instant(data, effort, level):
+        return b"coded"
+
+    for _ in range(50):
+        coder = BoundedCoder(0.0, instant)
+        with pytest.raises(TimeoutError, match="took longer than 0 s"):
+            coder(b"pixels", 1, 1)
+        assert coder.timed_out
+    assert BoundedCoder(5.0, instant)(b"pixels", 1, 1) == b"coded"
+
+
 def test_values_that_fit_in_8_bits_are_coded(tmp_path):
     """The class of file that made libjxl fail (16-bit words, values 0-25): coded as
     8-bit samples now, byte-identical."""

@@ -140,6 +140,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m008_critical_confirmed",
         "m009_orders",
         "m010_mpps",
+        "m011_preview",
     ]
     s.close()
 

@@ -207,7 +207,13 @@ def test_stat_overtakes_a_routine_backlog(tmp_path, broker, hub, boxes):
         boxes,
         tmp_path / "box",
         broker.mqtt_config(),
-        sync={"max_bytes_per_second": 2_000_000, "pixel_effort": 0, "window": window},
+        # the lossless order alone (the preview's own: tests/system/test_preview.py)
+        sync={
+            "max_bytes_per_second": 2_000_000,
+            "pixel_effort": 0,
+            "window": window,
+            "preview": "off",
+        },  # fmt: skip
         stat={"calling_ae_titles": ["EMERGENCY"]},
     )
     routine, r_uid = make_study(tmp_path, "routine", 600)
