@@ -13,6 +13,10 @@ TCP connection can carry there (the Mathis limit, MSS / RTT * 1.22 / sqrt(loss))
 the packets the emulator dropped each way.
 
     sudo .venv/bin/python bench/cellular.py [--slices 20] [--profiles 256,1000,1000b]
+        [--congestion bbr,cubic]
+
+Each profile runs once per TCP congestion control the box asks for
+(``mqtt.congestion_control``); the table says which one its connections used.
 
 No target of its own: it answers issue 19's question whether one MQTT connection is
 the bottleneck on such a link. Anchor: the clean 1 Mbit/s line of bench/link.py
@@ -22,6 +26,7 @@ the bottleneck on such a link. Anchor: the clean 1 Mbit/s line of bench/link.py
 from __future__ import annotations
 
 import argparse
+import re
 import sqlite3
 import sys
 import tempfile
@@ -44,12 +49,12 @@ PROFILES = {
 MSS = 1448
 
 
-def run(name: str, profile: Profile, args: argparse.Namespace, work: Path) -> dict:  # type: ignore[type-arg]
+def run(name: str, profile: Profile, args: argparse.Namespace, work: Path, cc: str) -> dict:  # type: ignore[type-arg]
     link = CellularLink(profile).start()
     broker = Broker(work / f"broker-{name}", host=link.hub_ip).start()
     hub = Hub(work / f"hub-{name}", {"host": link.hub_ip, "port": broker.port}).start()
     box = Box(work / f"box-{name}", mqtt={"host": link.hub_ip, "port": broker.port,
-                                          "keepalive": 30},
+                                          "keepalive": 30, "congestion_control": cc},
               box_id=f"cell-{name}", quiet_seconds=2)  # fmt: skip
     proc, log = namespaced.start_box(link.inside(), box)
     try:
@@ -68,8 +73,10 @@ def run(name: str, profile: Profile, args: argparse.Namespace, work: Path) -> di
         (stream,) = db.execute("SELECT stream_bytes FROM transfers").fetchone()
         db.close()
         goodput = stream * 8 / took
+        used = re.findall(r"TCP congestion control (\w+)", box.log_text())
         return {
-            "profile": name, "encoded_bytes": stream, "seconds": took, "goodput_bps": goodput,
+            "profile": name, "cc": ",".join(sorted(set(used))) or "?",
+            "encoded_bytes": stream, "seconds": took, "goodput_bps": goodput,
             "rate_share": goodput / (profile.rate_kbps * 1000),
             "mathis_share": goodput / mathis_bps(MSS, profile.rtt_ms / 1000, profile.loss),
             "stats": link.stats(),
@@ -86,21 +93,24 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=20)
     ap.add_argument("--profiles", default="256,1000,1000b")
     ap.add_argument("--timeout", type=float, default=1200)
+    cc_help = "the box's mqtt.congestion_control values, each profile with each"
+    ap.add_argument("--congestion", default="bbr,cubic", help=cc_help)
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="radsetu-cell-") as tmp:
         for name in args.profiles.split(","):
-            results.append(run(name, PROFILES[name], args, Path(tmp)))
+            for cc in args.congestion.split(","):
+                results.append(run(name, PROFILES[name], args, Path(tmp) / cc, cc))
     print(f"\n{args.slices} CT slices (693_UNCI with new UIDs), dicom-jxl effort 3, one MQTT "
           "connection, 600 ms round trip, 2 % loss each way")  # fmt: skip
-    print(f"{'profile':<8} {'enc MB':>7} {'took s':>7} {'goodput':>9} {'of rate':>8} "
+    print(f"{'profile':<8} {'TCP cc':<7} {'enc MB':>7} {'took s':>7} {'goodput':>9} {'of rate':>8} "
           f"{'of Mathis':>9} {'dropped up':>10} {'dropped down':>12}")  # fmt: skip
     for r in results:
         up, down = r["stats"]["up"], r["stats"]["down"]
         lost_up = up["random_loss"] + up["burst_loss"] + up["queue_drop"]
         lost_down = down["random_loss"] + down["burst_loss"] + down["queue_drop"]
         print(
-            f"{r['profile']:<8} {r['encoded_bytes'] / 1e6:>7.2f} {r['seconds']:>7.1f} "
+            f"{r['profile']:<8} {r['cc']:<7} {r['encoded_bytes'] / 1e6:>7.2f} {r['seconds']:>7.1f} "
             f"{r['goodput_bps'] / 1000:>6.0f} kb {r['rate_share'] * 100:>7.1f}% "
             f"{r['mathis_share'] * 100:>8.1f}% {lost_up:>5}/{up['packets']:<5}"
             f"{lost_down:>6}/{down['packets']:<6}"

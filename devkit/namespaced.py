@@ -30,11 +30,12 @@ def stop(proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
     log.close()
 
 
-def storescu(inside: list[str], port: int, files: list[Path]) -> None:
-    """Send ``files`` to the box's receiver inside the namespace, once it listens."""
+def storescu(inside: list[str], port: int, files: list[Path], aet: str = "STORESCU") -> None:
+    """Send ``files`` to the box's receiver inside the namespace, once it listens, as the
+    modality ``aet``."""
     for _ in range(100):
-        r = subprocess.run([*inside, "storescu", "-aec", "RADSETU", "127.0.0.1", str(port),
-                            *map(str, files)], capture_output=True, text=True)  # fmt: skip
+        cmd = [*inside, "storescu", "-aet", aet, "-aec", "RADSETU", "127.0.0.1", str(port)]
+        r = subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True)
         if r.returncode == 0:
             return
         time.sleep(0.3)
