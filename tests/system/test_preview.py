@@ -119,7 +119,11 @@ def test_a_stat_preview_overtakes_the_backlog_then_gives_way_to_its_lossless_stu
         assert signed["state"] == "signed" and signed["on_preview"] is None
 
         # the order the hub verified them in: preview, STAT lossless, then the backlog
+        # the backlog's instances are listed as they are stored, before its transfer
+        # is verified: wait for that too
         wait_for(lambda: len(hub_study(hub, routine_uid)) == len(routine), 300, "the backlog")
+        wait_for(lambda: all(t["verified_at"] for t in hub_transfers(hub)), 120,
+                 "every transfer verified")  # fmt: skip
         done = sorted((t["verified_at"], t["study_uid"], t["chunk_count"])
                       for t in hub_transfers(hub))  # fmt: skip
         assert [uid for _, uid, _ in done][-1] == routine_uid
