@@ -151,6 +151,11 @@ def first_layer(preview: bytes) -> bytes:
 
 def join(preview: bytes, rest: bytes) -> bytes:
     """The lossless codestream from a preview and its rest."""
+    return _joined(preview, rest)[0]
+
+
+def _joined(preview: bytes, rest: bytes) -> tuple[bytes, Parsed]:
+    """``join``'s codestream, with its layout (read once, to check it)."""
     if len(rest) < _REST.size or rest[:4] != REST_MAGIC:
         raise RemoteProtocolError("not the rest of a layered JPEG 2000 codestream")
     _magic, cut, digest = _REST.unpack_from(rest)
@@ -163,8 +168,8 @@ def join(preview: bytes, rest: bytes) -> bytes:
     sot_at = _segments(body, 2, SOT)[-1][1]
     sod_at = _segments(body, sot_at + _SOT.size, SOD)[-1][1]
     whole = body[: sod_at + 2] + first + body[sod_at + 2 :]
-    parse(whole)  # its header, tile-part length and packet lengths all agree again
-    return whole
+    # its header, tile-part length and packet lengths all agree again
+    return whole, parse(whole)
 
 
 # -- the record of the codec ``dicom-j2k-rest`` ------------------------------------------
@@ -211,8 +216,7 @@ def decode_rest(record: bytes, preview: bytes | None, max_size: int = 1 << 62) -
         raise PreviewMissing("the preview this record completes is not here")
     framed = record[_RECORD.size : _RECORD.size + zlen]
     pixels.check_other(framed, max_size - length, "dicom-j2k-rest")
-    whole = join(preview, record[_RECORD.size + zlen :])
-    p = parse(whole)
+    whole, p = _joined(preview, record[_RECORD.size + zlen :])
     if (p.width, p.height) != (cols, rows):
         raise RemoteProtocolError("dicom-j2k-rest record's image does not match its header")
     try:
