@@ -213,6 +213,24 @@ def test_the_window_shrinks_to_a_slow_links_rate_and_grows_back():
     assert up.effective_window(now=45) == 8
 
 
+def test_the_window_keeps_the_chunk_on_the_wire_apart_from_the_rate_behind_it():
+    """At 1 Mbit/s (a 128 KiB chunk acknowledged every 1.2 s) 2 s of the rate is under
+    two chunks; with only those out, each ack's round trip left the link idle (73 %
+    of its rate at 600 ms, bench/stat.py). The chunk on the wire comes on top: 3."""
+    up = Uplink(window=8)
+    m, _ = pack_bytes([("1.2.1", random.randbytes(4096 * 200))], chunk_size=4096,
+                      transfer_id="t", **META)  # fmt: skip
+    up.queue(m, seq=1)
+    up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
+    acked = 0
+    for tenth in range(1, 241):  # 24 s, an ack every 1.2 s
+        if tenth % 12 == 0:
+            acked += 1
+            up.receive_ack({"transfer_id": "t", "held": [[0, acked]]})
+        up.next_chunks(now=tenth / 10)
+    assert up.effective_window(now=24.0) == 3
+
+
 def test_stat_preempts_routine_at_chunk_granularity():
     up = Uplink(window=2)
     routine, _ = pack_bytes(
