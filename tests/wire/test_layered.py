@@ -205,3 +205,27 @@ def test_a_damaged_rest_record_is_refused_not_believed():
         except RemoteProtocolError:
             continue
         assert len(out) <= len(data)  # and the file's SHA-256 decides above this layer
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 4096, 1000])
+def test_a_preview_files_header_is_compressed_apart_from_its_codestream(piece):
+    """zstd stores a block as it is when the block gains nothing; the preview's header
+    is coded in a block of its own, so it is compressed even though the JPEG 2000
+    after it is not. Fed in pieces of any size, the record still rebuilds the file."""
+    made = preview.make(head_ct_slices()[30].read_bytes(), {"CT": 12.0})
+    header = made.data.index(b"\xe0\x7f\x10\x00")  # the preview's pixel data
+    packer = Packer(box_id="b", study_uid="s", transfer_id="t", priority=Priority.STAT,
+                    chunk_size=50_000)  # fmt: skip
+    packer.begin_instance("1.2.3", "zstd")
+    for at in range(0, len(made.data), piece):
+        packer.feed(made.data[at : at + piece])
+    entry = packer.end_instance()
+    chunks = packer.chunks()
+    manifest, last = packer.finish()
+    if piece > header:  # the tag is seen whole: the header's block is coded
+        assert entry.encoded_size < len(made.data) - header // 3
+    unpacker, out = Unpacker(manifest), b""
+    for i, chunk in enumerate(chunks + last):
+        for ev in unpacker.feed_chunk(i, chunk):
+            out += ev.data if isinstance(ev, InstanceBytes) else b""
+    assert out == made.data
