@@ -142,9 +142,6 @@ def make(data: bytes, ratios: dict[str, float], level: int = 3) -> Preview:
         target *= ratio / got * 0.99
     else:  # the coder had nothing more to give: the image codes losslessly within it
         raise NoPreview(f"codes at {got:.1f}:1 losslessly, within the ratio")
-    rest = None
-    if len(coded) == 1:  # None when the record would not rebuild this very file
-        rest = layered.rest_record(data, coded[0][0], coded[0][1], low, level)
     bits = 16 if frames.dtype == np.uint16 else 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
@@ -160,7 +157,10 @@ def make(data: bytes, ratios: dict[str, float], level: int = 3) -> Preview:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)
-    return Preview(out.getvalue(), got, rest)
+    made, rest = out.getvalue(), None
+    if len(coded) == 1:  # None when the record would not rebuild this very file
+        rest = layered.rest_record(data, held_of(made), coded[0][1], low, level)
+    return Preview(made, got, rest)
 
 
 def _mark_lossy(ds: pydicom.Dataset, ratio: float) -> None:
@@ -181,6 +181,14 @@ def _values(value: object) -> list[object]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         return [value]
     return list(value)
+
+
+def held_of(data: bytes) -> layered.Held:
+    """A single-frame preview file as a ``dicom-j2k-rest`` record takes it: its
+    codestream and the bytes before it. The box and the hub both call this on the
+    same file. Raises ValueError as ``codestream_of`` does."""
+    codestream = codestream_of(data)
+    return layered.Held(codestream, data[: data.rfind(codestream)])
 
 
 def codestream_of(data: bytes) -> bytes:

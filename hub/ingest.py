@@ -12,10 +12,11 @@ import logging
 import threading
 from typing import Any
 
-from common.preview import codestream_of
+from common.preview import held_of
 from hub import reading
 from hub.store import HubStore, InstanceFile
 from hub.studykeys import study_key
+from wire import layered
 from wire.codec import InstanceBytes, InstanceVerified, Unpacker
 from wire.errors import PreviewMissing, RemoteProtocolError
 from wire.manifest import Manifest
@@ -227,7 +228,7 @@ def _finish(store: HubStore, r: Reception) -> None:
     m = r.manifest
     key = study_key(store, m.box_id, m.study_uid)
     lossy = m.preview is not None
-    unpacker = Unpacker(m, previews=lambda sop: _preview_codestream(store, key, sop))
+    unpacker = Unpacker(m, previews=lambda sop: _held_preview(store, key, sop))
     try:
         _keep_all(store, m, key, unpacker)
     except PreviewMissing as exc:
@@ -271,12 +272,12 @@ def _finish(store: HubStore, r: Reception) -> None:
     )
 
 
-def _preview_codestream(store: HubStore, key: str, sop_instance_uid: str) -> bytes | None:
+def _held_preview(store: HubStore, key: str, sop_instance_uid: str) -> layered.Held | None:
     data = store.preview_file(key, sop_instance_uid)
     if data is None:
         return None
     try:
-        return codestream_of(data)
+        return held_of(data)
     except ValueError as exc:
         log.error("study %s instance %s: the preview held does not read: %s", key,
                   sop_instance_uid, exc)  # fmt: skip

@@ -39,9 +39,9 @@ PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little-endian, as Part 10 f
 # (file bytes, effort, zstd level) -> a dicom-jxl record, or None when the file is not
 # an image it codes. It may raise anything: a codec is an optimisation, never a gate.
 ImageCoder = Callable[[bytes, int, int], "bytes | None"]
-# SOP Instance UID -> the codestream of the preview a dicom-j2k-rest record completes,
-# or None when it is not here
-Previews = Callable[[str], "bytes | None"]
+# SOP Instance UID -> the preview a dicom-j2k-rest record completes, or None when it is
+# not here
+Previews = Callable[[str], "layered.Held | None"]
 
 
 def default_image_coder(data: bytes, effort: int, level: int) -> bytes | None:

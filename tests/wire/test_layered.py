@@ -179,7 +179,7 @@ def test_a_rest_record_rebuilds_the_original_file_through_the_codec(name):
     data = path.read_bytes()
     made = preview.make(data, {"CT": 12.0, "MR": 24.0})
     assert made.rest is not None
-    shown = preview.codestream_of(made.data)
+    shown = preview.held_of(made.data)
     assert through_the_codec(data, made.rest, {"1.2.3": shown}.get) == data
     assert len(made.rest) < len(data) / 3  # the rest, not the image again
     with pytest.raises(PreviewMissing):
@@ -188,14 +188,42 @@ def test_a_rest_record_rebuilds_the_original_file_through_the_codec(name):
         through_the_codec(data, made.rest, None)  # an unpacker that holds no previews
     other = preview.make(head_ct_slices()[40].read_bytes(), {"CT": 12.0, "MR": 24.0})
     with pytest.raises(RemoteProtocolError) as wrong:
-        through_the_codec(data, made.rest, {"1.2.3": preview.codestream_of(other.data)}.get)
+        through_the_codec(data, made.rest, {"1.2.3": preview.held_of(other.data)}.get)
     assert not isinstance(wrong.value, PreviewMissing)
+
+
+def test_a_rest_codes_its_other_bytes_against_the_previews_header():
+    """The hub holds the preview file, whose header is most of the original's other
+    bytes: coded against it, the record is smaller. An older box's record, coded
+    alone, still decodes; one that needs a header the hub cannot give is refused."""
+    data = head_ct_slices()[12].read_bytes()
+    made = preview.make(data, {"CT": 12.0})
+    held = preview.held_of(made.data)
+    assert made.rest is not None and made.rest[:4] == layered.RECORD_MAGIC_HELD
+    assert made.data == held.header + made.data[len(held.header) :]
+    assert made.data[len(held.header) :].startswith(held.codestream)
+    assert layered.decode_rest(made.rest, held, len(data)) == data
+    _m, _code, low, *_, zlen = layered._RECORD.unpack_from(made.rest)
+    rest = made.rest[layered._RECORD.size + zlen :]
+    alone = layered.rest_record(data, layered.Held(held.codestream), rest, low)
+    assert alone is not None and alone[:4] == layered.RECORD_MAGIC
+    assert len(made.rest) < len(alone) - 400  # of about 800 bytes of other bytes
+    assert layered.decode_rest(alone, held, len(data)) == data
+    assert layered.decode_rest(alone, layered.Held(held.codestream), len(data)) == data
+    with pytest.raises(RemoteProtocolError, match="header"):
+        layered.decode_rest(made.rest, layered.Held(held.codestream), len(data))
+    other = preview.held_of(preview.make(head_ct_slices()[40].read_bytes(), {"CT": 12.0}).data)
+    wrong = layered.Held(held.codestream, other.header[:-7] + b"\0" * 7)
+    try:  # another header: refused, or bytes that are not the file (its SHA-256 decides)
+        assert layered.decode_rest(made.rest, wrong, len(data)) != data
+    except RemoteProtocolError:
+        pass
 
 
 def test_a_damaged_rest_record_is_refused_not_believed():
     data = head_ct_slices()[12].read_bytes()
     made = preview.make(data, {"CT": 12.0})
-    shown = preview.codestream_of(made.data)
+    shown = preview.held_of(made.data)
     rng = random.Random(7)
     for _ in range(60):
         bad = bytearray(made.rest)
