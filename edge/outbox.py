@@ -70,6 +70,9 @@ class Outbox:
             self.db.execute(
                 "DELETE FROM transfer_instances WHERE instance_id NOT IN (SELECT id FROM instances)"
             )
+            self.db.execute(
+                "DELETE FROM previewed WHERE instance_id NOT IN (SELECT id FROM instances)"
+            )
         live = {
             Path(r[0]).name
             for r in self.db.execute("SELECT pack_path FROM transfers WHERE state='sending'")
@@ -120,7 +123,7 @@ class Outbox:
                 self.store.root / rel,
                 sha256=sha,
                 key=iid,
-                rest=r if (r := rests / f"{sop}.rest").exists() else None,
+                rest=r if (r := rests / f"{iid}.rest").exists() else None,
             )  # fmt: skip
             for iid, sop, rel, sha in rows
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from edge import previews
@@ -24,20 +25,27 @@ class PackerLoop:
     ):
         self.outbox, self.stop_event = outbox, stop_event
         self.packed, self.note_error = packed, note_error
+        self.streams: dict[str, previews.Stream] = {}  # previews of studies receiving
 
     def run(self) -> None:
-        """Until stopped: pack the next ready study, STAT first; a failure holds that
-        study with a growing back-off while the rest of the outbox goes."""
+        """Until stopped: the previews of STAT studies as their images arrive, then the
+        next ready study, STAT first; a failure holds that study with a growing
+        back-off while the rest of the outbox goes."""
         while not self.stop_event.is_set():
             uid = None
             try:
                 self.outbox.holds.retry_due()
+                if self._stream():
+                    continue
                 uid = self.outbox.next_ready()
                 if uid is None:
                     self.stop_event.wait(0.5)
                     continue
-                if previews.wanted(self.outbox, uid):  # a STAT study's preview goes first
-                    previews.pack_preview(self.outbox, uid, self.packed)
+                stream = self.streams.pop(uid, None)
+                if stream is None and previews.wanted(self.outbox, uid):
+                    stream = previews.Stream(self.outbox, uid, self.packed)
+                if stream is not None:  # a STAT study's preview goes first
+                    stream.finish()
                 packed = self.outbox.pack_study(uid)
                 if packed is not None:
                     self.packed(packed)
@@ -49,6 +57,26 @@ class PackerLoop:
                 if uid:
                     self._hold_study(uid, f"packing failed: {exc}")
                 self.stop_event.wait(1)
+
+    def _stream(self) -> bool:
+        """Code and send the previews of the images STAT studies have received so far;
+        a study without an image for LULL_SECONDS sends its last batch too. True if
+        there was anything to do."""
+        receiving = previews.receiving(self.outbox)
+        for uid in set(self.streams) - set(receiving):
+            if self.outbox.study_row(uid) is None:  # gone from the box: nothing follows
+                self.streams.pop(uid).finish()
+        lull = time.time() - previews.LULL_SECONDS
+        did = False
+        for uid in receiving:
+            if uid not in self.streams:
+                self.streams[uid] = previews.Stream(self.outbox, uid, self.packed)
+            stream = self.streams[uid]
+            quiet = self.outbox.db.execute(
+                "SELECT last_received_ts <= ? FROM studies WHERE study_uid=?", [lull, uid]
+            ).fetchone()
+            did = stream.feed(flush=bool(quiet and quiet[0])) or did
+        return did
 
     def _hold_study(self, uid: str, reason: str) -> None:
         try:

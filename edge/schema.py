@@ -222,3 +222,10 @@ def m011_preview(db: sqlite_utils.Database) -> None:
     """A transfer is the study's lossless instances or their lossy preview (a STAT
     study's preview goes first: common/preview.py)."""
     db.execute("ALTER TABLE transfers ADD COLUMN kind TEXT NOT NULL DEFAULT 'lossless'")
+
+
+@migrations()
+def m012_previewed(db: sqlite_utils.Database) -> None:
+    """The instances a preview has tried (edge/previews.py): packed in a preview, or
+    found to have none. A STAT study's images are previewed as they arrive, each once."""
+    db.execute("CREATE TABLE previewed (instance_id INTEGER PRIMARY KEY)")

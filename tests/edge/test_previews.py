@@ -5,12 +5,16 @@ what a stopped preview left in the outbox is cleared at start-up."""
 
 from __future__ import annotations
 
+import threading
+
+import pydicom
 import pytest
 
 from devkit.corpus import head_ct_slices, series_from
 from edge import previews
 from edge.config import DEFAULTS
 from edge.outbox import Outbox, Packed
+from edge.packing import PackerLoop
 from edge.store import Store
 from tests.edge.test_store import keep
 from wire.ranges import RangeSet
@@ -141,3 +145,50 @@ def test_off_routine_and_all(outbox):
     assert not previews.wanted(box, uid)
     box.cfg["preview"] = "all"
     assert previews.wanted(box, uid)
+
+
+def test_a_stat_studys_images_are_previewed_as_they_arrive(tmp_path):
+    """``PackerLoop``: while a STAT study is still receiving (far from quiet), each
+    full batch of previews goes as soon as its images are in, and the last one after a
+    lull of LULL_SECONDS; the lossless transfer waits for the quiet study and carries
+    what completes each preview. A second version of a previewed image goes whole."""
+    store = Store(tmp_path / "data", reserve_bytes=0, quiet_seconds=3600)
+    box = Outbox(store, "box-1", dict(DEFAULTS["sync"]))
+    handed: list[Packed] = []
+    loop = PackerLoop(box, threading.Event(), handed.append, lambda why: None)
+    files = series_from(head_ct_slices()[20:40], tmp_path / "study", 20)
+
+    def arrive(paths):
+        for f in paths:
+            uid = keep(store, f).info.study_uid
+        store.db.execute("UPDATE studies SET priority='stat'")
+        return uid
+
+    uid = arrive(files[:8])
+    assert loop._stream()  # 8 slices of ~43 KB at 12:1: the first batch (256 KiB) is full
+    assert kinds(box) == [("preview", 6)] and len(handed) == 1
+    assert not loop._stream()  # the other two wait for more images or a lull
+    arrive(files[8:20])
+    assert loop._stream() and kinds(box) == [("preview", 6)]  # the 2 MiB batch is not full
+    store.db.execute("UPDATE studies SET last_received_ts = last_received_ts - 10")
+    assert loop._stream() and kinds(box) == [("preview", 6), ("preview", 14)]
+    assert not loop._stream() and not previews.wanted(box, uid)
+    assert box.db.execute("SELECT state FROM studies").fetchone() == ("receiving",)
+    # a modality sends one image again, other bytes: kept as its second version
+    again = pydicom.dcmread(files[3])
+    again.PatientComments = "sent again"
+    again.save_as(tmp_path / "again.dcm")
+    arrive([tmp_path / "again.dcm"])
+    store.mark_ready(now_ts=1e12)
+    loop.stop_event.wait = lambda _t: loop.stop_event.set()  # one round, then stop
+    loop.run()
+    *_, lossless = handed
+    assert kinds(box)[-1] == ("lossless", 21) and len(handed) == 3
+    m = box.manifest(lossless.transfer_id)
+    codecs = [e.codec for e in m.instances]
+    # what completes the first version's preview; the second version goes whole, with
+    # no preview of its own (the hub holds one preview for each SOP Instance UID)
+    assert codecs.count("dicom-j2k-rest") == 20
+    assert not loop.streams and not list(box.folder.glob("*.preview"))
+    box.close()
+    store.close()

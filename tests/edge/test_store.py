@@ -141,6 +141,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m009_orders",
         "m010_mpps",
         "m011_preview",
+        "m012_previewed",
     ]
     s.close()
 
