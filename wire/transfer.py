@@ -185,6 +185,7 @@ HOLD_SECONDS = 60.0  # the longest a transfer awaiting its manifest's answer hol
 RATE_SECONDS = 2.0  # in flight behind the chunk on the wire: this long at the acked rate
 RATE_SPAN = 10.0  # the rate is measured over about this long of sending
 MIN_WINDOW = 2
+IDLE_SECONDS = 2.0  # nothing in flight this long: the link's measure starts again
 
 
 class Uplink:
@@ -213,6 +214,7 @@ class Uplink:
         self.in_flight: dict[tuple[str, int], float] = {}  # -> when handed out
         self.acked_total = 0  # chunks newly acknowledged, ever
         self._samples: deque[tuple[float, int]] = deque()  # (when, acked_total) sending
+        self._busy_at = -math.inf  # when a chunk was last out or handed out
 
     def queue(self, manifest: Manifest, seq: int) -> None:
         if manifest.transfer_id in self.transfers:
@@ -258,6 +260,7 @@ class Uplink:
                     continue
                 out.append((t.transfer_id, i))
                 self.in_flight[(t.transfer_id, i)] = now
+                self._busy_at = now
                 if len(out) >= room:
                     return out
         return out
@@ -271,16 +274,21 @@ class Uplink:
         chunk is acknowledged a round trip, and any loss's recovery, after its last
         byte has gone, so with RATE_SECONDS alone a 1 Mbit/s link at 600 ms kept 2
         chunks out and stalled, at 73 % of its rate (89 % with the one more; the
-        window then no longer limits the rate it measures)."""
-        if not self.in_flight:
+        window then no longer limits the rate it measures). Until the rate is measured
+        (RATE_SPAN / 2 of sending; nothing out for IDLE_SECONDS starts it again) the
+        window starts at MIN_WINDOW + 1 and grows by one for each chunk acknowledged,
+        as TCP's slow start: the whole window at once is as long a wait on a slow link."""
+        if self.in_flight:
+            self._busy_at = now
+        elif now - self._busy_at >= IDLE_SECONDS:
             self._samples.clear()  # idle: no measure of the link
         if not self._samples or now - self._samples[-1][0] >= 0.5:
             self._samples.append((now, self.acked_total))
         while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_SPAN:
             self._samples.popleft()
         since, acked = self._samples[0]
-        if now - since < RATE_SPAN / 2:
-            return self.window  # not measured yet
+        if now - since < RATE_SPAN / 2:  # not measured: a slow start, one more each ack
+            return min(self.window, MIN_WINDOW + 1 + self.acked_total - acked)
         rate = (self.acked_total - acked) / (now - since)
         return max(MIN_WINDOW, min(self.window, 1 + math.ceil(rate * RATE_SECONDS)))
 

@@ -128,12 +128,25 @@ def test_a_preview_goes_before_any_other_chunk_of_its_priority():
     queued("routine-lossless", 0, Priority.ROUTINE, False)
     order = ["stat-preview", "stat-lossless-older", "stat-lossless", "routine-preview",
              "routine-lossless"]  # fmt: skip
-    got = [t for t, _ in up.next_chunks(now=0)]
-    assert list(dict.fromkeys(got)) == order
     again = Uplink.from_json(up.to_json())
     for t in again.transfers.values():
         t.awaiting = False
-    assert list(dict.fromkeys(t for t, _ in again.next_chunks(now=0))) == order
+    assert list(dict.fromkeys(t for t, _ in handed_in_turn(up))) == order
+    assert list(dict.fromkeys(t for t, _ in handed_in_turn(again))) == order
+
+
+def handed_in_turn(up: Uplink) -> list[tuple[str, int]]:
+    """Every chunk, in the order the window hands them out, each acknowledged at once."""
+    out: list[tuple[str, int]] = []
+    for now in range(100):
+        got = up.next_chunks(now=now)
+        if not got:
+            return out
+        out += got
+        for tid in dict.fromkeys(t for t, _ in got):
+            done = max(i for t, i in out if t == tid) + 1
+            up.receive_ack({"transfer_id": tid, "held": [[0, done]]})
+    raise AssertionError("the window never emptied")
 
 
 def test_a_transfer_held_whole_but_never_verified_is_announced_again():
@@ -171,22 +184,22 @@ def test_the_window_waits_for_a_more_urgent_transfers_manifest_answer():
     )
     up.queue(routine, seq=1)
     up.receive_ack({"transfer_id": "routine", "held": []}, fresh=True)
-    assert len(up.next_chunks(now=0)) == 4
+    assert len(up.next_chunks(now=0)) == MIN_WINDOW + 1  # a slow start: nothing measured
     stat, _ = pack_bytes([("1.2.2", random.randbytes(9000))], chunk_size=4096,
                          transfer_id="stat", **{**META, "priority": Priority.STAT})  # fmt: skip
     up.queue(stat, seq=2)
-    up.receive_ack({"transfer_id": "routine", "held": [[0, 2]]})  # two places free
+    up.receive_ack({"transfer_id": "routine", "held": [[0, 2]]})  # the window is 4: 3 free
     assert up.next_chunks(now=1) == []  # kept for the STAT study
     up.receive_ack({"transfer_id": "stat", "held": []}, fresh=True)
-    assert up.next_chunks(now=2) == [("stat", 0), ("stat", 1)]
+    assert up.next_chunks(now=2) == [("stat", 0), ("stat", 1), ("stat", 2)]
     # a manifest the hub does not answer (refused for now) holds routine chunks a while
     late, _ = pack_bytes([("1.2.3", random.randbytes(9000))], chunk_size=4096,
                          transfer_id="late", **{**META, "priority": Priority.STAT})  # fmt: skip
     up.queue(late, seq=3)
     up.receive_ack({"transfer_id": "stat", "held": [[0, 3]]})  # stat's 3 chunks all in
     assert up.next_chunks(now=10) == []
-    up.receive_ack({"transfer_id": "routine", "held": [[0, 4]]})
-    assert up.next_chunks(now=10 + HOLD_SECONDS) == [("routine", i) for i in range(4, 8)]
+    up.receive_ack({"transfer_id": "routine", "held": [[0, 4]]})  # nothing out: idle
+    assert up.next_chunks(now=10 + HOLD_SECONDS) == [("routine", i) for i in range(4, 7)]
 
 
 def test_the_window_shrinks_to_a_slow_links_rate_and_grows_back():
@@ -197,7 +210,7 @@ def test_the_window_shrinks_to_a_slow_links_rate_and_grows_back():
                       transfer_id="t", **META)  # fmt: skip
     up.queue(m, seq=1)
     up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
-    assert len(up.next_chunks(now=0)) == 8  # nothing measured yet: the whole window
+    assert len(up.next_chunks(now=0)) == MIN_WINDOW + 1  # nothing measured: a slow start
     acked = 0
     for step in range(1, 25):  # one chunk acknowledged every 4 s
         if step % 4 == 0:
@@ -408,6 +421,26 @@ def test_chunk_frames_and_topics():
             frames.parse_topic(bad_topic)
 
 
+def test_an_unmeasured_window_starts_small_and_grows_by_one_with_each_ack():
+    """Until the rate is measured (RATE_SPAN / 2 of sending) the window starts at
+    MIN_WINDOW + 1 and grows by one chunk for each acknowledged, to ``window``: a
+    whole window handed out at once on a 256 kbit/s link is half a minute that a STAT
+    study coming next would wait. After an idle spell it starts small again."""
+    up = Uplink(window=8)
+    m, _ = pack_bytes([("1.2.1", random.randbytes(4096 * 60))], chunk_size=4096,
+                      transfer_id="t", **META)  # fmt: skip
+    up.queue(m, seq=1)
+    up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
+    assert [i for _, i in up.next_chunks(now=0)] == [0, 1, 2]
+    assert up.next_chunks(now=1) == []
+    up.receive_ack({"transfer_id": "t", "held": [[0, 1]]})
+    assert [i for _, i in up.next_chunks(now=1.5)] == [3, 4]  # 4 out: 1, 2, 3, 4
+    up.receive_ack({"transfer_id": "t", "held": [[0, 5]]})
+    assert len(up.next_chunks(now=2)) == 8  # 3 + 5 acked, no more than the window
+    up.receive_ack({"transfer_id": "t", "held": [[0, 13]]})  # nothing out: idle
+    assert len(up.next_chunks(now=30)) == MIN_WINDOW + 1
+
+
 def test_resync_sends_nothing_before_the_fresh_ack_and_then_only_what_is_missing():
     m, _ = pack_bytes(
         [("1.2.9", random.randbytes(40_000))], chunk_size=4096, transfer_id="t", **META
@@ -415,17 +448,17 @@ def test_resync_sends_nothing_before_the_fresh_ack_and_then_only_what_is_missing
     up = Uplink(window=4)
     up.queue(m, seq=1)
     up.receive_ack({"transfer_id": "t", "held": []}, fresh=True)
-    assert [i for _, i in up.next_chunks(now=0)] == [0, 1, 2, 3]
-    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]})  # 2 and 3 still in flight
+    assert [i for _, i in up.next_chunks(now=0)] == [0, 1, 2]
+    up.receive_ack({"transfer_id": "t", "held": [[0, 2]]})  # 2 still in flight
     up.disconnected()
     assert up.reconnected() == ["t"]
     assert up.next_chunks(now=1) == []  # waiting for the answer to the manifest
     # a stale ack (from before the reconnection) does not release the transfer
     up.receive_ack({"transfer_id": "t", "held": [[0, 2]]})
     assert up.next_chunks(now=1) == []
-    # the fresh answer: chunk 2 arrived after all, 3 did not
+    # the fresh answer: chunk 2 arrived after all
     up.receive_ack({"transfer_id": "t", "held": [[0, 3]]}, fresh=True)
-    assert [i for _, i in up.next_chunks(now=2)] == [3, 4, 5, 6]
+    assert [i for _, i in up.next_chunks(now=2)] == [3, 4, 5]
 
 
 def test_a_second_answer_to_the_manifest_frees_nothing_handed_out_since():
