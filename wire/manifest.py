@@ -74,7 +74,8 @@ class Manifest:
     @property
     def preview(self) -> dict[str, Any] | None:
         """For a lossy preview's transfer, what it is (``method``, ``ratio``, ``of``:
-        how many instances the study had); None for lossless instances."""
+        how many instances of the study the box held unsent when it was packed, which
+        grows while a STAT study is still arriving); None for lossless instances."""
         p = self.extra.get("preview")
         return p if isinstance(p, dict) else None
 

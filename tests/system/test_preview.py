@@ -26,6 +26,7 @@ from tests.conftest import ROOT, storescu, wait_for
 from tests.helpers import (
     assert_same_at_hub,
     box_login,
+    box_state,
     delivered,
     hub_study,
     hub_transfers,
@@ -187,5 +188,45 @@ def test_a_hub_that_lost_the_previews_still_gets_the_study_whole(tmp_path, broke
         assert_same_at_hub(box, hub, uid)
         lossless = [t for t in hub_transfers(hub, uid) if t["kind"] == "lossless"]
         assert len(lossless) == 2 and all(t["state"] == "verified" for t in lossless)
+    finally:
+        hub.stop()
+
+
+def test_a_stat_preview_is_read_while_the_modality_is_still_sending(tmp_path, broker, boxes):
+    """A box waits for a study to be quiet (``store.quiet_seconds``) before it packs
+    it; a STAT study's previews do not wait: the first images' preview is readable at
+    the hub while the modality has more to send and the box still counts the study as
+    receiving. The images after a pause come in a later preview; once quiet, the
+    lossless study follows, every image completing its preview, byte for byte."""
+    hub = Hub(tmp_path / "hub", broker.mqtt_config("hub")).start()
+    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), quiet_seconds=45,
+                    stat={"calling_ae_titles": ["ER_CT"]})  # fmt: skip
+    stat = series_from(head_ct_slices()[28:40], tmp_path / "stat", 12)
+    uid = str(pydicom.dcmread(stat[0], stop_before_pixels=True).StudyInstanceUID)
+    storescu(box.dicom_port, stat[:8], aet="ER_CT")
+
+    def shown() -> tuple[int, int]:
+        with sqlite3.connect(hub.data_dir / "hub.db") as db:
+            return db.execute("SELECT count(*), coalesce(sum(lossy), 0) FROM shown_instances "
+                              "WHERE study_uid=?", [uid]).fetchone()  # fmt: skip
+
+    try:
+        wait_for(lambda: shown()[1] >= 6, 30, "the first images' preview at the hub")
+        assert box_state(box, uid) == "receiving"  # long before the study is quiet
+        storescu(box.dicom_port, stat[8:], aet="ER_CT")  # the modality goes on
+        wait_for(lambda: shown() == (12, 12), 30, "the later images' preview")
+        assert box_state(box, uid) == "receiving"
+        wait_for(lambda: delivered(box, uid), 120, "the lossless study, once quiet")
+        assert shown() == (12, 0)
+        assert_same_at_hub(box, hub, uid)
+        with sqlite3.connect(box.data_dir / "index.db") as db:
+            kinds = [k for (k,) in db.execute(
+                "SELECT kind FROM transfers WHERE study_uid=? ORDER BY seq", [uid])]  # fmt: skip
+        assert kinds[-1] == "lossless" and kinds.count("preview") >= 2
+        with sqlite3.connect(hub.data_dir / "hub.db") as db:
+            manifests = [json.loads(m) for (m,) in db.execute(
+                "SELECT manifest FROM transfers WHERE study_uid=?", [uid])]  # fmt: skip
+        (lossless,) = [m for m in manifests if "preview" not in m.get("extra", {})]
+        assert {i["codec"] for i in lossless["instances"]} == {"dicom-j2k-rest"}
     finally:
         hub.stop()
