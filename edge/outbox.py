@@ -76,6 +76,9 @@ class Outbox:
         live = {
             Path(r[0]).name
             for r in self.db.execute("SELECT pack_path FROM transfers WHERE state='sending'")
+        } | {  # the rests of previews that went, for studies still to be packed
+            self.rests_dir(uid).name
+            for (uid,) in self.db.execute("SELECT study_uid FROM studies WHERE state!='delivered'")
         }
         for p in self.folder.iterdir():
             if p.name not in live:
@@ -123,7 +126,7 @@ class Outbox:
                 self.store.root / rel,
                 sha256=sha,
                 key=iid,
-                rest=r if (r := rests / f"{iid}.rest").exists() else None,
+                rest=next(rests.glob(f"{iid}.*.rest"), None),
             )  # fmt: skip
             for iid, sop, rel, sha in rows
         ]

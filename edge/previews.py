@@ -22,7 +22,7 @@ from typing import Any
 from common import preview
 from common.ratios import parse_ratios
 from edge.outbox import Outbox, Packed
-from edge.sneakernet import Source, pack
+from edge.sneakernet import Source, pack, rest_name
 from wire.manifest import Priority
 
 log = logging.getLogger("radsetu.sync")
@@ -169,8 +169,7 @@ class Stream:
         rests = self.outbox.rests_dir(self.study_uid)
         for s, _ in self.batch:  # its previews are on their way: their rests may go
             s.path.unlink(missing_ok=True)
-            done = s.path.with_suffix(".rest")
-            if done.exists():
+            for done in self.work.glob(f"{s.key}.*.rest"):
                 done.replace(rests / done.name)
         self.batch, self.size = [], 0
 
@@ -239,7 +238,7 @@ def _preview(
         return None
     target = work / f"{iid}.dcm"  # by its row: two versions of one instance may come
     target.write_bytes(made.data)
-    if made.rest is not None:  # not fsynced: a box stopped before packing sends the image
-        target.with_suffix(".rest").write_bytes(made.rest)
+    if made.rest is not None:  # not fsynced: its name says whether it is whole
+        (work / rest_name(iid, made.rest)).write_bytes(made.rest)
     source = Source(sop, study_uid, target, hashlib.sha256(made.data).hexdigest(), key=iid)
     return source, made.ratio

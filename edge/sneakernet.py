@@ -8,6 +8,7 @@ a temp name, fsynced, then renamed).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,8 @@ from wire.manifest import Manifest, Priority
 from wire.packfile import MAGIC, header, header_length, read_manifest
 
 BLOCK = 1 << 20
+
+log = logging.getLogger("radsetu.sync")
 
 
 class PackError(Exception):
@@ -263,15 +266,25 @@ def _write(packer: Packer, sources: list[Source], out: Path) -> Manifest:
     return manifest
 
 
+def rest_name(key: int, record: bytes) -> str:
+    """The name a ``dicom-j2k-rest`` record is kept under: the instance's row and the
+    record's own hash, so that one cut short by a power failure is known."""
+    return f"{key}.{hashlib.sha256(record).hexdigest()[:16]}.rest"
+
+
 def _add_rest(packer: Packer, s: Source) -> bool:
     """Send the instance as the record that completes its preview; False (the file
-    goes whole) when it has none, or the record or the file is gone."""
-    if s.rest is None or s.sha256 is None:
+    goes whole) when it has none, the record or the file is gone, or the record is
+    not what was written (its name says)."""
+    if s.rest is None or s.sha256 is None or s.key is None:
         return False
     try:
         size = s.path.stat().st_size
         record = s.rest.read_bytes()
     except OSError:
+        return False
+    if rest_name(s.key, record) != s.rest.name:
+        log.warning("instance %s goes whole: its preview's rest is damaged", s.sop_instance_uid)
         return False
     packer.add_record(s.sop_instance_uid, "dicom-j2k-rest", record, size, s.sha256)
     return True

@@ -1,7 +1,8 @@
 """The box's side of a STAT study's preview (edge/previews.py, edge/outbox.py) on a real
 store: previews are packed first, in small transfers, and never stand in for the
-lossless transfer: a box stopped between the two still packs the lossless study, and
-what a stopped preview left in the outbox is cleared at start-up."""
+lossless transfer: a box stopped between the two still packs the lossless study, with
+the rests that are whole, and what a stopped preview left in the outbox is cleared at
+start-up."""
 
 from __future__ import annotations
 
@@ -88,20 +89,32 @@ def test_a_preview_that_failed_to_pack_leaves_its_images_whole(outbox, monkeypat
     assert len(codecs) == 10 and len(first) < 10
 
 
-def test_a_box_stopped_after_its_preview_still_sends_the_lossless_study(outbox):
+def test_a_box_stopped_after_its_preview_still_sends_the_lossless_study(outbox, caplog):
     box, uid = outbox
     previews.pack_preview(box, uid, lambda p: None)
     (tid,) = box.db.execute("SELECT transfer_id FROM transfers LIMIT 1").fetchone()
     box.verified(tid, RangeSet([(0, box.manifest(tid).chunk_count)]))
-    # the preview verified, the box restarted before its lossless transfer was packed
+    # the preview verified, the box restarted before its lossless transfer was packed;
+    # the power failed as one rest was written: it is cut short
     (box.folder / "0123.preview").mkdir()  # what a stop in the middle of coding leaves
+    cut = sorted(box.rests_dir(uid).iterdir())[0]
+    cut.write_bytes(cut.read_bytes()[:1000])
     box.clean()
     assert not (box.folder / "0123.preview").exists()
     assert box.next_ready() == uid and not previews.wanted(box, uid)
     packed = box.pack_study(uid)
     assert packed is not None and kinds(box)[-1] == ("lossless", 10)
-    # the rests went with the restart: the images go whole, which needs no preview
-    assert "dicom-j2k-rest" not in {e.codec for e in box.manifest(packed.transfer_id).instances}
+    # the rests stayed for the study still to be packed; the damaged one's image
+    # goes whole, which needs no preview
+    codecs = [e.codec for e in box.manifest(packed.transfer_id).instances]
+    assert codecs.count("dicom-j2k-rest") == 9
+    assert "its preview's rest is damaged" in caplog.text
+    # a study delivered leaves no rests behind at the next start
+    box.rests_dir(uid).mkdir()
+    (box.rests_dir(uid) / "1.0123456789abcdef.rest").write_bytes(b"left over")
+    box.db.execute("UPDATE studies SET state='delivered'")
+    box.clean()
+    assert not box.rests_dir(uid).exists()
 
 
 def test_a_transfer_of_rests_given_up_goes_again_whole(outbox):
