@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from edge import previews
@@ -66,16 +65,11 @@ class PackerLoop:
         for uid in set(self.streams) - set(receiving):
             if self.outbox.study_row(uid) is None:  # gone from the box: nothing follows
                 self.streams.pop(uid).finish()
-        lull = time.time() - previews.LULL_SECONDS
         did = False
-        for uid in receiving:
+        for uid, lull in receiving.items():
             if uid not in self.streams:
                 self.streams[uid] = previews.Stream(self.outbox, uid, self.packed)
-            stream = self.streams[uid]
-            quiet = self.outbox.db.execute(
-                "SELECT last_received_ts <= ? FROM studies WHERE study_uid=?", [lull, uid]
-            ).fetchone()
-            did = stream.feed(flush=bool(quiet and quiet[0])) or did
+            did = self.streams[uid].feed(flush=lull) or did
         return did
 
     def _hold_study(self, uid: str, reason: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -48,17 +49,18 @@ def wanted(outbox: Outbox, study_uid: str) -> bool:
     return bool(untried(outbox, study_uid))
 
 
-def receiving(outbox: Outbox) -> list[str]:
-    """STAT studies still receiving images whose preview is due: their previews are
-    coded and sent as the images arrive (``Stream``), before the study is quiet."""
+def receiving(outbox: Outbox) -> dict[str, bool]:
+    """STAT studies still receiving images whose preview is due, each with whether it
+    has had no image for LULL_SECONDS: their previews are coded and sent as the images
+    arrive (``Stream``), before the study is quiet."""
     if outbox.cfg.get("preview", "off") == "off":
-        return []
+        return {}
     rows = outbox.db.execute(
-        "SELECT study_uid FROM studies WHERE state='receiving' AND priority=? "
-        "ORDER BY first_received",
-        [Priority.STAT.value],
+        "SELECT study_uid, last_received_ts <= ? FROM studies "
+        "WHERE state='receiving' AND priority=? ORDER BY first_received",
+        [time.time() - LULL_SECONDS, Priority.STAT.value],
     ).fetchall()
-    return [uid for (uid,) in rows if wanted(outbox, uid)]
+    return {uid: bool(lull) for uid, lull in rows if wanted(outbox, uid)}
 
 
 def untried(outbox: Outbox, study_uid: str) -> list[tuple[int, str, str, str]]:
