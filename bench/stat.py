@@ -84,7 +84,13 @@ def query(db_path: Path, sql: str, args: list[Any] | None = None) -> Any:
 
 
 def box_run(
-    name: str, profile: Profile, preview: str, files: Any, work: Path, cc: str = "bbr"
+    name: str,
+    profile: Profile,
+    preview: str,
+    files: Any,
+    work: Path,
+    cc: str = "bbr",
+    chunk: int = CHUNK,
 ) -> dict[str, Any]:
     backlog, stat = files
     uid = study_uid(stat)
@@ -93,7 +99,8 @@ def box_run(
     hub = Hub(work / "hub", {"host": link.hub_ip, "port": broker.port}).start()
     mqtt = {"host": link.hub_ip, "port": broker.port, "keepalive": 30, "congestion_control": cc}
     box = Box(work / "box", mqtt=mqtt,
-              box_id=f"stat-{name}", quiet_seconds=2, sync={"preview": preview},
+              box_id=f"stat-{name}", quiet_seconds=2,
+              sync={"preview": preview, "chunk_bytes": chunk},
               stat={"calling_ae_titles": ["ER_CT"]})  # fmt: skip
     proc, log = namespaced.start_box(link.inside(), box)
     box_db, hub_db = box.data_dir / "index.db", hub.data_dir / "hub.db"
@@ -133,7 +140,7 @@ def box_run(
             ):
                 kinds[kind] = stream
         return {"first": first, "whole": whole, "lossless": done, "bytes": kinds,
-                "goodput_bps": held * CHUNK * 8 / done, "stats": link.stats()}  # fmt: skip
+                "goodput_bps": held * chunk * 8 / done, "stats": link.stats()}  # fmt: skip
     finally:
         namespaced.stop(proc, log)
         hub.stop()
@@ -220,6 +227,10 @@ def report(name: str, profile: Profile, runs: dict[str, dict[str, Any]], slices:
         g = r["goodput_bps"]
         print(f"  goodput, {label}: {g / 1000:.0f} kbit/s = {g / rate:.0%} of the rate, "
               f"{g / mathis:.0%} of the Mathis limit ({mathis / 1000:.0f} kbit/s)")  # fmt: skip
+        up = r["stats"]["up"]
+        print(f"    the link up, whole run: {up['packets']} packets, {up['bytes'] / 1e6:.1f} MB;"
+              f" lost at random {up['random_loss']}, in bursts {up['burst_loss']},"
+              f" dropped by the full queue {up['queue_drop']}")  # fmt: skip
 
 
 def main() -> int:
@@ -231,6 +242,7 @@ def main() -> int:
     ap.add_argument("--orthanc-only", action="store_true", help="Orthanc's runs alone")
     ap.add_argument("--orthanc-timeout", type=int, default=60, help="Orthanc's HttpTimeout")
     ap.add_argument("--congestion", default="bbr", help="the box's mqtt.congestion_control")
+    ap.add_argument("--chunk-kib", type=int, default=CHUNK // 1024, help="sync.chunk_bytes")
     ap.add_argument("--keep", action="store_true", help="keep the logs and stores (path printed)")
     args = ap.parse_args()
     if not args.skip_orthanc and shutil.which("Orthanc") is None:
@@ -261,7 +273,8 @@ def main() -> int:
             for mode in ("preview", "lossless"):
                 work = base / f"{name}-{mode}"
                 runs[mode] = box_run(name, profile, "stat" if mode == "preview" else "off",
-                                     files, work, args.congestion)  # fmt: skip
+                                     files, work, args.congestion,
+                                     args.chunk_kib * 1024)  # fmt: skip
                 if not args.keep:
                     shutil.rmtree(work, ignore_errors=True)
                 print(f"  {name} {mode}: {runs[mode]['lossless']:.1f} s", flush=True)

@@ -283,7 +283,7 @@ class Agent:
         props.CorrelationData = self.token
         self.client.publish(
             frames.topic(self.box_id, frames.UP_MANIFEST),
-            self.outbox.manifest_bytes(tid),
+            frames.encode_manifest(self.outbox.manifest_bytes(tid)),
             qos=1,
             properties=props,
         )

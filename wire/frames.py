@@ -1,4 +1,5 @@
-"""What travels in each MQTT message: topic names and the chunk frame. Pure.
+"""What travels in each MQTT message: topic names, the chunk frame and the manifest's
+coding. Pure.
 
 A chunk message's payload is a small binary header followed by the chunk's bytes, so
 that any MQTT broker (v3.1.1 bridges included) carries it unchanged:
@@ -19,11 +20,17 @@ import re
 import struct
 from dataclasses import dataclass
 
+import zstandard
+
 from wire.errors import RemoteProtocolError
+from wire.inflate import BoundedZstd, Inflated
 from wire.manifest import MAX_CHUNK_SIZE
 
 PREFIX = "radsetu/v1"
 CHUNK_MAGIC = b"RSC1"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstd frame's first bytes; a JSON manifest's are "{"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a compressed manifest inflates to no more
+MANIFEST_LEVEL = 3
 _ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _BOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -85,3 +92,28 @@ def decode_chunk(payload: bytes) -> ChunkFrame:
     if len(data) > MAX_CHUNK_SIZE:
         raise RemoteProtocolError(f"chunk of {len(data)} bytes is larger than any chunk size")
     return ChunkFrame(tid.decode("ascii"), index, attempt, data)
+
+
+def encode_manifest(body: bytes) -> bytes:
+    """A manifest's JSON as ``up/manifest`` carries it: as one zstd frame, less than
+    half its size (the chunks' SHA-256 in hex are most of a big study's manifest). A box
+    sends every unfinished transfer's manifest again after each reconnect, in front of
+    any chunk, so on a slow link these bytes are seconds before a STAT study's."""
+    return zstandard.ZstdCompressor(level=MANIFEST_LEVEL).compress(body)
+
+
+def decode_manifest(payload: bytes) -> bytes:
+    """The manifest JSON of an ``up/manifest`` message: zstd-coded (``encode_manifest``)
+    or, from a box of an earlier version, plain. RemoteProtocolError for a zstd frame
+    that is damaged or inflates past MAX_MANIFEST_BYTES; whether the JSON is a
+    manifest is for ``Manifest.from_json`` to say."""
+    if payload[: len(ZSTD_MAGIC)] != ZSTD_MAGIC:
+        return payload
+    try:
+        return b"".join(BoundedZstd(MAX_MANIFEST_BYTES).pieces(payload))
+    except Inflated as exc:
+        raise RemoteProtocolError(
+            f"compressed manifest inflates past {MAX_MANIFEST_BYTES} bytes"
+        ) from exc
+    except zstandard.ZstdError as exc:
+        raise RemoteProtocolError(f"compressed manifest not readable: {exc}") from exc

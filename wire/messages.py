@@ -191,7 +191,7 @@ def decode_upload(leaf: str, payload: bytes) -> Upload:
     if leaf == frames.UP_STUDY:
         return StudyUpdate.decode(payload)
     if leaf == frames.UP_MANIFEST:
-        return ManifestReceived(payload)
+        return ManifestReceived(frames.decode_manifest(payload))
     if leaf == frames.UP_CHUNK:
         return frames.decode_chunk(payload)
     raise RemoteProtocolError(f"unknown topic leaf {leaf!r}")

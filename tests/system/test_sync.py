@@ -409,6 +409,7 @@ def test_hub_refuses_forged_and_malformed_messages(tmp_path, broker, hub, boxes)
     import json
 
     import paho.mqtt.client as mqtt
+    import zstandard
 
     from wire import frames
 
@@ -431,6 +432,9 @@ def test_hub_refuses_forged_and_malformed_messages(tmp_path, broker, hub, boxes)
     payloads = [
         (up("test-box", frames.UP_MANIFEST), b"not json at all"),
         (up("test-box", frames.UP_MANIFEST), json.dumps({"schema": 1, "box_id": "x"}).encode()),
+        # a compressed manifest made to inflate past the ceiling, and a damaged one
+        (up("test-box", frames.UP_MANIFEST), zstandard.compress(b"{" * (17 << 20))),
+        (up("test-box", frames.UP_MANIFEST), frames.ZSTD_MAGIC + b"\xff" * 64),
         (up("test-box", frames.UP_CHUNK), b"garbage"),
         # a forged chunk for the real transfer: an index not held yet, wrong bytes
         (up("test-box", frames.UP_CHUNK), frames.encode_chunk(tid, last, b"\0" * 65536)),
@@ -450,6 +454,8 @@ def test_hub_refuses_forged_and_malformed_messages(tmp_path, broker, hub, boxes)
     finish_and_check(box, hub, uid)
     log = hub.log_text()
     assert "refused a message" in log
+    assert "compressed manifest inflates past" in log
+    assert "compressed manifest not readable" in log
     assert "sha256 mismatch" in log
     assert "which is box test-box's" in log
     boxes_at_hub = {b["box_id"]: b for b in hub.api("/api/boxes")["boxes"]}

@@ -421,6 +421,33 @@ def test_chunk_frames_and_topics():
             frames.parse_topic(bad_topic)
 
 
+def test_a_manifest_travels_compressed_and_a_plain_one_is_still_read():
+    """``up/manifest`` carries the manifest as zstd, less than half its JSON for a
+    study of many chunks; a plain one (a box of an earlier version) is read as it
+    was; a damaged frame or one inflating past the ceiling is refused by name."""
+    import zstandard
+
+    from wire import frames
+    from wire.messages import ManifestReceived, decode_upload
+
+    inst = [(f"1.2.{i}", random.Random(i).randbytes(3000)) for i in range(40)]
+    m, _ = pack_bytes(inst, chunk_size=1024, transfer_id="t1", **META)
+    body = m.to_json()
+    wire_bytes = frames.encode_manifest(body)
+    assert len(wire_bytes) < 0.5 * len(body)
+    got = decode_upload(frames.UP_MANIFEST, wire_bytes)
+    assert isinstance(got, ManifestReceived) and Manifest.from_json(got.raw) == m
+    assert decode_upload(frames.UP_MANIFEST, body).raw == body  # plain: as it was
+    bomb = zstandard.ZstdCompressor().compress(b" " * (frames.MAX_MANIFEST_BYTES + 1))
+    assert len(bomb) < 4096
+    with pytest.raises(RemoteProtocolError, match="inflates past"):
+        decode_upload(frames.UP_MANIFEST, bomb)
+    with pytest.raises(RemoteProtocolError, match="not readable"):
+        decode_upload(frames.UP_MANIFEST, frames.ZSTD_MAGIC + b"\xff" * 64)
+    with pytest.raises(RemoteProtocolError):  # cut short: no whole manifest in it
+        Manifest.from_json(decode_upload(frames.UP_MANIFEST, wire_bytes[:-40]).raw)
+
+
 def test_an_unmeasured_window_starts_small_and_grows_by_one_with_each_ack():
     """Until the rate is measured (RATE_SPAN / 2 of sending) the window starts at
     MIN_WINDOW + 1 and grows by one chunk for each acknowledged, to ``window``: a
