@@ -230,6 +230,7 @@ def _finish(store: HubStore, r: Reception) -> None:
     lossy = m.preview is not None
     unpacker = Unpacker(m, previews=lambda sop: _held_preview(store, key, sop))
     try:
+        _previews_in(store, m, key)
         _keep_all(store, m, key, unpacker)
     except PreviewMissing as exc:
         if all(store.has_lossless(key, e.sop_instance_uid) for e in m.instances):
@@ -270,6 +271,22 @@ def _finish(store: HubStore, r: Reception) -> None:
         len(m.instances),
         m.transfer_id,
     )
+
+
+def _previews_in(store: HubStore, m: Manifest, key: str) -> None:
+    """PreviewMissing, before anything is decoded, when a record of the transfer completes
+    a preview the hub does not hold: a transfer waiting for its previews is looked at
+    again each time its manifest comes (every minute while held whole), and would
+    decode every rest before the missing one each time."""
+    rests = [e.sop_instance_uid for e in m.instances if e.codec == "dicom-j2k-rest"]
+    if not rests:
+        return
+    held = store.previews_held(key)
+    missing = [sop for sop in rests if sop not in held]
+    if missing:
+        raise PreviewMissing(
+            f"{len(missing)} of its {len(rests)} previews not held, {missing[0]} the first"
+        )
 
 
 def _held_preview(store: HubStore, key: str, sop_instance_uid: str) -> layered.Held | None:

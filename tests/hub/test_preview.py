@@ -18,6 +18,7 @@ from hub.errors import HubError
 from hub.ingest import finished_with, take_chunk, take_manifest
 from hub.store import FileHubStore
 from tests.conftest import pdf_text
+from wire import layered
 from wire.codec import Packer, pack_bytes
 from wire.manifest import Priority
 
@@ -153,15 +154,22 @@ def test_a_rest_that_comes_before_its_preview_waits_for_it(tmp_path):
     store.close()
 
 
-def test_a_rest_whose_preview_never_comes_is_shown_stalled(tmp_path):
+def test_a_rest_whose_preview_never_comes_is_shown_stalled(tmp_path, monkeypatch):
     store = FileHubStore(tmp_path / "hub")
     store.put_box_status("box-1", {"disk_free": 50e9}, True)
-    manifest, _ = send_rest(store, "r1", preview.make(CT, {"CT": 12.0}).rest)
+    decoded = []
+    real = layered.decode_rest
+    monkeypatch.setattr(layered, "decode_rest", lambda *a: decoded.append(1) or real(*a))
+    rest = preview.make(CT, {"CT": 12.0}).rest  # checked by decoding it once
+    decoded.clear()
+    manifest, _ = send_rest(store, "r1", rest)
     (before,) = store.db.execute("SELECT updated FROM transfers").fetchone()
-    # announced again and again, it is still the same stall (not a fresh transfer)
+    # announced again and again, it is still the same stall (not a fresh transfer), and
+    # no rest is decoded while a preview it completes is not held
     for _ in range(3):
         assert take_manifest(store, manifest, "test")["verified"] is False
     assert store.db.execute("SELECT updated FROM transfers").fetchone() == (before,)
+    assert decoded == []
     cfg = {"offline_seconds": 600, "backlog_growth_seconds": 1800, "low_disk_bytes": 1,
            "stall_seconds": 900}  # fmt: skip
     (alert,) = fleet.fleet(store, cfg, time.time() + 1000)["alerts"]
