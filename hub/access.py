@@ -210,6 +210,12 @@ def audit_reads(store_for_request: Any, response: Any) -> Any:
     return response
 
 
+def may_sign_on_preview() -> bool:
+    """Whether this hub lets a report be signed while its study is shown from the lossy
+    preview (``reading.sign_on_preview``; such a report says so)."""
+    return bool(current_app.config["RADSETU"]["reading"]["sign_on_preview"])
+
+
 def audit(
     store: FileHubStore, action: str, study_uid: str = "", detail: str = "", **who: str
 ) -> None:

@@ -71,8 +71,8 @@ def sign_report(report_id: str) -> Any:
     who = who if isinstance(who, str) and who else None
     # an admin's script may sign for the draft's radiologist; a radiologist signs as themself
     signer = _acting_for(who) if who or g.role != "admin" else None
-    allowed = bool(current_app.config["RADSETU"]["reading"]["sign_on_preview"])
-    signed = reports.sign(request_store(), report_id, signer, on_preview=allowed)
+    on_preview = access.may_sign_on_preview()
+    signed = reports.sign(request_store(), report_id, signer, on_preview=on_preview)
     access.audit(request_store(), "sign", signed.get("study_uid", ""), f"report {report_id}")
     return jsonify(signed)
 

@@ -15,7 +15,6 @@ from flask import (
     Blueprint,
     Flask,
     abort,
-    current_app,
     flash,
     g,
     redirect,
@@ -187,7 +186,7 @@ def read(study_uid: str) -> Any:
         priors=priors.of_study(store, study_uid),
         ohif=ohif.available(),
         preview=reading.preview_of(store, study_uid),
-        sign_on_preview=current_app.config["RADSETU"]["reading"]["sign_on_preview"],
+        sign_on_preview=access.may_sign_on_preview(),
     )
 
 
@@ -241,8 +240,7 @@ def save_report(store: FileHubStore, study_uid: str) -> Any:
     if request.form.get("action") != "sign":
         return "Draft saved.", here
     reading.claim(store, study_uid, session["user"])
-    allowed = bool(current_app.config["RADSETU"]["reading"]["sign_on_preview"])
-    reports.sign(store, r["report_id"], session["user"], on_preview=allowed)
+    reports.sign(store, r["report_id"], session["user"], on_preview=access.may_sign_on_preview())
     return "Signed: the report is on its way to the clinic.", here
 
 
