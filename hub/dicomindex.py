@@ -10,14 +10,20 @@ clinic's study.
 
 The headers of a study's instances (without pixel data) are read once per process and
 kept while the study's set of instances is unchanged: a viewer asks for the same
-study's series and metadata many times while it opens it.
+study's series and metadata many times while it opens it. They are read only when a
+study's instances are asked for (``Study.instances``): a search by Study UID reads the
+one study it finds, not every study on the hub. What a study-level search shows of a
+study (``Summary``) is kept for many more studies than its headers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +31,8 @@ import pydicom
 
 from hub.store import FileHubStore
 
-CACHED_STUDIES = 16
+CACHED_STUDIES = 16  # studies whose every header is kept
+CACHED_SUMMARIES = 4096  # studies whose study-level answer is kept
 
 
 @dataclass
@@ -53,7 +60,12 @@ def shown_uid(key: str) -> str:
 class Study:
     key: str  # the hub's study key
     row: dict[str, Any]  # its hub_studies row
-    instances: list[Instance] = field(default_factory=list)
+    load: Callable[[], list[Instance]] = field(default=list, repr=False)
+
+    @functools.cached_property
+    def instances(self) -> list[Instance]:
+        """Its instances' headers, read when first asked for."""
+        return self.load()
 
     @property
     def uid(self) -> str:
@@ -80,12 +92,67 @@ def _number(i: Instance) -> tuple[int, int]:
     return num("SeriesNumber"), num("InstanceNumber")
 
 
-def _instances(store: FileHubStore, key: str) -> list[Instance]:
+@dataclass(frozen=True)
+class Summary:
+    """What a study-level search shows of a study. The first instance's header is kept
+    as its bytes (about 1.5 KB for a CT slice, where read into a Dataset it takes 37
+    KB): thousands of studies' summaries stay within a few MB."""
+
+    header: bytes | pydicom.Dataset  # of its first instance; a Dataset where not written
+    modalities: list[str]
+    series: int
+    instances: int
+
+    @property
+    def first(self) -> pydicom.Dataset:
+        if isinstance(self.header, pydicom.Dataset):
+            return self.header
+        return pydicom.dcmread(io.BytesIO(self.header))
+
+
+def _header(ds: pydicom.Dataset) -> bytes | pydicom.Dataset:
+    out = io.BytesIO()
+    try:
+        ds.save_as(out)
+    except Exception:  # noqa: BLE001 - a header pydicom cannot write again is kept as read
+        return ds
+    return out.getvalue()
+
+
+_summaries: OrderedDict[tuple[str, int, str], Summary | None] = OrderedDict()
+
+
+def _tag(store: FileHubStore, key: str) -> tuple[str, int, str]:
+    """The study and its set of instances: a new instance makes a new tag."""
     count, newest = store.db.execute(
         "SELECT count(*), coalesce(max(stored_at), '') FROM shown_instances WHERE study_uid=?",
         [key],
     ).fetchone()
-    tag = (key, int(count), str(newest))
+    return key, int(count), str(newest)
+
+
+def summary(store: FileHubStore, s: Study) -> Summary | None:
+    """The study-level answer about ``s`` (None: no instance shown), from its headers
+    the first time and kept while its instances are unchanged: a viewer's study list
+    asks for every study each time it opens."""
+    tag = _tag(store, s.key)
+    with _lock:
+        if tag in _summaries:
+            _summaries.move_to_end(tag)
+            return _summaries[tag]
+    found = None
+    if s.instances:
+        mods = sorted({str(i.ds.get("Modality", "")) for i in s.instances} - {""})
+        found = Summary(_header(s.instances[0].ds), mods, len(s.series()), len(s.instances))
+    with _lock:
+        _summaries[tag] = found
+        while len(_summaries) > CACHED_SUMMARIES:
+            _summaries.popitem(last=False)
+    return found
+
+
+def _instances(store: FileHubStore, key: str) -> list[Instance]:
+    tag = _tag(store, key)
     with _lock:
         if tag in _cache:
             _cache.move_to_end(tag)
@@ -132,9 +199,12 @@ def study(store: FileHubStore, uid: str, clinic: str = "") -> Study | None:
     if not rows:
         return None
     key = rows[0]["study_uid"]
-    return Study(key, rows[0], _instances(store, key))
+    return Study(key, rows[0], functools.partial(_instances, store, key))
 
 
 def studies(store: FileHubStore, patient_id: str = "", clinic: str = "") -> list[Study]:
+    """The visible studies, narrowed by patient or clinic; no header read yet."""
     rows = visible_rows(store, patient_id=patient_id, clinic=clinic)
-    return [Study(r["study_uid"], r, _instances(store, r["study_uid"])) for r in rows]
+    return [
+        Study(r["study_uid"], r, functools.partial(_instances, store, r["study_uid"])) for r in rows
+    ]

@@ -99,11 +99,19 @@ def _study(key: str) -> index.Study:
 def search_studies() -> Response:
     match, names, every = _query()
     out = []
-    for s in index.studies(_store(), match.get("PatientID", ""), g.get("clinic", "")):
-        if not s.instances:
+    store, clinic = _store(), g.get("clinic", "")
+    if "StudyInstanceUID" in match:  # a viewer opening a study: read that study alone
+        found = (index.study(store, u, clinic) for u in match["StudyInstanceUID"].split("\\"))
+        candidates = list({s.key: s for s in found if s is not None}.values())
+    else:
+        candidates = index.studies(store, match.get("PatientID", ""), clinic)
+    for s in candidates:
+        if "PatientID" in match and s.row["patient_id"] != match["PatientID"]:
             continue
-        first = s.instances[0].ds
-        mods = sorted({str(i.ds.get("Modality", "")) for i in s.instances} - {""})
+        summary = index.summary(store, s)
+        if summary is None:
+            continue
+        first, mods = summary.first, summary.modalities
         if "ModalitiesInStudy" in match and not set(match["ModalitiesInStudy"].split("\\")) & set(
             mods
         ):
@@ -111,13 +119,11 @@ def search_studies() -> Response:
         own = {k: v for k, v in match.items() if k not in STUDY_ONLY and k != "StudyInstanceUID"}
         if not all(parts.matches(first, k, v) for k, v in own.items()):
             continue
-        if "StudyInstanceUID" in match and s.uid not in match["StudyInstanceUID"].split("\\"):
-            continue
         tags = STUDY_TAGS + tuple(names) if not every else tuple(k for k in first.dir())
         item = _with_uid(parts.element_json(first, tags), s)
         item["00080061"] = {"vr": "CS", "Value": mods}
-        item["00201206"] = {"vr": "IS", "Value": [len(s.series())]}
-        item["00201208"] = {"vr": "IS", "Value": [len(s.instances)]}
+        item["00201206"] = {"vr": "IS", "Value": [summary.series]}
+        item["00201208"] = {"vr": "IS", "Value": [summary.instances]}
         item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.uid}"]}
         out.append(item)
     return _answer(out)

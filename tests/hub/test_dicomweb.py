@@ -76,6 +76,12 @@ def test_qido_and_wado_over_real_studies(tmp_path, boxes):
 
         status, _, body = get(hub.token, f"{base}/studies?ModalitiesInStudy=MR")
         assert [s["0020000D"]["Value"][0] for s in json.loads(body)] == [mr_uid]
+        status, _, body = get(hub.token, f"{base}/studies?StudyInstanceUID={ct_uid}")
+        (one,) = json.loads(body)  # as a viewer asks when it opens a study
+        assert one["0020000D"]["Value"] == [ct_uid] and one["00201208"]["Value"] == [3]
+        status, _, body = get(hub.token, f"{base}/studies?StudyInstanceUID={mr_uid}\\{ct_uid}")
+        assert {s["0020000D"]["Value"][0] for s in json.loads(body)} == {ct_uid, mr_uid}
+        assert get(hub.token, f"{base}/studies?StudyInstanceUID=1.2.3.999")[0] == 204
         assert get(hub.token, f"{base}/studies?PatientID=nobody")[0] == 204
         assert get(hub.token, f"{base}/studies?Bogus=1")[0] == 400
 

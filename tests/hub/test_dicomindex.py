@@ -1,0 +1,83 @@
+"""What DICOMweb answers from: headers are read for the studies asked about, and a
+study-level answer is kept while the study is unchanged."""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from devkit.corpus import pydicom_file
+from hub import dicomindex as index
+from hub.ingest import take_chunk, take_manifest
+from hub.store import FileHubStore
+from wire.codec import pack_bytes
+from wire.manifest import Priority
+
+
+def study_of(n: int, modality: str = "CT") -> tuple[str, list[tuple[str, bytes]]]:
+    """A study of ``n`` real CT slices (pydicom's CT_small) with new UIDs, in 2 series."""
+    study, series = generate_uid(), [generate_uid(), generate_uid()]
+    out = []
+    for i in range(n):
+        ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series[i % 2]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.Modality, ds.InstanceNumber = modality, i + 1
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        out.append((str(ds.SOPInstanceUID), buf.getvalue()))
+    return study, out
+
+
+def arrive(store: FileHubStore, study: str, instances: list[tuple[str, bytes]]) -> None:
+    tid = generate_uid().replace(".", "")[-32:]
+    m, chunks = pack_bytes(instances, chunk_size=1 << 16, transfer_id=tid, box_id="box-1",
+                           study_uid=study, priority=Priority.ROUTINE)  # fmt: skip
+    take_manifest(store, m.to_json(), "test")
+    for i, c in enumerate(chunks):
+        ack = take_chunk(store, tid, i, c, "test")
+    assert ack["verified"] is True
+
+
+def test_headers_are_read_only_for_the_study_asked_about_and_summaries_are_kept(
+    tmp_path, monkeypatch
+):
+    store = FileHubStore(tmp_path / "hub")
+    made = [study_of(4) for _ in range(6)]
+    for study, instances in made:
+        arrive(store, study, instances)
+    opened: list[str] = []
+    real_open = store.blobs.open
+    monkeypatch.setattr(store.blobs, "open", lambda path: opened.append(path) or real_open(path))
+
+    found = index.study(store, made[2][0])
+    assert found is not None and opened == []  # nothing read until its instances are asked for
+    assert {i.sop_uid for i in found.instances} == {sop for sop, _ in made[2][1]}
+    assert len(opened) == 4
+
+    listed = index.studies(store)
+    assert len(listed) == 6 and len(opened) == 4  # listing reads no header
+    opened.clear()
+    first = [index.summary(store, s) for s in listed]
+    assert all(s is not None and (s.series, s.instances, s.modalities) == (2, 4, ["CT"])
+               for s in first)  # fmt: skip
+    assert first[2] is not None and first[2].first.StudyInstanceUID == made[2][0]
+    read_once = len(opened)
+    assert read_once <= 6 * 4
+    again = [index.summary(store, s) for s in index.studies(store)]
+    assert again == first and len(opened) == read_once  # kept: no header read again
+
+    # a new instance makes the study's answer new
+    study, instances = made[0]
+    _, more = study_of(1, "MR")
+    sop, data = more[0]
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyInstanceUID = study
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    arrive(store, study, [(sop, buf.getvalue())])
+    (changed,) = [index.summary(store, s) for s in index.studies(store) if s.key == study]
+    assert changed is not None and changed.instances == 5 and changed.modalities == ["CT", "MR"]
+    store.close()
