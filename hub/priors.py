@@ -66,14 +66,22 @@ def of_study(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
 
 
 def counts(store: FileHubStore, studies: list[dict[str, Any]]) -> dict[str, int]:
-    """How many earlier studies each of ``studies`` (worklist rows) has."""
-    boxes = sorted({s["box_id"] for s in studies if s.get("patient_id")})
-    if not boxes:
-        return {}
-    marks = ",".join("?" for _ in boxes)
-    rows = [dict(r) for r in store.db.query(
-        f"SELECT {COLUMNS} FROM hub_studies WHERE patient_id != '' AND box_id IN ({marks})",
-        boxes)]  # fmt: skip
+    """How many earlier studies each of ``studies`` (worklist rows) has. Only the listed
+    patients' studies are read, a clinic at a time (by the index on box and Patient
+    ID), not every study of the listed clinics."""
+    patients: dict[str, set[str]] = {}
+    for s in studies:
+        if s.get("patient_id"):
+            patients.setdefault(s["box_id"], set()).add(s["patient_id"])
+    rows: list[dict[str, Any]] = []
+    for box_id, ids in sorted(patients.items()):
+        listed = sorted(ids)
+        for at in range(0, len(listed), 500):  # within any engine's limit of parameters
+            part = listed[at : at + 500]
+            marks = ",".join("?" for _ in part)
+            rows += [dict(r) for r in store.db.query(
+                f"SELECT {COLUMNS} FROM hub_studies WHERE box_id=? AND patient_id IN ({marks})",
+                [box_id, *part])]  # fmt: skip
     groups = _patients(rows)
     out = {}
     for s in studies:

@@ -281,3 +281,10 @@ def m020_previews(db: sqlite_utils.Database) -> None:
                 AND l.sop_instance_uid = i.sop_instance_uid AND l.lossy = 0)""")
     db.execute("ALTER TABLE hub_studies ADD COLUMN preview_ratio REAL")
     db.execute("ALTER TABLE reports ADD COLUMN on_preview TEXT")
+
+
+@migrations()
+def m021_patient_index(db: sqlite_utils.Database) -> None:
+    """A patient's studies at a clinic are found by index: the worklist counts each
+    listed study's priors (hub/priors.py) on every view."""
+    db.execute("CREATE INDEX hub_studies_patient ON hub_studies(box_id, patient_id)")
