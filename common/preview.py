@@ -14,7 +14,7 @@ measures its error beside JPEG XL at the same ratio.
 
 Each frame is coded once, reversibly (the 5/3 wavelet), in two quality layers: the
 first, at the table's ratio, is the preview; the second completes it to lossless.
-For a single-frame image the completion is kept as a ``dicom-j2k-rest`` record
+The completion of every frame is kept as a ``dicom-j2k-rest`` record
 (``wire.layered``), which the lossless transfer sends instead of the whole image:
 the hub joins it to the preview it holds and gets the original file back, byte for
 byte. ``bench/layered.py`` measures what that saves.
@@ -157,9 +157,9 @@ def make(data: bytes, ratios: dict[str, float], level: int = 3) -> Preview:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, force_encoding=True)
-    made, rest = out.getvalue(), None
-    if len(coded) == 1:  # None when the record would not rebuild this very file
-        rest = layered.rest_record(data, held_of(made), coded[0][1], low, level)
+    made = out.getvalue()
+    # None when the record would not rebuild this very file
+    rest = layered.rest_record(data, held_of(made), [r for _, r in coded], low, level)
     return Preview(made, got, rest)
 
 
@@ -184,26 +184,28 @@ def _values(value: object) -> list[object]:
 
 
 def held_of(data: bytes) -> layered.Held:
-    """A single-frame preview file as a ``dicom-j2k-rest`` record takes it: its
-    codestream and the bytes before it. The box and the hub both call this on the
-    same file. Raises ValueError as ``codestream_of`` does."""
-    codestream = codestream_of(data)
-    return layered.Held(codestream, data[: data.rfind(codestream)])
+    """A preview file as a ``dicom-j2k-rest`` record takes it: its codestreams (one a
+    frame) and the bytes before the first. The box and the hub both call this on the
+    same file. Raises ValueError as ``codestreams_of`` does."""
+    frames = codestreams_of(data)
+    if len(frames) == 1:
+        return layered.Held(frames[0], data[: data.rfind(frames[0])])
+    return layered.Held(frames[0], data[: data.find(frames[0])], tuple(frames))
 
 
-def codestream_of(data: bytes) -> bytes:
-    """The JPEG 2000 codestream of a single-frame preview file (what a
+def codestreams_of(data: bytes) -> list[bytes]:
+    """The JPEG 2000 codestream of each frame of a preview file (what a
     ``dicom-j2k-rest`` record completes). Raises ValueError for anything else."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-        if (
-            ds.file_meta.TransferSyntaxUID != JPEG2000
-            or int(getattr(ds, "NumberOfFrames", 1) or 1) != 1
-        ):
-            raise ValueError("not a single-frame JPEG 2000 preview")
-        frame: bytes = next(generate_frames(ds.PixelData, number_of_frames=1))
+        if ds.file_meta.TransferSyntaxUID != JPEG2000:
+            raise ValueError("not a JPEG 2000 preview")
+        count = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+        if len(frames) != count:
+            raise ValueError(f"{len(frames)} frames where the preview says {count}")
         # a fragment is of even length: an odd codestream got a pad byte after its EOC
-        return frame[:-1] if frame.endswith(b"\xff\xd9\x00") else frame
+        return [f[:-1] if f.endswith(b"\xff\xd9\x00") else f for f in frames]
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on a bad file

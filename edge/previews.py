@@ -2,7 +2,7 @@
 
 The preview is a transfer of its own (kind ``preview``): each image the clinic's ratio
 table names, as JPEG 2000 at that ratio (common/preview.py), packed like any other
-transfer. What completes each single-frame preview to its original file is left in the
+transfer. What completes each preview to its original file (every frame) is left in the
 outbox (``Outbox.rests_dir``) for the lossless transfer to send instead of the image.
 
 A preview may fail or be skipped without loss: anything that goes wrong here is logged,

@@ -176,7 +176,9 @@ def _joined(preview: bytes, rest: bytes) -> tuple[bytes, Parsed]:
 
 RECORD_MAGIC = b"J2L1"  # the file's other bytes zstd'd alone
 RECORD_MAGIC_HELD = b"J2L2"  # zstd'd against the preview file's header, which the hub holds
+RECORD_MAGIC_FRAMES = b"J2L3"  # as J2L2, of a multi-frame file: a rest for each frame
 _RECORD = struct.Struct("<4sBiIIQQI")  # magic, word type, low, rows, cols, start, length, zlen
+_COUNT = struct.Struct("<I")  # J2L3: after the other bytes, the frames; then each rest's length
 MAX_HEADER_DICT = 1024 * 1024  # a larger preview header is not used as a dictionary
 
 
@@ -185,32 +187,48 @@ class Held:
     """A preview as both ends hold it: its codestream, and its Part 10 file's bytes
     before that codestream. The header is most of what the original file has besides
     its pixels, so a record codes those bytes against it: about 0.6 KB less for each
-    image of a CT series (docs/preview.md)."""
+    image of a CT series (docs/preview.md). A multi-frame preview's ``frames`` are
+    every frame's codestream, in order (``codestream`` is the first)."""
 
     codestream: bytes
     header: bytes = b""
+    frames: tuple[bytes, ...] = ()
+
+    @property
+    def codestreams(self) -> tuple[bytes, ...]:
+        return self.frames or (self.codestream,)
 
 
 def _against(header: bytes) -> zstandard.ZstdCompressionDict:
     return zstandard.ZstdCompressionDict(header, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
-def rest_record(data: bytes, preview: Held, rest: bytes, low: int, level: int = 3) -> bytes | None:
-    """The record that rebuilds a single-frame Part 10 file from its preview: the
-    file's other bytes (zstd, against the preview's header when it has one), where its
-    pixel data goes, and the codestream's rest. ``low``: what was taken from each
-    stored word before coding. None when the file is not one this applies to, or the
-    record does not rebuild it byte for byte (checked here, before it is ever sent)."""
+def rest_record(
+    data: bytes, preview: Held, rest: bytes | list[bytes], low: int, level: int = 3
+) -> bytes | None:
+    """The record that rebuilds a Part 10 file from its preview: the file's other bytes
+    (zstd, against the preview's header when it has one), where its pixel data goes,
+    and each frame's codestream rest (``rest``: one, or a list in frame order).
+    ``low``: what was taken from each stored word before coding. None when the file is
+    not one this applies to, or the record does not rebuild it byte for byte (checked
+    here, before it is ever sent). A multi-frame file's record needs the header."""
+    rests = [rest] if isinstance(rest, bytes) else rest
     img = pixels.split(data)
-    if img is None or img.frames != 1:
+    if img is None or img.frames != len(rests) or len(preview.codestreams) != img.frames:
         return None
     magic, coder = RECORD_MAGIC, zstandard.ZstdCompressor(level=level)
     if preview.header and len(preview.header) <= MAX_HEADER_DICT:
-        magic = RECORD_MAGIC_HELD
+        magic = RECORD_MAGIC_HELD if img.frames == 1 else RECORD_MAGIC_FRAMES
         coder = zstandard.ZstdCompressor(level=level, dict_data=_against(preview.header))
+    elif img.frames > 1:
+        return None
     other = coder.compress(data[: img.start] + data[img.start + img.length :])
     head = _RECORD.pack(magic, img.code, low, img.rows, img.cols, img.start, img.length, len(other))
-    record = head + other + rest
+    body = rests[0]
+    if magic == RECORD_MAGIC_FRAMES:
+        lengths = struct.pack(f"<{len(rests)}I", *(len(r) for r in rests))
+        body = _COUNT.pack(len(rests)) + lengths + b"".join(rests)
+    record = head + other + body
     try:
         same = decode_rest(record, preview, len(data)) == data
     except RemoteProtocolError:
@@ -225,27 +243,62 @@ def decode_rest(record: bytes, preview: Held | None, max_size: int = 1 << 62) ->
         raise RemoteProtocolError("dicom-j2k-rest record is shorter than its header")
     magic, code, low, rows, cols, start, length, zlen = _RECORD.unpack_from(record)
     dtype = pixels.DTYPES.get(code)
-    if magic not in (RECORD_MAGIC, RECORD_MAGIC_HELD) or dtype is None:
+    if magic not in (RECORD_MAGIC, RECORD_MAGIC_HELD, RECORD_MAGIC_FRAMES) or dtype is None:
         raise RemoteProtocolError("not a dicom-j2k-rest record")
-    if length > max_size or rows * cols * dtype.itemsize != length:
+    body = record[_RECORD.size + zlen :]
+    rests = _frame_rests(body) if magic == RECORD_MAGIC_FRAMES else [body]
+    if length > max_size or rows * cols * len(rests) * dtype.itemsize != length:
         raise RemoteProtocolError("dicom-j2k-rest record's header does not add up")
     if preview is None:
         raise PreviewMissing("the preview this record completes is not here")
-    held = magic == RECORD_MAGIC_HELD
+    held = magic != RECORD_MAGIC
     if held and not 0 < len(preview.header) <= MAX_HEADER_DICT:
         raise RemoteProtocolError("dicom-j2k-rest record needs its preview's header")
+    if len(preview.codestreams) != len(rests):
+        raise RemoteProtocolError("dicom-j2k-rest record and its preview differ in frames")
     framed = record[_RECORD.size : _RECORD.size + zlen]
     pixels.check_other(framed, max_size - length, "dicom-j2k-rest")
-    whole, p = _joined(preview.codestream, record[_RECORD.size + zlen :])
-    if (p.width, p.height) != (cols, rows):
-        raise RemoteProtocolError("dicom-j2k-rest record's image does not match its header")
     try:
         unzstd = zstandard.ZstdDecompressor(dict_data=_against(preview.header) if held else None)
         other = unzstd.decompress(framed, max_output_size=max_size - length)
-        image = imagecodecs.jpeg2k_decode(whole, numthreads=1)
-    except (zstandard.ZstdError, imagecodecs.Jpeg2kError, ValueError) as exc:
+    except zstandard.ZstdError as exc:
         raise RemoteProtocolError(f"dicom-j2k-rest record does not decode: {exc}") from exc
-    if image.shape != (rows, cols) or start > len(other):
-        raise RemoteProtocolError("dicom-j2k-rest record's image does not match its header")
-    words: bytes = (image.astype(np.int64) + low).astype(dtype).tobytes()
+    if start > len(other):
+        raise RemoteProtocolError("dicom-j2k-rest record's pixel data lies past its file")
+    words = b"".join(
+        (_frame(cs, r, rows, cols).astype(np.int64) + low).astype(dtype).tobytes()
+        for cs, r in zip(preview.codestreams, rests, strict=True)
+    )
     return bytes(other[:start]) + words + bytes(other[start:])
+
+
+def _frame_rests(body: bytes) -> list[bytes]:
+    """A J2L3 record's rests: the count, each one's length, then the rests."""
+    if len(body) < _COUNT.size:
+        raise RemoteProtocolError("dicom-j2k-rest record ends before its frame count")
+    (count,) = _COUNT.unpack_from(body)
+    table = _COUNT.size + 4 * count
+    if not 1 < count or len(body) < table:
+        raise RemoteProtocolError("dicom-j2k-rest record's frame count does not add up")
+    lengths = struct.unpack_from(f"<{count}I", body, _COUNT.size)
+    if table + sum(lengths) != len(body):
+        raise RemoteProtocolError("dicom-j2k-rest record's rests do not add up")
+    out, at = [], table
+    for n in lengths:
+        out.append(body[at : at + n])
+        at += n
+    return out
+
+
+def _frame(codestream: bytes, rest: bytes, rows: int, cols: int) -> np.ndarray:
+    """One frame's samples from its preview codestream and its rest."""
+    whole, p = _joined(codestream, rest)
+    if (p.width, p.height) != (cols, rows):
+        raise RemoteProtocolError("dicom-j2k-rest record's image does not match its header")
+    try:
+        image: np.ndarray = imagecodecs.jpeg2k_decode(whole, numthreads=1)
+    except (imagecodecs.Jpeg2kError, ValueError) as exc:
+        raise RemoteProtocolError(f"dicom-j2k-rest record does not decode: {exc}") from exc
+    if image.shape != (rows, cols):
+        raise RemoteProtocolError("dicom-j2k-rest record's image does not match its header")
+    return image

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from common import preview
-from devkit.corpus import head_ct_slices
+from devkit.corpus import data_file, head_ct_slices
 from hub import fleet, reading, reports
 from hub.errors import HubError
 from hub.ingest import finished_with, take_chunk, take_manifest
@@ -208,3 +208,32 @@ def test_a_waiting_rest_is_finished_when_its_manifest_comes_again(tmp_path):
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def test_a_multi_frame_image_is_rebuilt_from_its_preview_and_rest(tmp_path):
+    """An enhanced CT of two frames: the lossless transfer carries a rest for each
+    frame, and the hub shows the original file, byte for byte."""
+    data = data_file("eCT_Supplemental.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    study, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+    made = preview.make(data, {"CT": 12.0})
+    assert made.rest is not None and len(made.rest) < len(data) / 20
+    store = FileHubStore(tmp_path / "hub")
+    lossy = {"preview": {"method": preview.METHOD, "ratio": made.ratio, "of": 1}}
+    m, chunks = pack_bytes([(sop, made.data)], chunk_size=1 << 14, transfer_id="p1",
+                           box_id="box-1", study_uid=study, priority=Priority.STAT,
+                           extra=lossy)  # fmt: skip
+    p = Packer(box_id="box-1", study_uid=study, transfer_id="r1", priority=Priority.STAT,
+               chunk_size=1 << 14)  # fmt: skip
+    p.add_record(sop, "dicom-j2k-rest", made.rest, len(data), _sha(data))
+    rest_m, rest_chunks = p.finish()
+    for manifest, parts in ((m, chunks), (rest_m, rest_chunks)):
+        take_manifest(store, manifest.to_json(), "test")
+        for i, c in enumerate(parts):
+            ack = take_chunk(store, manifest.transfer_id, i, c, "test")
+        assert ack["verified"] is True
+    rows = store.db.execute(
+        "SELECT lossy, path FROM shown_instances WHERE study_uid=?", [study]
+    ).fetchall()
+    assert [(lossy, store.blobs.get(path)) for lossy, path in rows] == [(0, data)]
+    store.close()

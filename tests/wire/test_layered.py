@@ -173,7 +173,9 @@ def through_the_codec(data: bytes, rest: bytes, previews) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("name", ["head CT (signed)", "MR2_UNCR.dcm (unsigned)"])
+@pytest.mark.parametrize(
+    "name", ["head CT (signed)", "MR2_UNCR.dcm (unsigned)", "eCT_Supplemental.dcm (2 frames)"]
+)
 def test_a_rest_record_rebuilds_the_original_file_through_the_codec(name):
     path = head_ct_slices()[12] if name.startswith("head") else data_file(name.split()[0])
     data = path.read_bytes()
@@ -218,6 +220,33 @@ def test_a_rest_codes_its_other_bytes_against_the_previews_header():
         assert layered.decode_rest(made.rest, wrong, len(data)) != data
     except RemoteProtocolError:
         pass
+
+
+def test_a_multi_frame_rest_needs_every_frame_of_its_own_preview():
+    """A multi-frame image's record carries a rest for each frame (J2L3): it rebuilds
+    the file only from the preview's every frame, and a damaged frame table is refused."""
+    data = data_file("eCT_Supplemental.dcm").read_bytes()
+    made = preview.make(data, {"CT": 12.0})
+    held = preview.held_of(made.data)
+    assert made.rest is not None and made.rest[:4] == layered.RECORD_MAGIC_FRAMES
+    assert len(held.codestreams) == 2 and held.codestreams[0] == held.codestream
+    assert layered.decode_rest(made.rest, held, len(data)) == data
+    one_frame = layered.Held(held.codestream, held.header)
+    with pytest.raises(RemoteProtocolError, match="frames"):
+        layered.decode_rest(made.rest, one_frame, len(data))
+    swapped = layered.Held(held.frames[1], held.header, held.frames[::-1])
+    with pytest.raises(RemoteProtocolError, match="not the one"):
+        layered.decode_rest(made.rest, swapped, len(data))
+    *_, zlen = layered._RECORD.unpack_from(made.rest)
+    table = layered._RECORD.size + zlen
+    rng = random.Random(3)
+    for _ in range(60):
+        bad = bytearray(made.rest)
+        bad[table + rng.randrange(12)] ^= 1 << rng.randrange(8)  # the count, the lengths
+        with pytest.raises(RemoteProtocolError):
+            layered.decode_rest(bytes(bad), held, len(data))
+    with pytest.raises(RemoteProtocolError):
+        layered.decode_rest(made.rest[:-1], held, len(data))
 
 
 def test_a_damaged_rest_record_is_refused_not_believed():
