@@ -25,7 +25,7 @@ from common.clock import utcnow
 from common.durable import fsync_dir
 from edge import doctors, orders, studies
 from edge.holds import Holds
-from edge.sneakernet import NothingToPack, PackResult, Source, pack
+from edge.sneakernet import NothingToPack, PackResult, Source, pack, rests_in
 from edge.store import Store
 from wire.manifest import Manifest, Priority
 from wire.packfile import MAGIC, header_length, read_manifest
@@ -119,15 +119,9 @@ class Outbox:
         tid = uuid.uuid4().hex
         out = self.folder / f"{tid}.pack"
         rests = self.rests_dir(study_uid)
+        kept = rests_in(rests)
         sources = [
-            Source(
-                sop,
-                study_uid,
-                self.store.root / rel,
-                sha256=sha,
-                key=iid,
-                rest=next(rests.glob(f"{iid}.*.rest"), None),
-            )  # fmt: skip
+            Source(sop, study_uid, self.store.root / rel, sha256=sha, key=iid, rest=kept.get(iid))
             for iid, sop, rel, sha in rows
         ]
         try:

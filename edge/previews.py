@@ -23,7 +23,7 @@ from typing import Any
 from common import preview
 from common.ratios import parse_ratios
 from edge.outbox import Outbox, Packed
-from edge.sneakernet import Source, pack, rest_name
+from edge.sneakernet import Source, pack, rest_name, rests_in
 from wire.manifest import Priority
 
 log = logging.getLogger("radsetu.sync")
@@ -168,11 +168,11 @@ class Stream:
         self.packed(_pack(self.outbox, self.study_uid, study, self.batch, of))
         self.made += 1
         _tried(self.outbox, [s.key for s, _ in self.batch if s.key is not None])
-        rests = self.outbox.rests_dir(self.study_uid)
+        rests, made = self.outbox.rests_dir(self.study_uid), rests_in(self.work)
         for s, _ in self.batch:  # its previews are on their way: their rests may go
             s.path.unlink(missing_ok=True)
-            for done in self.work.glob(f"{s.key}.*.rest"):
-                done.replace(rests / done.name)
+            if s.key in made:
+                made[s.key].replace(rests / made[s.key].name)
         self.batch, self.size = [], 0
 
 

@@ -272,6 +272,21 @@ def rest_name(key: int, record: bytes) -> str:
     return f"{key}.{hashlib.sha256(record).hexdigest()[:16]}.rest"
 
 
+def rests_in(folder: Path) -> dict[int, Path]:
+    """The records kept in ``folder`` under ``rest_name``, by their instance's row, from
+    one listing of it (none when it is not there)."""
+    try:
+        names = list(folder.iterdir())
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for p in names:
+        key, _, tail = p.name.partition(".")
+        if key.isdigit() and tail.endswith(".rest"):
+            out[int(key)] = p
+    return out
+
+
 def _add_rest(packer: Packer, s: Source) -> bool:
     """Send the instance as the record that completes its preview; False (the file
     goes whole) when it has none, the record or the file is gone, or the record is
