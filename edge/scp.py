@@ -262,11 +262,19 @@ def _recv_bounded(self: Any, nr_bytes: int) -> bytearray:
 
 
 def _close(assoc: Any) -> None:
-    """Close an association's connection under it (its thread then ends)."""
+    """Close the connection of an association that has not been asked for yet, and end
+    its thread now. pynetdicom's acceptor waits up to ``acse_timeout`` for the request
+    and does not notice a closed connection meanwhile: an empty item on the queue it
+    waits on takes the path of that timeout (the thread stops its reader and ends)."""
     try:
         assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
     except (AttributeError, OSError):
         pass
+    if assoc.requestor.primitive is None:  # still waiting for the request
+        assoc.dul.to_user_queue.put(None)
+
+
+_EVICTED_ENDS_WITHIN = 5.0  # seconds; a woken acceptor's thread ends in milliseconds
 
 
 def admit_by_address(server: Any, config: Config) -> None:
@@ -293,6 +301,9 @@ def admit_by_address(server: Any, config: Config) -> None:
                     victim = next(a for a in idle if a.requestor.address == top)
                     evicted.add(victim)
                     _close(victim)
+                    # pynetdicom refuses an association while more acceptors than its
+                    # own cap are alive, the closed one's too: wait for it to end
+                    victim.join(_EVICTED_ENDS_WITHIN)
                     return True
         log.warning(
             "closed a DICOM connection from %s at once: %d open in all, %d from it",

@@ -25,11 +25,30 @@ from wire import dul
 ATTACKER = "127.0.0.2"
 
 
+def started(where: Path, engine: str, **dicom: str) -> Box:
+    b = Box(where, quiet_seconds=1)
+    b.start(
+        env={
+            "RADSETU_DICOM_ENGINE": engine,
+            **{f"RADSETU_DICOM_{k.upper()}": v for k, v in dicom.items()},
+        }
+    )
+    b.threads_per_association = 1 if engine == "native" else 2  # pynetdicom: + DUL
+    return b
+
+
 @pytest.fixture(params=["native", "pynetdicom"])
 def box(tmp_path: Path, request):
-    b = Box(tmp_path / "box", quiet_seconds=1)
-    b.start(env={"RADSETU_DICOM_ENGINE": request.param, "RADSETU_DICOM_SETUP_SECONDS": "3"})
-    b.threads_per_association = 1 if request.param == "native" else 2  # pynetdicom: + DUL
+    b = started(tmp_path / "box", request.param, setup_seconds="3")
+    yield b
+    b.stop()
+
+
+@pytest.fixture(params=["native", "pynetdicom"])
+def eight_places(tmp_path: Path, request):
+    """A box with 8 places on its DICOM port, where a silent connection keeps its place
+    for a minute unless it is made to give way."""
+    b = started(tmp_path / "box", request.param, max_connections="8", setup_seconds="60")
     yield b
     b.stop()
 
@@ -98,6 +117,32 @@ def test_idle_sockets_from_one_device_do_not_block_the_modality(box):
         for s in idle:
             s.close()
     assert "dicom.max_per_address" in box.log_text() or "from it" in box.log_text()
+
+
+def test_a_place_given_up_for_a_newcomer_is_free_at_once(eight_places):
+    box = eight_places
+    before = proc_status(box.proc.pid)["Threads"]
+    # 7 of these get a place: the connection that saw the box was up holds one a while
+    idle = [connect(box.dicom_port, "127.0.1.1") for _ in range(8)]
+    time.sleep(0.5)
+    held = []
+    try:
+        # three associations from another device in turn, each kept: every one takes the
+        # place of one of the oldest silent connections, at once (pynetdicom's acceptor
+        # thread waited out setup_seconds on a closed connection, and its own cap then
+        # refused the second newcomer with "Local Limit Exceeded")
+        for _ in range(3):
+            held.append(established(box.dicom_port))
+        for s in idle[:3]:
+            closed_within(s, 10)
+        r = echo(box.dicom_port)
+        assert r.returncode == 0, r.stderr
+        # and the connections closed for them hold no thread
+        threads = proc_status(box.proc.pid)["Threads"] - before
+        assert threads <= 8 * box.threads_per_association + 2, f"{threads} threads for 8 places"
+    finally:
+        for s in idle + held:
+            s.close()
 
 
 def test_a_peer_that_drips_bytes_is_cut_off(box):
