@@ -101,7 +101,7 @@ class SimBox:
 
         props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = self.token
-        body = self.manifest.to_json()
+        body = frames.encode_manifest(self.manifest.to_json())  # as a box sends it
         self.client.publish(
             frames.topic(self.box_id, frames.UP_MANIFEST), body, 1, properties=props
         )

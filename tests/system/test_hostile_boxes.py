@@ -86,7 +86,9 @@ def test_the_hub_holds_at_most_its_receive_maximum_in_memory(broker, tmp_path):
     ingest.start()
     try:
         wait_for(ingest.client.is_connected, 10, "the hub's connection")
-        time.sleep(0.5)  # its subscription
+        # its subscription: a chunk at a time until one is in the queue
+        probe = [(frames.UP_CHUNK, bytes(1000))]
+        wait_for(lambda: publish_as(broker, "flood", probe) or ingest.inbox.qsize(), 10, "a chunk")
         publish_as(broker, "flood", [(frames.UP_CHUNK, bytes(1000))] * (RECEIVE_MAXIMUM * 4))
         wait_for(lambda: ingest.inbox.qsize() >= RECEIVE_MAXIMUM, 10, "the queue to fill")
         time.sleep(1)
