@@ -2,8 +2,9 @@
 two separate codings (what the box did before): an irreversible JPEG 2000 preview,
 then the lossless study as ``dicom-jxl`` records.
 
-For every single-frame grayscale corpus image the default preview table gives a ratio,
-and for pylinac's head CT series on its own:
+For every grayscale corpus image the default preview table gives a ratio (a
+multi-frame image in a group of its own, each frame coded as the box codes it), and for
+pylinac's head CT series on its own:
 - two codings: the preview (9/7 wavelet, at the table's ratio) plus the whole lossless
   record (JPEG XL at effort 3, the box's fast setting, and 7, its slow-link one);
 - layered (the box now): one 5/3 codestream of two layers, the first at the table's
@@ -51,7 +52,7 @@ def irreversible(image: np.ndarray, ratio: float) -> bytes:
     return out.getvalue()
 
 
-def images(limit: int) -> list[tuple[str, np.ndarray, float]]:
+def images(limit: int) -> list[tuple[str, list[np.ndarray], float]]:
     table, out = parse_ratios(PREVIEW_RATIOS), []
     head = {str(p) for p in head_ct_slices()}
     for f in corpus_files():
@@ -64,16 +65,23 @@ def images(limit: int) -> list[tuple[str, np.ndarray, float]]:
             a = ds.pixel_array
         except Exception:  # noqa: BLE001, S112 - unreadable files are the corpus test's concern
             continue
-        if a.ndim != 2 or a.nbytes < 128 * 1024:
+        many = int(ds.get("NumberOfFrames", 1) or 1) > 1
+        if a.ndim != (3 if many else 2) or a.nbytes < 128 * 1024:
             continue
         a = a.astype(np.int32) - int(a.min())
+        a = a.astype(np.uint16 if a.max() > 255 else np.uint8)
         group = "CT head series" if str(f.path) in head else modality
-        out.append((group, a.astype(np.uint16 if a.max() > 255 else np.uint8), ratio))
+        out.append((f"{group} multi-frame" if many else group, list(a) if many else [a], ratio))
     return out[:limit] if limit else out
 
 
-def measure(image: np.ndarray, ratio: float, t: dict[str, float]) -> None:
+def measure(frames: list[np.ndarray], ratio: float, t: dict[str, float]) -> None:
     t["n"] += 1
+    for image in frames:
+        _frame(image, ratio, t, len(frames))
+
+
+def _frame(image: np.ndarray, ratio: float, t: dict[str, float], of: int) -> None:
     t["raw"] += image.nbytes
     for effort in (3, 7):
         t[f"jxl{effort}"] += len(imagecodecs.jpegxl_encode(image, lossless=True, effort=effort))
@@ -91,7 +99,7 @@ def measure(image: np.ndarray, ratio: float, t: dict[str, float]) -> None:
     t["rest"] += len(rest)
     for key, coded in (("err97", two), ("err53", first)):
         shown = imagecodecs.jpeg2k_decode(coded).astype(np.int32)
-        t[key] += float(np.abs(shown - image).mean())
+        t[key] += float(np.abs(shown - image).mean()) / of  # an image's mean
 
 
 def main() -> int:
@@ -99,8 +107,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     args = ap.parse_args()
     totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(KEYS, 0.0))
-    for group, image, ratio in images(args.limit):
-        measure(image, ratio, totals[group])
+    for group, frames, ratio in images(args.limit):
+        measure(frames, ratio, totals[group])
     print("shares of the lossless-only record (JPEG XL effort 3 / effort 7)")
     for group, t in sorted(totals.items()):
         n = t["n"]

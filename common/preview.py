@@ -42,6 +42,10 @@ from wire import layered
 METHOD = "ISO_15444_1"  # DICOM's defined term for JPEG 2000 (PS3.3 C.7.6.1.1.5)
 MAX_PREVIEW_PIXELS = 32 * 1024 * 1024  # samples (a box's memory): more go lossless only
 MIN_PREVIEW_BYTES = 128 * 1024  # smaller pixel data gains little and codes badly
+# A preview of more than this share of its image's lossless coding brings reading little
+# sooner (the lossless record the box would send instead is often smaller still), and
+# the lossless study comes later by all of it: such an image goes lossless only
+MAX_PREVIEW_SHARE = 0.75
 
 
 class NoPreview(Exception):
@@ -142,6 +146,9 @@ def make(data: bytes, ratios: dict[str, float], level: int = 3) -> Preview:
         target *= ratio / got * 0.99
     else:  # the coder had nothing more to give: the image codes losslessly within it
         raise NoPreview(f"codes at {got:.1f}:1 losslessly, within the ratio")
+    share = sum(len(c) for c, _ in coded) / sum(len(c) + len(r) for c, r in coded)
+    if share > MAX_PREVIEW_SHARE:
+        raise NoPreview(f"a preview would be {share:.0%} of its lossless coding")
     bits = 16 if frames.dtype == np.uint16 else 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):

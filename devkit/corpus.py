@@ -73,6 +73,18 @@ def replicate(src: Path, out_dir: Path, count: int, study_uid: str | None = None
     return series_from([src], out_dir, count, study_uid)
 
 
+def corpus_file(name: str) -> Path:
+    """A corpus file by the end of its name (``make test`` prepares the corpus)."""
+    for f in corpus_files():
+        if f.name.endswith(name):
+            return f.path
+    raise FileNotFoundError(f"{name} is not in the corpus")
+
+
+# heudiconv's test data: a real MR of 3 frames of 162 x 162, whose frames get a preview
+MULTI_FRAME_MR = "MRI_102TD_PHA_S.MR.Chen_Matthews_1.3.1.2022.11.16.15.50.20.357.31204541.dcm"
+
+
 def head_ct_slices() -> list[Path]:
     """A real head CT series: pylinac's demo CBCT "High quality head" (64 slices,
     512 x 512 x 16), in slice order. Raises FileNotFoundError without the corpus."""

@@ -14,7 +14,7 @@ import pytest
 from common import preview
 from common.preview import code_layered
 from common.ratios import parse_ratios, ratio_for
-from devkit.corpus import corpus_files, data_file, head_ct_slices
+from devkit.corpus import MULTI_FRAME_MR, corpus_file, corpus_files, data_file, head_ct_slices
 from edge.config import PREVIEW_RATIOS
 from wire import layered
 from wire.codec import InstanceBytes, Packer, Unpacker
@@ -173,11 +173,10 @@ def through_the_codec(data: bytes, rest: bytes, previews) -> bytes:
     return out
 
 
-@pytest.mark.parametrize(
-    "name", ["head CT (signed)", "MR2_UNCR.dcm (unsigned)", "eCT_Supplemental.dcm (2 frames)"]
-)
+@pytest.mark.parametrize("name", ["head CT (signed)", "MR2_UNCR.dcm (unsigned)", "MR (3 frames)"])
 def test_a_rest_record_rebuilds_the_original_file_through_the_codec(name):
-    path = head_ct_slices()[12] if name.startswith("head") else data_file(name.split()[0])
+    path = {"head CT (signed)": head_ct_slices()[12], "MR (3 frames)": corpus_file(MULTI_FRAME_MR)}
+    path = path.get(name) or data_file(name.split()[0])
     data = path.read_bytes()
     made = preview.make(data, {"CT": 12.0, "MR": 24.0})
     assert made.rest is not None
@@ -225,11 +224,11 @@ def test_a_rest_codes_its_other_bytes_against_the_previews_header():
 def test_a_multi_frame_rest_needs_every_frame_of_its_own_preview():
     """A multi-frame image's record carries a rest for each frame (J2L3): it rebuilds
     the file only from the preview's every frame, and a damaged frame table is refused."""
-    data = data_file("eCT_Supplemental.dcm").read_bytes()
-    made = preview.make(data, {"CT": 12.0})
+    data = corpus_file(MULTI_FRAME_MR).read_bytes()
+    made = preview.make(data, {"MR": 24.0})
     held = preview.held_of(made.data)
     assert made.rest is not None and made.rest[:4] == layered.RECORD_MAGIC_FRAMES
-    assert len(held.codestreams) == 2 and held.codestreams[0] == held.codestream
+    assert len(held.codestreams) == 3 and held.codestreams[0] == held.codestream
     assert layered.decode_rest(made.rest, held, len(data)) == data
     one_frame = layered.Held(held.codestream, held.header)
     with pytest.raises(RemoteProtocolError, match="frames"):
