@@ -1,5 +1,5 @@
-"""The box's commands: ``radsetu edge serve|import|check|held|user`` and the USB-stick
-tools ``radsetu pack`` and ``radsetu unpack``."""
+"""The box's commands: ``radsetu edge serve|import|check|held|resend|user`` and the
+USB-stick tools ``radsetu pack`` and ``radsetu unpack``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from edge.accounts import AccountError, add_user, disable_user
 from edge.boot import BoxRunning, check_store, lock_data_dir, open_store
 from edge.holds import due_now, held_summary
 from edge.importer import run_import
+from edge.resend import delivered, resend
 from edge.service import serve
 from edge.sneakernet import PackError, pack, pick_for_link, sources_from_folder, sources_from_store
 from edge.sneakernet import unpack as unpack_file
@@ -41,6 +42,11 @@ EPILOG_CHECK = "example: radsetu edge check --config /etc/radsetu/edge.toml"
 EPILOG_HELD = (
     "example: radsetu edge held --config /etc/radsetu/edge.toml "
     "(add --retry to try every held instance again at once)"
+)
+EPILOG_RESEND = (
+    "example: radsetu edge resend --all --config /etc/radsetu/edge.toml (after the hub was "
+    "rebuilt on an empty disk: every delivered study still on the box goes again); "
+    "radsetu edge resend 1.2.840.113619.2.55.3.1 --config /etc/radsetu/edge.toml"
 )
 EPILOG_EDGE_USER = (
     "example: radsetu edge user add asha --role staff --language kn --config "
@@ -127,6 +133,25 @@ def cmd_held(args: argparse.Namespace) -> int:
         + ("; all due now" if args.retry else "")
     )
     return DONE
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    """Send delivered studies again, whole (the running box packs them)."""
+    if bool(args.study) == bool(args.all):
+        raise CommandError("name the studies to send again, or give --all", CANNOT_RUN)
+    config = _config(args.config)
+    with reader(config.data_dir) as db:
+        uids = delivered(db) if args.all else args.study
+        outcomes = [resend(db, uid, "edge resend") for uid in uids]
+    for o in outcomes:
+        print(f"study {o.study_uid}: {o.why}")
+    queued = [o for o in outcomes if o.queued]
+    print(
+        f"{len(queued)} of {len(outcomes)} studies queued to be sent again "
+        f"({sum(o.size for o in queued) / 1e6:.1f} MB); the box sends them as it sends "
+        "any study (GET /api/studies shows their state)"
+    )
+    return DONE if len(queued) == len(outcomes) else FAILED
 
 
 def cmd_user(args: argparse.Namespace) -> int:
@@ -225,6 +250,7 @@ def add_commands(top: Any) -> None:
     sub = edge.add_subparsers(dest="command", required=True)
     _add_service_commands(sub)
     _add_account_commands(sub)
+    _add_outbox_commands(sub)
     _add_sneakernet_commands(top)
 
 
@@ -290,6 +316,9 @@ def _add_account_commands(sub: Any) -> None:
     )
     s.add_argument("--config", help="TOML config file (the same one the box serves with)")
 
+
+def _add_outbox_commands(sub: Any) -> None:
+    """What the box cannot send, and sending delivered studies again."""
     s = command(
         sub,
         "held",
@@ -299,6 +328,18 @@ def _add_account_commands(sub: Any) -> None:
         epilog=EPILOG_HELD,
     )
     s.add_argument("--retry", action="store_true", help="try every held instance again now")
+    s.add_argument("--config", help="TOML config file (the same one the box serves with)")
+
+    s = command(
+        sub,
+        "resend",
+        "edge resend",
+        cmd_resend,
+        help="send delivered studies again, whole (for a hub that lost them)",
+        epilog=EPILOG_RESEND,
+    )
+    s.add_argument("study", nargs="*", help="Study Instance UIDs of delivered studies")
+    s.add_argument("--all", action="store_true", help="every delivered study still on the box")
     s.add_argument("--config", help="TOML config file (the same one the box serves with)")
 
 

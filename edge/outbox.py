@@ -422,6 +422,15 @@ class Outbox:
         self.settle(row[0])
 
 
+def forget_carried(db: Any, study_uid: str) -> None:
+    """Every instance of the study unsent again (``edge.resend``); its transfers stay."""
+    db.execute(
+        "DELETE FROM transfer_instances WHERE instance_id IN "
+        "(SELECT id FROM instances WHERE study_uid=?)",
+        [study_uid],
+    )
+
+
 def backlog(db: Any) -> dict[str, Any]:
     """Studies not yet delivered, their bytes, and the oldest one's arrival."""
     row = db.execute(

@@ -306,18 +306,16 @@ class Store:
         """Delete a delivered study's files and rows, keep the study row as ``purged``
         and record why. Returns the bytes freed (0 if it was not deliverd)."""
         with self.write_lock:
-            row = self.db.execute(
-                "SELECT state FROM studies WHERE study_uid=?", [study_uid]
-            ).fetchone()
-            if row is None or row[0] != "delivered":
-                return 0
-            files = self.db.execute(
-                "SELECT id, sha256, path, size FROM instances WHERE study_uid=?", [study_uid]
-            ).fetchall()
             with self.db.atomic():
+                # in the transaction: a study another process sends again
+                # (``radsetu edge resend``) is no longer delivered, and stays
+                if not studies.move(self.db, study_uid, "purged", ("delivered",)):
+                    return 0
+                files = self.db.execute(
+                    "SELECT id, sha256, path, size FROM instances WHERE study_uid=?", [study_uid]
+                ).fetchall()
                 # what the transfers carried of it is forgotten by the outbox (clean)
                 self.db.execute("DELETE FROM instances WHERE study_uid=?", [study_uid])
-                studies.move(self.db, study_uid, "purged", ("delivered",))
                 self.db.execute(
                     "INSERT INTO purges(at, study_uid, reason, instances, bytes) "
                     "VALUES (?,?,?,?,?)",

@@ -88,6 +88,15 @@ def move(db: sqlite_utils.Database, study_uid: str, to: str, only_from: tuple[st
     return int(cur.rowcount)
 
 
+def send_again(db: sqlite_utils.Database, study_uid: str) -> int:
+    """A delivered study back to ``ready`` (``edge.resend``), behind those ready now."""
+    cur = db.execute(
+        "UPDATE studies SET state='ready', ready_at=? WHERE study_uid=? AND state='delivered'",
+        [utcnow(), study_uid],
+    )
+    return int(cur.rowcount)
+
+
 def set_priority(db: sqlite_utils.Database, study_uid: str, priority: str, reason: str) -> bool:
     cur = db.execute(
         "UPDATE studies SET priority=?, priority_reason=?, update_pending=1 WHERE study_uid=?",

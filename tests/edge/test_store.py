@@ -199,3 +199,45 @@ def test_stat_rules_by_modality_and_description(tmp_path):
         assert got[stat_one] == "stat", name
         assert [p for d, p in got.items() if d != stat_one] == ["routine"], name
         s.close()
+
+
+def test_only_a_delivered_study_still_on_the_box_is_sent_again(store):
+    """``radsetu edge resend``'s rules, and a purge that cannot take a study which went
+    back to ``ready`` meanwhile (the command runs in another process than the box)."""
+    from edge import resend, studies
+
+    a = keep(store, pydicom_file("CT_small.dcm")).info.study_uid
+    b = keep(store, data_file("693_UNCI.dcm")).info.study_uid
+    store.mark_ready(now_ts=10**10)
+    assert resend.resend(store.db, a).why == "not delivered yet (ready): it is on its way"
+    assert resend.resend(store.db, "1.2.3").why == "not on this box"
+    (iid,) = rows(store, "SELECT id FROM instances WHERE study_uid=?", [a])[0]
+    store.db.execute(
+        "INSERT INTO transfers(transfer_id, study_uid, state, pack_path, header_bytes, chunk_size,"
+        " chunk_count, stream_bytes, payload_bytes, instance_count, created_at)"
+        " VALUES ('t1', ?, 'verified', '', 0, 1, 1, 1, 1, 1, '')",
+        [a],
+    )
+    store.db.execute(
+        "INSERT INTO transfer_instances(transfer_id, instance_id) VALUES ('t1', ?)", [iid]
+    )
+    for uid in (a, b):
+        studies.move(store.db, uid, "delivered", ("ready",))
+    assert resend.delivered(store.db) == [a, b]
+
+    got = resend.resend(store.db, a, "engineer")
+    assert got.queued and got.instances == 1 and got.why.startswith("queued: 1 instances")
+    assert rows(store, "SELECT state FROM studies WHERE study_uid=?", [a]) == [("ready",)]
+    # every instance is unsent again, and the transfer that carried it is still known
+    assert rows(store, "SELECT count(*) FROM transfer_instances") == [(0,)]
+    assert rows(store, "SELECT state FROM transfers") == [("verified",)]
+    assert rows(store, "SELECT username, action, study_uid FROM audit") == [
+        ("engineer", "resend", a)
+    ]
+    # the box's purge, which read the study as delivered before, takes nothing now
+    assert store.purge_study(a, "test") == 0
+    assert rows(store, "SELECT count(*) FROM instances WHERE study_uid=?", [a]) == [(1,)]
+
+    assert store.purge_study(b, "delivered more than 30 days ago") > 0
+    why = resend.resend(store.db, b).why
+    assert why.startswith("deleted from the box on ") and "30 days" in why
