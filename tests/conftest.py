@@ -331,14 +331,51 @@ def browser(tmp_path: Path):
     driver.quit()
 
 
+# Chromium's driver may answer about an element of a page being left with this inspector
+# error rather than a stale reference: the element is gone all the same
+LEFT_DOCUMENT = "does not belong to the document"
+
+
 def until(driver, cond, timeout: float = 10):  # type: ignore[no-untyped-def]
     """Wait for ``cond``; an element replaced by the next page in the meantime (a click
     that navigates) is looked for again, not an error."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    ignored = (StaleElementReferenceException, NoSuchElementException)
-    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(cond)
+    def again(d):  # type: ignore[no-untyped-def]
+        try:
+            return cond(d)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        except WebDriverException as exc:
+            if LEFT_DOCUMENT not in str(exc):
+                raise
+            return False
+
+    return WebDriverWait(driver, timeout).until(again)
+
+
+def gone(driver, element, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``element`` has left the document (the page navigated)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def left(_d):  # type: ignore[no-untyped-def]
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if LEFT_DOCUMENT not in str(exc):
+                raise
+            return True
+        return False
+
+    WebDriverWait(driver, timeout).until(left)
 
 
 def screenshots(driver, name: str) -> list[Path]:  # type: ignore[no-untyped-def]

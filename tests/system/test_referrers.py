@@ -9,7 +9,7 @@ from __future__ import annotations
 import pydicom
 
 from devkit.broker import Broker, Hub
-from tests.conftest import screenshots, storescu, until, wait_for
+from tests.conftest import gone, screenshots, storescu, until, wait_for
 from tests.helpers import delivered, make_study, start_box
 from tests.system.test_clinic import login
 
@@ -32,8 +32,7 @@ def hub_referrer(hub: Hub, uid: str):  # type: ignore[no-untyped-def]
 
 def add_doctor(b, base, name, mobile, email, lang, on_call):  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     b.get(base + "/doctors")
     b.find_element(By.ID, "doctor-name").send_keys(name)
@@ -44,7 +43,7 @@ def add_doctor(b, base, name, mobile, email, lang, on_call):  # type: ignore[no-
         b.find_element(By.ID, "doctor-on-call").click()
     form = b.find_element(By.ID, "doctor-form")
     b.find_element(By.ID, "doctor-save").click()
-    WebDriverWait(b, 20).until(staleness_of(form))  # the answer's page, before going on
+    gone(b, form)  # the answer's page, before going on
 
 
 def test_referring_doctors_travel_with_their_studies(tmp_path, browser, boxes):

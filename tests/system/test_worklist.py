@@ -26,7 +26,7 @@ from devkit.box import Box
 from devkit.broker import Broker, Hub
 from edge import orders, worklist
 from edge.store import Store, reader
-from tests.conftest import need, pdf_text, screenshots, storescu, until, wait_for
+from tests.conftest import gone, need, pdf_text, screenshots, storescu, until, wait_for
 from tests.helpers import delivered, make_study, sign_report, start_box
 from tests.system.test_clinic import login
 from tests.system.test_referrers import add_doctor
@@ -39,8 +39,7 @@ QUESTION = "Fall at home, GCS 13: bleed?"
 
 def add_order(b, base, **form):  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     b.get(base + "/orders")
     for field in ("name", "name-local", "patient-id", "age", "body", "question"):
@@ -56,7 +55,7 @@ def add_order(b, base, **form):  # type: ignore[no-untyped-def]
         b.find_element(By.ID, "order-stat").click()
     page = b.find_element(By.ID, "order-form")
     b.find_element(By.ID, "order-save").click()
-    WebDriverWait(b, 20).until(staleness_of(page))
+    gone(b, page)
 
 
 def findscu(port: int, out: Path, *keys: str, aet: str = "CT_ROOM1") -> list[Dataset]:
