@@ -9,6 +9,11 @@ temporary folder each run). Each search is asked ``--repeat`` times over HTTP wi
 API token; the median is printed.
 
     .venv/bin/python bench/dicomweb.py [--studies 200] [--instances 50] [--repeat 5]
+        [--undescribed]
+
+``--undescribed`` measures a hub upgraded from before migration m022, whose index did
+not keep each instance's series and modality: its first study list reads every header
+and writes them down.
 
 No outside anchor: run it on two versions of the hub to compare them.
 """
@@ -63,6 +68,14 @@ def fill(data_dir: Path, studies: int, instances: int) -> list[str]:
     return uids
 
 
+def forget_series(data_dir: Path) -> None:
+    store = FileHubStore(data_dir)
+    store.db.execute("UPDATE instances SET series_uid=NULL, modality=NULL, "
+                     "series_number=NULL, instance_number=NULL")  # fmt: skip
+    store.close()
+    print("  every instance's series and modality taken out of the index, as before m022")
+
+
 def timed(url: str, token: str, repeat: int) -> tuple[float, int]:
     """The median seconds of ``repeat`` GETs, and the answer's length."""
     times, size = [], 0
@@ -80,6 +93,9 @@ def main() -> int:
     ap.add_argument("--studies", type=int, default=200)
     ap.add_argument("--instances", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--undescribed", action="store_true",
+                    help="instances without their series in the index, as a hub upgraded "
+                         "from before migration m022 holds them")  # fmt: skip
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="radsetu-dicomweb-") as tmp:
         work = Path(tmp)
@@ -89,6 +105,8 @@ def main() -> int:
         uids = fill(hub.data_dir, args.studies, args.instances)
         print(f"{args.studies} studies of {args.instances} CT slices (CT_small, new UIDs) "
               f"ingested in {time.perf_counter() - t:.0f} s")  # fmt: skip
+        if args.undescribed:
+            forget_series(hub.data_dir)
         hub.start()
         try:
             base = f"http://127.0.0.1:{hub.web_port}/dicomweb/studies"

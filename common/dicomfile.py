@@ -12,6 +12,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import tag_for_keyword
@@ -286,3 +287,17 @@ def index_existing(path) -> tuple[InstanceInfo, int]:  # type: ignore[no-untyped
     with open(path, "rb") as f:
         meta = read_meta(f.read(MAX_META_BYTES))
     return verify(path, meta, max_bytes=1 << 62), meta.end
+
+
+#: what the hub's index keeps of an instance's place in its study, in this order
+SERIES_FACTS = ("series_uid", "modality", "series_number", "instance_number")
+
+
+def series_facts(path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """An instance's series, modality and numbers, as the hub's index keeps them; empty
+    where the file does not read (the instance is kept all the same)."""
+    try:
+        info, _ = index_existing(path)
+    except (InvalidInstance, OSError):
+        return {"series_uid": "", "modality": "", "series_number": None, "instance_number": None}
+    return {k: getattr(info, k) for k in SERIES_FACTS}

@@ -13,7 +13,9 @@ kept while the study's set of instances is unchanged: a viewer asks for the same
 study's series and metadata many times while it opens it. They are read only when a
 study's instances are asked for (``Study.instances``): a search by Study UID reads the
 one study it finds, not every study on the hub. What a study-level search shows of a
-study (``Summary``) is kept for many more studies than its headers.
+study (``Summary``: its modalities and counts from the index, which keeps each
+instance's series and modality, and its first header) is kept for many more studies
+than its headers.
 """
 
 from __future__ import annotations
@@ -132,23 +134,42 @@ def _tag(store: FileHubStore, key: str) -> tuple[str, int, str]:
 
 
 def summary(store: FileHubStore, s: Study) -> Summary | None:
-    """The study-level answer about ``s`` (None: no instance shown), from its headers
-    the first time and kept while its instances are unchanged: a viewer's study list
-    asks for every study each time it opens."""
+    """The study-level answer about ``s`` (None: no instance shown), kept while its
+    instances are unchanged: a viewer's study list asks for every study each time it
+    opens. Its counts and modalities come from the index, and one header is read."""
     tag = _tag(store, s.key)
     with _lock:
         if tag in _summaries:
             _summaries.move_to_end(tag)
             return _summaries[tag]
-    found = None
-    if s.instances:
-        mods = sorted({str(i.ds.get("Modality", "")) for i in s.instances} - {""})
-        found = Summary(_header(s.instances[0].ds), mods, len(s.series()), len(s.instances))
+    found = _summary_of(store, s.key)
     with _lock:
         _summaries[tag] = found
         while len(_summaries) > CACHED_SUMMARIES:
             _summaries.popitem(last=False)
     return found
+
+
+def _summary_of(store: FileHubStore, key: str) -> Summary | None:
+    undescribed = store.db.execute(
+        "SELECT sop_instance_uid, sha256, path FROM shown_instances "
+        "WHERE study_uid=? AND series_uid IS NULL",
+        [key],
+    ).fetchall()
+    if undescribed:  # kept before the index had their series (m022)
+        store.describe_instances([(str(a), str(b), str(c)) for a, b, c in undescribed])
+    rows = store.db.execute(
+        "SELECT sop_instance_uid, series_uid, modality, path FROM shown_instances "
+        "WHERE study_uid=? ORDER BY coalesce(series_number, 0), "
+        "coalesce(instance_number, 0), stored_at",
+        [key],
+    ).fetchall()
+    if not rows:
+        return None
+    with store.blobs.open(rows[0][3]) as f:
+        first = pydicom.dcmread(f, stop_before_pixels=True)
+    modalities = sorted({str(r[2]) for r in rows} - {""})
+    return Summary(_header(first), modalities, len({r[1] for r in rows}), len({r[0] for r in rows}))
 
 
 def _instances(store: FileHubStore, key: str) -> list[Instance]:

@@ -288,3 +288,26 @@ def m021_patient_index(db: sqlite_utils.Database) -> None:
     """A patient's studies at a clinic are found by index: the worklist counts each
     listed study's priors (hub/priors.py) on every view."""
     db.execute("CREATE INDEX hub_studies_patient ON hub_studies(box_id, patient_id)")
+
+
+@migrations()
+def m022_instance_series(db: sqlite_utils.Database) -> None:
+    """Each instance's series and modality, read from its header as it is kept: a viewer's
+    study list shows every study's modalities and series and instance counts, which
+    were read from every header of every study before (hub/dicomindex.py). NULL: an
+    instance kept before this migration, described when its study is first listed.
+    The view is made again so that PostgreSQL, which fixes a view's columns when it is
+    made, shows the new ones."""
+    for column, kind in (
+        ("series_uid", "TEXT"),
+        ("modality", "TEXT"),
+        ("series_number", "INTEGER"),
+        ("instance_number", "INTEGER"),
+    ):
+        db.execute(f"ALTER TABLE instances ADD COLUMN {column} {kind}")
+    db.execute("DROP VIEW shown_instances")
+    db.execute("""
+        CREATE VIEW shown_instances AS
+        SELECT * FROM instances i WHERE i.lossy = 0 OR NOT EXISTS (
+            SELECT 1 FROM instances l WHERE l.study_uid = i.study_uid
+                AND l.sop_instance_uid = i.sop_instance_uid AND l.lossy = 0)""")

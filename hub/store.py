@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from common.clock import utcnow
 from common.db import Database
+from common.dicomfile import SERIES_FACTS, series_facts
 from hub.objects import S3Objects, object_store
 from hub.schema import migrations
 
@@ -299,13 +300,15 @@ class FileHubStore:
         part.file.flush()
         os.fsync(part.file.fileno())
         part.file.close()
+        facts = series_facts(part.path)
         try:
             self.blobs.put_file(key, part.path)  # stored before it is indexed
         finally:
             part.path.unlink(missing_ok=True)
         self.db.execute(
             """INSERT INTO instances(sop_instance_uid, sha256, study_uid, box_id, transfer_id,
-                   size, path, stored_at, lossy) VALUES (?,?,?,?,?,?,?,?,?)
+                   size, path, stored_at, lossy, series_uid, modality, series_number,
+                   instance_number) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT DO NOTHING""",
             [
                 row["sop_instance_uid"],
@@ -317,8 +320,25 @@ class FileHubStore:
                 key,
                 utcnow(),
                 int(bool(row.get("lossy"))),
+                *(facts[k] for k in SERIES_FACTS),
             ],
         )
+
+    def describe_instances(self, kept: list[tuple[str, str, str]]) -> None:
+        """Read and write down, in one transaction, the series facts of instances (SOP
+        Instance UID, SHA-256, object key) kept before the index had them (m022)."""
+        facts = []
+        for sop, sha, path in kept:
+            with self.blobs.local(path) as local:
+                facts.append({**series_facts(local), "sop": sop, "sha": sha})
+        with self.db.atomic():
+            for values in facts:
+                self.db.execute(
+                    """UPDATE instances SET series_uid=:series_uid, modality=:modality,
+                           series_number=:series_number, instance_number=:instance_number
+                       WHERE sop_instance_uid=:sop AND sha256=:sha""",
+                    values,
+                )
 
     def has_lossless(self, study_uid: str, sop_instance_uid: str) -> bool:
         return (
