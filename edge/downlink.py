@@ -1,6 +1,7 @@
 """What comes down to the box besides acks, and the study updates that go up:
 reports kept durably then acknowledged, the hub's word on a study (a radiologist is
-reading it), and STAT marks and clinical notes made after a study was packed."""
+reading it), the hub's request to send delivered studies again (answered with what was
+queued), and STAT marks and clinical notes made after a study was packed."""
 
 from __future__ import annotations
 
@@ -10,24 +11,37 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge import doctors, reports, studies
+from edge import doctors, reports, resend, studies
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
-from wire.messages import StudyNotice, StudyUpdate
+from wire.messages import ResendRequest, StudyNotice, StudyUpdate
 from wire.report import decode_report
 from wire.report import encode_ack as encode_report_ack
 
 log = logging.getLogger("radsetu.sync")
+ANSWERS_KEPT = 64  # resend requests answered, kept to answer a repeated request alike
 
 
 class Downlink:
+    LEAVES = (frames.DOWN_REPORT, frames.DOWN_STUDY, frames.DOWN_RESEND)
+
     def __init__(self, store: Store, db: Any, box_id: str, client: Callable[[], mqtt.Client]):
         self.store, self.db, self.box_id = store, db, box_id
         self.client = client  # the agent's current MQTT client
         self.study_mids: dict[int, tuple[str, str, str]] = {}
         self.study_inflight: dict[Any, int] = {}
         self.confirm_mids: dict[int, tuple[str, int]] = {}
+        self.answers: dict[str, bytes] = {}  # resend request id: the answer given
+
+    def take(self, leaf: str, payload: bytes) -> None:
+        """A message on one of ``LEAVES``."""
+        if leaf == frames.DOWN_REPORT:
+            self.take_report(payload)
+        elif leaf == frames.DOWN_STUDY:
+            self.take_study(payload)
+        elif leaf == frames.DOWN_RESEND:
+            self.take_resend(payload)
 
     def take_report(self, payload: bytes) -> None:
         """Keep a report durably, then acknowledge it (again, if it was kept before)."""
@@ -51,6 +65,29 @@ class Downlink:
             log.warning("ignoring a malformed study message from the hub: %s", exc)
             return
         studies.set_hub_state(self.db, notice.study_uid, notice.state)
+
+    def take_resend(self, payload: bytes) -> None:
+        """The hub asks for delivered studies again (it lost them): each is queued as
+        ``radsetu edge resend`` queues it, and the hub is told what was done. A request
+        that comes again (the answer was lost) gets the same answer: nothing is queued
+        twice."""
+        try:
+            ask = ResendRequest.decode(payload)
+        except RemoteProtocolError as exc:
+            log.warning("refused a resend request from the hub: %s", exc)
+            return
+        answer = self.answers.get(ask.request_id)
+        if answer is None:
+            uids = resend.delivered(self.db) if ask.every else ask.study_uids
+            outcomes = [resend.resend(self.db, uid, who="hub") for uid in uids]
+            reply = resend.answer(ask.request_id, outcomes)
+            log.info("the hub asked for %s: %d of %d queued (request %s)",
+                     "every delivered study" if ask.every else "studies again", reply.queued,
+                     len(outcomes), ask.request_id)  # fmt: skip
+            answer = self.answers[ask.request_id] = reply.encode()
+            while len(self.answers) > ANSWERS_KEPT:
+                self.answers.pop(next(iter(self.answers)))
+        self.client().publish(frames.topic(self.box_id, frames.UP_RESEND), answer, qos=1)
 
     def publish_study_updates(self) -> None:
         """STAT marks and clinical notes made at the clinic after the study was packed

@@ -17,14 +17,11 @@ class AckArrived:
 
 
 @dataclass(frozen=True)
-class ReportArrived:
-    payload: bytes
+class DownArrived:
+    """The hub's message on one of ``Downlink.LEAVES`` (a report, its word on a study, a
+    request to send studies again)."""
 
-
-@dataclass(frozen=True)
-class StudyNoticeArrived:
-    """The hub's word on a study (``down/study``)."""
-
+    leaf: str
     payload: bytes
 
 
@@ -34,4 +31,4 @@ class ReportPrinted:
     version: int
 
 
-Event = Packed | AckArrived | ReportArrived | StudyNoticeArrived | ReportPrinted
+Event = Packed | AckArrived | DownArrived | ReportPrinted

@@ -16,6 +16,7 @@ from typing import Any
 from edge import studies
 from edge.accounts import audit
 from edge.outbox import forget_carried
+from wire.messages import MAX_RESEND_STUDIES, ResendAnswer
 
 log = logging.getLogger("radsetu.outbox")
 
@@ -62,3 +63,15 @@ def resend(db: Any, study_uid: str, who: str = "") -> Outcome:
         audit(db, who or "system", "resend", study_uid, detail)
     log.info("study %s queued to be sent again (%s)", study_uid, detail)
     return Outcome(study_uid, True, f"queued: {detail}", int(count), int(size))
+
+
+def answer(request_id: str, outcomes: list[Outcome]) -> ResendAnswer:
+    """The hub's answer: the studies not queued first (each is something to look into),
+    then those queued, as many as one answer lists."""
+    ordered = sorted(outcomes, key=lambda o: o.queued)
+    listed = [
+        {"study_uid": o.study_uid, "queued": o.queued, "why": o.why[:300]}
+        for o in ordered[:MAX_RESEND_STUDIES]
+    ]
+    queued = sum(o.queued for o in outcomes)
+    return ResendAnswer(request_id, queued, listed, len(outcomes) - len(listed))

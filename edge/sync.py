@@ -35,7 +35,7 @@ from common.clock import utcnow
 from edge import doctors
 from edge.config import Config
 from edge.downlink import Downlink
-from edge.events import AckArrived, Event, ReportArrived, ReportPrinted, StudyNoticeArrived
+from edge.events import AckArrived, DownArrived, Event, ReportPrinted
 from edge.holds import held_summary
 from edge.link import Link
 from edge.outbox import Outbox, Packed, backlog
@@ -190,13 +190,8 @@ class Agent:
 
     def _link_up(self, client: mqtt.Client) -> None:
         """Connected (again): listen on the way down; what was unconfirmed goes again."""
-        client.subscribe(
-            [
-                (frames.topic(self.box_id, frames.DOWN_ACK), 1),
-                (frames.topic(self.box_id, frames.DOWN_REPORT), 1),
-                (frames.topic(self.box_id, frames.DOWN_STUDY), 1),
-            ]
-        )
+        leaves = (frames.DOWN_ACK, *Downlink.LEAVES)
+        client.subscribe([(frames.topic(self.box_id, leaf), 1) for leaf in leaves])
         self.downlink.study_inflight.clear()  # unconfirmed updates go again
         # the manifests go on the next step, after paho has queued its resends of
         # what was in flight: the hub's answer must come after those copies arrived
@@ -205,12 +200,10 @@ class Agent:
     # paho callbacks: they run inside loop(), on the agent's thread
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.endswith(frames.DOWN_REPORT):
-            self.events.append(ReportArrived(msg.payload))
-            return
-        if msg.topic.endswith(frames.DOWN_STUDY):
-            self.events.append(StudyNoticeArrived(msg.payload))
-            return
+        for leaf in Downlink.LEAVES:
+            if msg.topic.endswith(leaf):
+                self.events.append(DownArrived(leaf, msg.payload))
+                return
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         self.events.append(AckArrived(msg.payload, corr))
 
@@ -235,10 +228,8 @@ class Agent:
                     self._publish_manifest(ev.transfer_id)
             elif isinstance(ev, AckArrived):
                 self._take_ack(ev.payload, ev.correlation)
-            elif isinstance(ev, ReportArrived):
-                self.downlink.take_report(ev.payload)
-            elif isinstance(ev, StudyNoticeArrived):
-                self.downlink.take_study(ev.payload)
+            elif isinstance(ev, DownArrived):
+                self.downlink.take(ev.leaf, ev.payload)
             elif isinstance(ev, ReportPrinted):
                 self.downlink.report_printed(ev.report_id, ev.version)
 

@@ -1,15 +1,19 @@
-"""The hub's commands: ``radsetu hub serve|ingest|import|user|token|install-viewer``."""
+"""The hub's commands: ``radsetu hub serve|ingest|import|user|token|install-viewer|resend|
+resends``."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
 from common.cli import (
     CANNOT_RUN,
     DONE,
+    FAILED,
     CommandError,
     command,
     load_config,
@@ -20,7 +24,7 @@ from common.cli import (
 from common.config import Config
 from common.passwords import read_password
 from hub import config as hub_config
-from hub import ohifinstall
+from hub import ohifinstall, resends
 from hub.access import add_token, revoke_tokens
 from hub.ingest import import_pack
 from hub.mqtt import run as run_ingest
@@ -47,6 +51,17 @@ EPILOG_HUB_TOKEN = (
     "(prints the token once; send it as 'Authorization: Bearer <token>'; it is good for "
     "--days, 90 by default); radsetu hub token revoke ops-bot [--label prometheus]"
 )
+
+EPILOG_HUB_RESEND = (
+    "example: radsetu hub resend --box clinic-07 --all --config /etc/radsetu/hub.toml (a "
+    "hub rebuilt on an empty disk: the box sends again every delivered study it still "
+    "holds); radsetu hub resend --box clinic-07 1.2.840.113619.2.55.3.1 (those studies). "
+    "Exit status 0: the box queued them all; 1: it could not queue some (each is named); "
+    "3: it has not answered within --wait seconds (the request stays queued and goes while "
+    "the box is connected: radsetu hub resends --box clinic-07 shows its answer)"
+)
+EPILOG_HUB_RESENDS = "example: radsetu hub resends --box clinic-07 --config /etc/radsetu/hub.toml"
+NOT_ANSWERED = 3
 
 
 def _config(path: str | None) -> Config:
@@ -122,6 +137,57 @@ def cmd_token(args: argparse.Namespace) -> int:
     return DONE
 
 
+def cmd_resend(args: argparse.Namespace) -> int:
+    """Ask a box to send delivered studies again; wait for its answer."""
+    if bool(args.study) == bool(args.all):
+        raise CommandError("name the studies to send again, or give --all", CANNOT_RUN)
+    store = open_store(_config(args.config))
+    try:
+        rid = resends.ask(store, args.box, args.study, f"hub resend ({getpass.getuser()})")
+        print(f"request {rid} queued for box {args.box}; waiting up to {args.wait:.0f} s "
+              "for its answer")  # fmt: skip
+        deadline = time.monotonic() + args.wait
+        while (row := resends.requests(store, request_id=rid)[0])["answer"] is None:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+    except ValueError as exc:
+        raise CommandError(f"box {args.box}: {exc}", CANNOT_RUN) from exc
+    finally:
+        store.close()
+    return _show(row, every_study=True)
+
+
+def _show(row: dict[str, Any], every_study: bool) -> int:
+    what = "every delivered study" if row["every"] else f"{len(row['study_uids'])} studies"
+    print(f"request {row['request_id']} to box {row['box_id']} for {what}, asked "
+          f"{row['asked_at']} by {row['asked_by']}")  # fmt: skip
+    answer = row["answer"]
+    if answer is None:
+        print(f"  not answered yet (sent {row['attempts']} times); it goes again while the "
+              "box is connected, and its answer is kept")  # fmt: skip
+        return NOT_ANSWERED
+    refused = [s for s in answer["studies"] if not s["queued"]]
+    for s in answer["studies"] if every_study else refused:
+        print(f"  study {s['study_uid']}: {s['why']}")
+    more = f" ({answer['unlisted']} not listed)" if answer["unlisted"] else ""
+    print(f"  answered {row['answered_at']}: {answer['queued']} studies queued to be sent "
+          f"again, {len(refused)} could not be{more}")  # fmt: skip
+    return FAILED if refused else DONE
+
+
+def cmd_resends(args: argparse.Namespace) -> int:
+    store = open_store(_config(args.config))
+    try:
+        rows = resends.requests(store, box_id=args.box)
+    finally:
+        store.close()
+    if not rows:
+        print("no request to send studies again" + (f" to box {args.box}" if args.box else ""))
+    codes = [_show(r, every_study=False) for r in rows]
+    return max(codes, default=DONE) if args.box else DONE
+
+
 def cmd_install_viewer(args: argparse.Namespace) -> int:
     try:
         served = ohifinstall.install(Path(args.tarball), Path(args.dest))
@@ -177,6 +243,33 @@ def add_commands(top: Any) -> None:
     s.add_argument("tarball", help=f"@ohif/app's tarball ({ohifinstall.TARBALL})")
     s.add_argument("--dest", required=True, help="where it goes (a 'current' link is made)")
     _add_account_commands(hsub)
+    _add_resend_commands(hsub)
+
+
+def _add_resend_commands(hsub: Any) -> None:
+    s = command(
+        hsub,
+        "resend",
+        "hub resend",
+        cmd_resend,
+        help="ask a box to send delivered studies again (a hub that lost them)",
+        epilog=EPILOG_HUB_RESEND,
+    )
+    s.add_argument("study", nargs="*", help="Study Instance UIDs (as the hub lists them)")
+    s.add_argument("--box", required=True, help="the box's id")
+    s.add_argument("--all", action="store_true", help="every delivered study the box holds")
+    s.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the answer")
+    s.add_argument("--config", help="the hub's TOML config file")
+    s = command(
+        hsub,
+        "resends",
+        "hub resends",
+        cmd_resends,
+        help="the requests to send studies again, newest first, with the boxes' answers",
+        epilog=EPILOG_HUB_RESENDS,
+    )
+    s.add_argument("--box", default="", help="one box's requests only")
+    s.add_argument("--config", help="the hub's TOML config file")
 
 
 def _add_account_commands(hsub: Any) -> None:

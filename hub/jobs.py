@@ -4,8 +4,9 @@ Every ingest process (one ``hub.mqtt.Ingest`` per broker) ticks its ``Jobs`` abo
 once a second; a tick does a job's work only while this process holds the job's lease
 (hub/leases.py):
 
-- ``deliver:<broker>``: send the signed reports and the study notices that the boxes
-  on that broker have not acknowledged, through this process's client for it;
+- ``deliver:<broker>``: send the signed reports, the study notices and the requests to
+  send studies again that the boxes on that broker have not acknowledged, through
+  this process's client for it;
 - ``retention`` (the primary broker's ingest only): drop what the hub keeps for a
   while only (``[retention]``), once an hour.
 """
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hub import critical, leases, notify, reading, reports
+from hub import critical, leases, notify, reading, reports, resends
 from hub.store import FileHubStore
 from hub.studykeys import real_uid
 from wire import frames
@@ -71,7 +72,8 @@ class Jobs:
 
     def deliver(self, now: float) -> None:
         """Reports due (hub.reports.due claims each as it picks it), then notices (each
-        claimed before it goes: another process never sends it too)."""
+        claimed before it goes: another process never sends it too), then requests to
+        send studies again (claimed alike)."""
         for box_id, message in reports.due(
             self.store, now, REPORT_RETRY_SECONDS, self.broker, self.primary
         ):
@@ -82,6 +84,8 @@ class Jobs:
             if reading.notice_sent(self.store, nid):
                 body = StudyNotice(real_uid(uid), state).encode()
                 self.publish(frames.topic(box_id, frames.DOWN_STUDY), body)
+        for box_id, message in resends.due(self.store, now, self.broker, self.primary):
+            self.publish(frames.topic(box_id, frames.DOWN_RESEND), message)
 
     def release(self) -> None:
         """A clean stop: the jobs pass to another process at its next tick."""

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
-from hub import critical, reading, reports
+from hub import critical, reading, reports, resends
 from hub.ingest import finished_with, take_chunk, take_manifest
 from hub.jobs import Jobs, Notifier
 from hub.store import FileHubStore, open_store
@@ -37,6 +37,7 @@ from wire.errors import RemoteProtocolError
 from wire.messages import (
     ManifestReceived,
     ReportAcked,
+    ResendAnswer,
     StatusCleared,
     StatusReceived,
     StudyUpdate,
@@ -199,6 +200,11 @@ class Ingest:
                 return
             if isinstance(up, StudyUpdate):
                 self._study_update(box_id, up)
+                return
+            if isinstance(up, ResendAnswer):
+                if not resends.answered(self.store, box_id, up):
+                    log.info("box %s: answer to resend request %s already kept or unknown",
+                             box_id, up.request_id)  # fmt: skip
                 return
             if isinstance(up, ManifestReceived):
                 quota = self.config["ingest"]["box_quota_bytes"]

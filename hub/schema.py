@@ -311,3 +311,18 @@ def m022_instance_series(db: sqlite_utils.Database) -> None:
         SELECT * FROM instances i WHERE i.lossy = 0 OR NOT EXISTS (
             SELECT 1 FROM instances l WHERE l.study_uid = i.study_uid
                 AND l.sop_instance_uid = i.sop_instance_uid AND l.lossy = 0)""")
+
+
+@migrations()
+def m023_resend_requests(db: sqlite_utils.Database) -> None:
+    """The hub's requests that a box send delivered studies again (hub/resends.py): sent
+    until the box answers, and the answer kept for the operator."""
+    db.execute("""
+        CREATE TABLE resend_requests (
+            request_id TEXT PRIMARY KEY, box_id TEXT NOT NULL,
+            study_uids TEXT NOT NULL, every INTEGER NOT NULL,
+            asked_by TEXT NOT NULL, asked_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, last_sent_at REAL,
+            answered_at TEXT, answer TEXT
+        )""")
+    db.execute("CREATE INDEX resend_requests_box ON resend_requests(box_id, asked_at)")

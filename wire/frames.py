@@ -42,6 +42,8 @@ DOWN_REPORT = "down/report"
 UP_REPORT_ACK = "up/report-ack"
 UP_STUDY = "up/study"  # the clinic marked a study STAT or wrote its clinical note
 DOWN_STUDY = "down/study"  # the hub's word on a study (a radiologist is reading it)
+DOWN_RESEND = "down/resend"  # the hub asks for delivered studies again (it lost them)
+UP_RESEND = "up/resend"  # the box's answer: what it queued, and why not the rest
 STATUS = "status"
 
 

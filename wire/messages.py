@@ -4,7 +4,9 @@ that both ends agree (docs/sync.md, "Topics"):
 - ``StudyUpdate`` (``up/study``): the clinic marked a study STAT or wrote its note;
 - ``StudyNotice`` (``down/study``): the hub's word on a study (a radiologist reads it);
 - ``parse_ack`` (``down/ack``): what the hub holds of a transfer;
-- ``parse_status`` (``status``): a box's retained status, every known field checked.
+- ``parse_status`` (``status``): a box's retained status, every known field checked;
+- ``ResendRequest`` (``down/resend``) and ``ResendAnswer`` (``up/resend``): the hub
+  asks a box to send delivered studies again, and the box says what it queued.
 
 Parsing a peer's bytes raises RemoteProtocolError naming what is wrong; nothing here
 does I/O.
@@ -31,6 +33,10 @@ MAX_NOTE = 1000
 PRIORITIES = ("stat", "routine")
 NOTICE_STATES = ("being read",)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_RESEND_STUDIES = 1000  # studies named in one request, or listed in one answer
+MAX_RESEND_BYTES = 256 * 1024
+MAX_WHY = 300
 
 
 def _uid(d: dict[str, Any], what: str) -> str:
@@ -81,6 +87,80 @@ class StudyNotice:
         if d.get("state") not in NOTICE_STATES:
             raise RemoteProtocolError(f"study notice: state {d.get('state')!r} is not known")
         return cls(uid, d["state"])
+
+
+def _request_id(d: dict[str, Any], what: str) -> str:
+    rid = d.get("request_id")
+    if not isinstance(rid, str) or not _REQUEST_ID.match(rid):
+        raise RemoteProtocolError(f"{what}: request_id missing or malformed")
+    return rid
+
+
+def _uids(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_RESEND_STUDIES:
+        raise RemoteProtocolError(f"{what}: a list of at most {MAX_RESEND_STUDIES} studies")
+    return [_uid({"study_uid": u}, what) for u in value]
+
+
+@dataclass(frozen=True)
+class ResendRequest:
+    """The hub asks the box to send delivered studies again: those named, or, with
+    ``every``, every delivered study the box still holds."""
+
+    request_id: str
+    study_uids: list[str]
+    every: bool = False
+
+    def encode(self) -> bytes:
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ResendRequest:
+        d = json_object(payload, "resend request", MAX_RESEND_BYTES)
+        rid = _request_id(d, "resend request")
+        uids = _uids(d.get("study_uids"), f"resend request {rid}")
+        every = d.get("every", False)
+        if not isinstance(every, bool):
+            raise RemoteProtocolError(f"resend request {rid}: every must be true or false")
+        if not uids and not every:
+            raise RemoteProtocolError(f"resend request {rid}: names no study")
+        return cls(rid, uids, every)
+
+
+@dataclass(frozen=True)
+class ResendAnswer:
+    """What the box did with a request: each study, queued or why not (the studies not
+    queued first, at most MAX_RESEND_STUDIES listed), and how many were queued."""
+
+    request_id: str
+    queued: int
+    studies: list[dict[str, Any]]  # {"study_uid", "queued": bool, "why": text}
+    unlisted: int = 0  # studies left out of the list (queued ones, past the limit)
+
+    def encode(self) -> bytes:
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ResendAnswer:
+        d = json_object(payload, "resend answer", MAX_RESEND_BYTES)
+        rid = _request_id(d, "resend answer")
+        what = f"resend answer {rid}"
+        counts = {name: d.get(name, 0) for name in ("queued", "unlisted")}
+        for name, n in counts.items():
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 31:
+                raise RemoteProtocolError(f"{what}: {name} must be a count")
+        rows = d.get("studies")
+        if not isinstance(rows, list) or len(rows) > MAX_RESEND_STUDIES:
+            raise RemoteProtocolError(f"{what}: a list of at most {MAX_RESEND_STUDIES} studies")
+        studies = []
+        for row in rows:
+            if not isinstance(row, dict) or not isinstance(row.get("queued"), bool):
+                raise RemoteProtocolError(f"{what}: each study needs queued true or false")
+            why = row.get("why")
+            if not isinstance(why, str) or len(why) > MAX_WHY:
+                raise RemoteProtocolError(f"{what}: why must be text of <= {MAX_WHY}")
+            studies.append({"study_uid": _uid(row, what), "queued": row["queued"], "why": why})
+        return cls(rid, counts["queued"], studies, counts["unlisted"])
 
 
 def parse_ack(payload: bytes) -> dict[str, Any]:
@@ -177,7 +257,15 @@ class ManifestReceived:
     raw: bytes
 
 
-Upload = StatusReceived | StatusCleared | ReportAcked | StudyUpdate | ManifestReceived | ChunkFrame
+Upload = (
+    StatusReceived
+    | StatusCleared
+    | ReportAcked
+    | StudyUpdate
+    | ManifestReceived
+    | ChunkFrame
+    | ResendAnswer
+)
 
 
 def decode_upload(leaf: str, payload: bytes) -> Upload:
@@ -194,4 +282,6 @@ def decode_upload(leaf: str, payload: bytes) -> Upload:
         return ManifestReceived(frames.decode_manifest(payload))
     if leaf == frames.UP_CHUNK:
         return frames.decode_chunk(payload)
+    if leaf == frames.UP_RESEND:
+        return ResendAnswer.decode(payload)
     raise RemoteProtocolError(f"unknown topic leaf {leaf!r}")

@@ -587,3 +587,45 @@ def test_a_small_record_never_sits_in_memory_inflated_whole():
                 total += len(ev.data)
     assert total == size and u.done
     assert largest <= 8 << 20, f"one piece of {largest} bytes"
+
+
+def test_resend_requests_and_answers_refuse_what_is_malformed():
+    from wire import frames
+    from wire.messages import ResendAnswer, ResendRequest, decode_upload
+
+    ask = ResendRequest("a1b2", ["1.2.3", "1.2.840.10008.1"], False)
+    assert ResendRequest.decode(ask.encode()) == ask
+    assert ResendRequest.decode(ResendRequest("a1b2", [], True).encode()).every
+    good = json.loads(ask.encode())
+    for change in (
+        {"request_id": "../../etc"},
+        {"request_id": 7},
+        {"study_uids": "1.2.3"},
+        {"study_uids": ["1.2.3", "<img src=x>"]},
+        {"study_uids": ["1." * 40 + "1"]},  # longer than a UID may be
+        {"study_uids": ["1.2.3"] * 1001},
+        {"study_uids": [], "every": False},  # names nothing
+        {"every": "yes"},
+    ):
+        with pytest.raises(RemoteProtocolError):
+            ResendRequest.decode(json.dumps({**good, **change}).encode())
+    with pytest.raises(RemoteProtocolError):
+        ResendRequest.decode(b"{" + b" " * (300 * 1024) + b"}")
+
+    answer = ResendAnswer("a1b2", 1, [{"study_uid": "1.2.3", "queued": True, "why": "queued"}])
+    assert decode_upload(frames.UP_RESEND, answer.encode()) == answer
+    good = json.loads(answer.encode())
+    row = good["studies"][0]
+    for change in (
+        {"queued": -1},
+        {"queued": True},
+        {"unlisted": "many"},
+        {"studies": {"1.2.3": "queued"}},
+        {"studies": [{**row, "queued": "yes"}]},
+        {"studies": [{**row, "why": "x" * 301}]},
+        {"studies": [{**row, "study_uid": "../x"}]},
+        {"studies": [row] * 1001},
+        {"studies": ["1.2.3"]},
+    ):
+        with pytest.raises(RemoteProtocolError):
+            decode_upload(frames.UP_RESEND, json.dumps({**good, **change}).encode())
