@@ -1,6 +1,6 @@
 """DICOMweb's study search on a hub that holds many studies: what a viewer waits for
 when it opens one study (``/studies?StudyInstanceUID=...``), and for the study list
-(``/studies``).
+(``/studies``), and for its first page as OHIF asks for it (``limit=101``).
 
 The hub: a real ``radsetu hub serve`` (gunicorn, one worker) over a data folder filled
 through the ingest with ``--studies`` studies of ``--instances`` real CT slices each
@@ -113,6 +113,7 @@ def main() -> int:
             one = uids[len(uids) // 2]
             for label, url in (
                 ("one study by its UID, as a viewer opens it", f"{base}?StudyInstanceUID={one}"),
+                ("the study list's first page, as OHIF asks (limit=101)", f"{base}?limit=101"),
                 ("the study list", base),
             ):
                 first, _ = timed(url, hub.token, 1)

@@ -198,7 +198,8 @@ def _instances(store: FileHubStore, key: str) -> list[Instance]:
 def visible_rows(
     store: FileHubStore, patient_id: str = "", key: str = "", clinic: str = ""
 ) -> list[dict[str, Any]]:
-    """The worklist's studies (reported ones too), narrowed by patient, key or clinic."""
+    """The worklist's studies (reported ones too), narrowed by patient, key or clinic;
+    the newest first (a viewer's study list asks for its first page: OHIF's for 101)."""
     q, args = "SELECT * FROM hub_studies", []
     where = []
     for column, value in (("patient_id", patient_id), ("study_uid", key), ("box_id", clinic)):
@@ -207,7 +208,7 @@ def visible_rows(
             args.append(value)
     if where:
         q += " WHERE " + " AND ".join(where)
-    return [dict(r) for r in store.db.query(q + " ORDER BY verified_at", args)]
+    return [dict(r) for r in store.db.query(q + " ORDER BY verified_at DESC", args)]
 
 
 def study(store: FileHubStore, uid: str, clinic: str = "") -> Study | None:

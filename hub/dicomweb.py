@@ -66,12 +66,18 @@ def _query() -> tuple[dict[str, str], set[str], bool]:
     return match, names, every
 
 
-def _answer(items: list[dict[str, Any]]) -> Response:
+def _paging() -> tuple[int, int]:
+    """(offset, limit) of this request; a limit of 0: no limit."""
     try:
         offset = max(int(request.args.get("offset", 0) or 0), 0)
         limit = max(int(request.args.get("limit", 0) or 0), 0)
     except ValueError:
         abort(400, "offset and limit are whole numbers")
+    return offset, limit
+
+
+def _answer(items: list[dict[str, Any]]) -> Response:
+    offset, limit = _paging()
     items = items[offset : offset + limit if limit else None]
     if not items:
         return Response(status=204)
@@ -105,7 +111,10 @@ def search_studies() -> Response:
         candidates = list({s.key: s for s in found if s is not None}.values())
     else:
         candidates = index.studies(store, match.get("PatientID", ""), clinic)
-    for s in candidates:
+    offset, limit = _paging()
+    for s in candidates:  # newest first; a page needs only its studies' summaries
+        if limit and len(out) >= offset + limit:
+            break
         if "PatientID" in match and s.row["patient_id"] != match["PatientID"]:
             continue
         summary = index.summary(store, s)

@@ -63,7 +63,8 @@ def test_headers_are_read_only_for_the_study_asked_about_and_summaries_are_kept(
     first = [index.summary(store, s) for s in listed]
     assert all(s is not None and (s.series, s.instances, s.modalities) == (2, 4, ["CT"])
                for s in first)  # fmt: skip
-    assert first[2] is not None and first[2].first.StudyInstanceUID == made[2][0]
+    assert [s.key for s in listed] == [study for study, _ in reversed(made)]  # newest first
+    assert first[2] is not None and first[2].first.StudyInstanceUID == made[3][0]
     read_once = len(opened)
     assert read_once == 6  # one header a study: counts and modalities are in the index
     again = [index.summary(store, s) for s in index.studies(store)]
@@ -115,4 +116,39 @@ def test_instances_kept_before_the_index_had_their_series_are_described_when_lis
     assert sorted(
         r[0] for r in store.db.execute("SELECT instance_number FROM instances").fetchall()
     ) == [1, 2, 3, 4, 5]
+    store.close()
+
+
+def test_a_study_list_page_is_the_newest_studies_and_reads_only_their_headers(
+    tmp_path, monkeypatch
+):
+    from hub import access, users
+    from hub import config as hub_config
+    from hub.web import create_app
+
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
+    app = create_app(hub_config.load(cfg))
+    store = FileHubStore(tmp_path / "hub")
+    users.add(store, "dr-rao", "radiologist", "correct horse battery")
+    auth = {"Authorization": f"Bearer {access.add_token(store, 'dr-rao', 'test')}"}
+    made = [study_of(2) for _ in range(5)]
+    for study, instances in made:
+        arrive(store, study, instances)
+    newest_first = [study for study, _ in reversed(made)]
+    summed: list[str] = []
+    real = index._summary_of
+    monkeypatch.setattr(index, "_summary_of", lambda st, key: summed.append(key) or real(st, key))
+
+    def page(query: str) -> list[str]:
+        r = app.test_client().get(f"/dicomweb/studies{query}", headers=auth)
+        assert r.status_code in (200, 204), r.data
+        return [item["0020000D"]["Value"][0] for item in (r.json or [])]
+
+    assert page("?limit=2") == newest_first[:2]
+    assert summed == newest_first[:2]  # the other studies' headers are not read
+    assert page("?limit=2&offset=2") == newest_first[2:4]
+    assert page("") == newest_first
+    assert page("?offset=5") == []
+    assert app.test_client().get("/dicomweb/studies?limit=x", headers=auth).status_code == 400
     store.close()
