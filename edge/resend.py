@@ -16,7 +16,7 @@ from typing import Any
 from edge import studies
 from edge.accounts import audit
 from edge.outbox import forget_carried
-from wire.messages import MAX_RESEND_STUDIES, ResendAnswer
+from wire.messages import MAX_RESEND_STUDIES, MAX_WHY, ResendAnswer
 
 log = logging.getLogger("radsetu.outbox")
 
@@ -70,7 +70,7 @@ def answer(request_id: str, outcomes: list[Outcome]) -> ResendAnswer:
     then those queued, as many as one answer lists."""
     ordered = sorted(outcomes, key=lambda o: o.queued)
     listed = [
-        {"study_uid": o.study_uid, "queued": o.queued, "why": o.why[:300]}
+        {"study_uid": o.study_uid, "queued": o.queued, "why": o.why[:MAX_WHY]}
         for o in ordered[:MAX_RESEND_STUDIES]
     ]
     queued = sum(o.queued for o in outcomes)

@@ -150,26 +150,25 @@ def summary(store: FileHubStore, s: Study) -> Summary | None:
     return found
 
 
+_SHOWN_IN_ORDER = (
+    "SELECT sop_instance_uid, sha256, path, series_uid, modality FROM shown_instances "
+    "WHERE study_uid=? ORDER BY coalesce(series_number, 0), coalesce(instance_number, 0), "
+    "stored_at"
+)
+
+
 def _summary_of(store: FileHubStore, key: str) -> Summary | None:
-    undescribed = store.db.execute(
-        "SELECT sop_instance_uid, sha256, path FROM shown_instances "
-        "WHERE study_uid=? AND series_uid IS NULL",
-        [key],
-    ).fetchall()
-    if undescribed:  # kept before the index had their series (m022)
-        store.describe_instances([(str(a), str(b), str(c)) for a, b, c in undescribed])
-    rows = store.db.execute(
-        "SELECT sop_instance_uid, series_uid, modality, path FROM shown_instances "
-        "WHERE study_uid=? ORDER BY coalesce(series_number, 0), "
-        "coalesce(instance_number, 0), stored_at",
-        [key],
-    ).fetchall()
+    rows = store.db.execute(_SHOWN_IN_ORDER, [key]).fetchall()
+    undescribed = [(str(r[0]), str(r[1]), str(r[2])) for r in rows if r[3] is None]
+    if undescribed:  # kept before the index had their series (m022): once
+        store.describe_instances(undescribed)
+        rows = store.db.execute(_SHOWN_IN_ORDER, [key]).fetchall()
     if not rows:
         return None
-    with store.blobs.open(rows[0][3]) as f:
+    with store.blobs.open(rows[0][2]) as f:
         first = pydicom.dcmread(f, stop_before_pixels=True)
-    modalities = sorted({str(r[2]) for r in rows} - {""})
-    return Summary(_header(first), modalities, len({r[1] for r in rows}), len({r[0] for r in rows}))
+    modalities = sorted({str(r[4]) for r in rows} - {""})
+    return Summary(_header(first), modalities, len({r[3] for r in rows}), len({r[0] for r in rows}))
 
 
 def _instances(store: FileHubStore, key: str) -> list[Instance]:
