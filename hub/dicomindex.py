@@ -150,10 +150,12 @@ def summary(store: FileHubStore, s: Study) -> Summary | None:
     return found
 
 
+FROM_VIEWER = "viewer"  # instances.transfer_id of what a viewer stored (hub/stow.py)
+# the first is a box's: a viewer's report never speaks for the study's header
 _SHOWN_IN_ORDER = (
     "SELECT sop_instance_uid, sha256, path, series_uid, modality FROM shown_instances "
-    "WHERE study_uid=? ORDER BY coalesce(series_number, 0), coalesce(instance_number, 0), "
-    "stored_at"
+    f"WHERE study_uid=? ORDER BY transfer_id = '{FROM_VIEWER}', coalesce(series_number, 0), "
+    "coalesce(instance_number, 0), stored_at"
 )
 
 

@@ -2,7 +2,8 @@
 any other client: QIDO-RS search of studies, series and instances; WADO-RS retrieve of
 instances (the stored files, byte for byte), metadata (bulk data by reference), frames
 (compressed ones untouched when the client accepts their syntax, else native little
-endian), bulk data and rendered images.
+endian), bulk data and rendered images; STOW-RS of a viewer's structured reports
+(hub/stow.py).
 
 Only the worklist's studies are visible (hub/dicomindex.py), to a radiologist's session
 or an API token; reading a study's content is audited as ``view`` (hub/access.py).
@@ -25,7 +26,9 @@ from flask import Blueprint, Response, abort, g, request
 
 from hub import dicomindex as index
 from hub import dicomparts as parts
+from hub import stow
 from hub.db import request_store as _store
+from hub.errors import HubError
 from hub.render import RenderError, picture
 
 log = logging.getLogger("radsetu.hub.dicomweb")
@@ -136,6 +139,21 @@ def search_studies() -> Response:
         item["00081190"] = {"vr": "UR", "Value": [f"{_base()}/studies/{s.uid}"]}
         out.append(item)
     return _answer(out)
+
+
+@dicomweb.post("/studies")
+@dicomweb.post("/studies/<study_uid>")
+def store_instances(study_uid: str | None = None) -> Response:
+    """STOW-RS: a viewer's structured report of a study (hub/stow.py)."""
+    if (request.content_length or 0) > stow.MAX_BODY:
+        raise HubError(f"a request of more than {stow.MAX_BODY} bytes is refused", 413)
+    body = request.stream.read(stow.MAX_BODY + 1)
+    if len(body) > stow.MAX_BODY:
+        raise HubError(f"a request of more than {stow.MAX_BODY} bytes is refused", 413)
+    found = stow.split(request.headers.get("Content-Type", ""), body)
+    out = stow.store_parts(found, study_uid, g.get("clinic", ""), _base())
+    answer, status = stow.answer(out, f"{_base()}/studies/{study_uid}" if study_uid else "")
+    return Response(json.dumps(answer), status=status, mimetype=JSON)
 
 
 @dicomweb.get("/studies/<study_uid>/series")

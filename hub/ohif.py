@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, abort, current_app, request, send_from_directory
+from flask import Blueprint, Response, abort, current_app, request, send_from_directory, session
 
+from common.passwords import csrf_token
 from common.web import csp_nonce
 from hub import dicomindex, reading
 from hub.db import request_store
@@ -38,6 +39,22 @@ CSP = (
     "style-src 'self' 'unsafe-inline'; font-src 'self' data:; object-src 'none'; "
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
+
+# What OHIF writes back (its measurements as a structured report, hub/stow.py) carries
+# the session's CSRF token, as the hub's own forms do: a write that changes something
+# on this origin, made with XMLHttpRequest (dicomweb-client's way), gets the header.
+CSRF_HOOK = """function (token) {
+  const open = XMLHttpRequest.prototype.open, send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.open = function (method, url) {
+    this.radsetuWrite = !/^(GET|HEAD|OPTIONS)$/i.test(method) &&
+      new URL(url, window.location.href).origin === window.location.origin;
+    return open.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.send = function () {
+    if (this.radsetuWrite) this.setRequestHeader('X-CSRF-Token', token);
+    return send.apply(this, arguments);
+  };
+}"""
 
 APP_CONFIG = """const radsetuRoot =
   window.location.origin + (window.radsetuDicomweb || '/dicomweb');
@@ -147,8 +164,12 @@ def _page(dist: Path) -> Response:
     html = re.sub(r"<script(?=[\s>])", f'<script nonce="{nonce}"', html)
     opened = _opened()
     root = json.dumps(_root(opened[0] if opened else None)).replace("<", "\\u003c")
+    token = json.dumps(csrf_token(session)).replace("<", "\\u003c")
     html = html.replace(
-        "<head>", f'<head><script nonce="{nonce}">window.radsetuDicomweb = {root};</script>', 1
+        "<head>",
+        f'<head><script nonce="{nonce}">window.radsetuDicomweb = {root};'
+        f"({CSRF_HOOK})({token});</script>",
+        1,
     )
     html = re.sub(r"(<body[^>]*>)", lambda m: m[1] + _banner(opened), html, count=1)
     r = Response(html, mimetype="text/html")

@@ -26,7 +26,7 @@ from flask import (
 
 from common import sessions
 from common.passwords import csrf_sent, csrf_token, local_next
-from hub import access, critical, ohif, priors, reading, reports, users
+from hub import access, critical, measurements, ohif, priors, reading, reports, stow, users
 from hub.db import request_store as _store
 from hub.errors import HubError
 from hub.render import PRESETS
@@ -145,6 +145,8 @@ def _instances(store: FileHubStore, study_uid: str) -> list[dict[str, Any]]:
     ).fetchall():
         with store.blobs.open(rel) as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if str(ds.get("SOPClassUID", "")) in stow.SR_CLASSES:
+            continue  # measurements saved from a viewer: listed apart, not an image
         out.append(
             {
                 "sop": str(ds.SOPInstanceUID),
@@ -184,6 +186,7 @@ def read(study_uid: str) -> Any:
         tat=reading.turnaround(store, study_uid),
         critical=critical.of_study(store, study_uid),
         priors=priors.of_study(store, study_uid),
+        measured=measurements.of_study(store, study_uid),
         ohif=ohif.available(),
         preview=reading.preview_of(store, study_uid),
         sign_on_preview=access.may_sign_on_preview(),

@@ -282,6 +282,14 @@ return els.map(e => {
 """
 
 
+def shown_button(d, text: str) -> list:  # type: ignore[no-untyped-def, type-arg]
+    from selenium.webdriver.common.by import By
+
+    found = d.find_elements(By.XPATH, f"//*[(self::button or @role='button') and "
+                                      f"normalize-space(.)='{text}']")  # fmt: skip
+    return [e for e in found if e.is_displayed()]
+
+
 def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_path):
     from PIL import Image
     from selenium.webdriver.common.action_chains import ActionChains
@@ -372,6 +380,38 @@ def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_pa
         # where the mouse went: a stroke about a quarter of the canvas wide
         assert abs(c2 - c1) > 40
         b.save_screenshot(str(SHOTS / "ohif-ct-length.png"))
+
+        # saved at the hub: tracked, then "Create SR" in the measurements panel, named
+        b.find_element(By.CSS_SELECTOR, "[data-cy='prompt-begin-tracking-yes-btn']").click()
+        b.find_element(By.CSS_SELECTOR, "[data-cy='trackedMeasurements-btn']").click()
+        until(b, lambda d: shown_button(d, "Create SR"), 20)[0].click()
+        until(b, lambda d: d.find_element(By.CSS_SELECTOR, "[data-cy='dialog-input']"), 20)
+        b.find_element(By.CSS_SELECTOR, "[data-cy='dialog-input']").send_keys("Head <b>width</b>")
+        until(b, lambda d: shown_button(d, "Save"), 20)[0].click()
+        api = logged_in(base)
+        series_url = f"{base}/dicomweb/clinics/clinic-a/studies/{uids['ct']}/series"
+
+        def saved(_d):
+            r = api.get(series_url)
+            found = [s for s in r.json() if s["00080060"]["Value"] == ["SR"]] if r.ok else []
+            return found or None
+
+        (sr,) = until(b, saved, 30)
+        assert sr["0008103E"]["Value"] == ["Head <b>width</b>"]
+        b.save_screenshot(str(SHOTS / "ohif-ct-saved-sr.png"))
+        # read back on the reading page, and into the draft's findings
+        b.switch_to.window(b.window_handles[0])
+        b.get(base + f"/read/{uids['ct']}")
+        section = b.find_element(By.ID, "measurements")
+        assert "Head <b>width</b>" in section.text  # shown as text
+        (line,) = [e.text for e in section.find_elements(By.CSS_SELECTOR, "li.measurement")]
+        assert line == f"Length {round(length['mm'], 2):g} mm", (line, length)
+        b.find_element(By.CSS_SELECTOR, "#measurements .to-findings").click()
+        assert b.find_element(By.ID, "findings").get_attribute("value").endswith(line)
+        # a viewer opened again lists the saved report with the study's series
+        b.switch_to.window(b.window_handles[1])
+        b.refresh()
+        until(b, lambda d: "SR" in d.find_element(By.ID, "root").text.split(), 60)
 
         # the prior, side by side: from the reading page's "compare" link
         b.switch_to.window(b.window_handles[0])
