@@ -1,7 +1,8 @@
 """What comes down to the box besides acks, and the study updates that go up:
 reports kept durably then acknowledged, the hub's word on a study (a radiologist is
 reading it), the hub's request to send delivered studies again (answered with what was
-queued), and STAT marks and clinical notes made after a study was packed."""
+queued), STAT marks and clinical notes made after a study was packed, and the clinic's
+orders."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge import doctors, reports, resend, studies
+from edge import doctors, orders, reports, resend, studies
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.messages import ResendRequest, StudyNotice, StudyUpdate
+from wire.order import OrderNotice
 from wire.report import decode_report
 from wire.report import encode_ack as encode_report_ack
 
@@ -32,6 +34,7 @@ class Downlink:
         self.study_mids: dict[int, tuple[str, str, str]] = {}
         self.study_inflight: dict[Any, int] = {}
         self.confirm_mids: dict[int, tuple[str, int]] = {}
+        self.order_mids: dict[int, tuple[str, str]] = {}
         self.answers: dict[str, bytes] = {}  # resend request id: the answer given
 
     def take(self, leaf: str, payload: bytes) -> None:
@@ -124,9 +127,33 @@ class Downlink:
             self.confirm_mids[info.mid] = (rid, version)
             self.study_inflight[("confirm", rid)] = info.mid
 
+    def publish_orders(self) -> None:
+        """Orders made at the clinic, and each change of their state, go to the hub's
+        reading room before their images; cleared once the broker has them."""
+        for order in orders.for_hub(self.db):
+            acc = order["accession"]
+            if ("order", acc) in self.study_inflight:
+                continue
+            doctor = doctors.for_study(self.db, order["referrer_id"], "")
+            name = order["name_latin"] + (f"={order['name_local']}" if order["name_local"] else "")
+            notice = OrderNotice(acc, order["study_uid"], order["state"],
+                                 "stat" if order["stat"] else "routine", order["modality"],
+                                 order["body_part"], order["question"][:1000], name[:200],
+                                 order["patient_id"], order["created_at"],
+                                 doctor.contact() if doctor else None)  # fmt: skip
+            info = self.client().publish(
+                frames.topic(self.box_id, frames.UP_ORDER), notice.encode(), qos=1
+            )
+            self.order_mids[info.mid] = (acc, order["state"])
+            self.study_inflight[("order", acc)] = info.mid
+
     def published(self, mid: int) -> None:
         """The broker has message ``mid``: a study update is cleared unless it changed
         since."""
+        told = self.order_mids.pop(mid, None)
+        if told is not None:
+            orders.hub_told(self.db, *told)
+            self.study_inflight.pop(("order", told[0]), None)
         sent = self.confirm_mids.pop(mid, None)
         if sent is not None:
             reports.confirmation_sent(self.db, *sent)

@@ -138,8 +138,9 @@ def create(db: Any, form: dict[str, str], doctor_ids: set[int], station_ae: str,
         db.execute(
             """INSERT INTO orders(accession, study_uid, patient_id, name_latin, name_local,
                    sex, birth_date, age, modality, body_part, question, referrer_id, stat,
-                   station_ae, scheduled_date, scheduled_time, state, created_by, created_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'scheduled',?,?)""",
+                   station_ae, scheduled_date, scheduled_time, state, created_by, created_at,
+                   hub_pending)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'scheduled',?,?,1)""",
             [acc, generate_uid(), v["patient_id"], v["name_latin"], v["name_local"],
              v["sex"], v["birth_date"], v["age"], v["modality"], v["body_part"],
              v["question"], v["referrer_id"], int(v["stat"]), station_ae,
@@ -231,8 +232,8 @@ def link(db: Any, accession: str, study_uid: str) -> bool:
     True when it was tied now. An order tied to a study stays tied to it."""
     return bool(
         db.execute(
-            "UPDATE orders SET linked_study=?, state=CASE WHEN state='scheduled' "
-            "THEN 'in_progress' ELSE state END WHERE accession=? AND "
+            "UPDATE orders SET linked_study=?, hub_pending=1, state=CASE WHEN "
+            "state='scheduled' THEN 'in_progress' ELSE state END WHERE accession=? AND "
             "linked_study IS NULL AND state != 'cancelled'",
             [study_uid, accession],
         ).rowcount
@@ -245,7 +246,7 @@ def performed(db: Any, accession: str, step_uid: str, state: str) -> bool:
     order's own changes nothing."""
     return bool(
         db.execute(
-            "UPDATE orders SET mpps_uid=?, state=? WHERE accession=? AND "
+            "UPDATE orders SET mpps_uid=?, state=?, hub_pending=1 WHERE accession=? AND "
             "(mpps_uid IS NULL OR mpps_uid=?) AND state != 'cancelled'",
             [step_uid, state, accession, step_uid],
         ).rowcount
@@ -257,7 +258,8 @@ def cancel(db: Any, accession: str) -> bool:
     order that met its study cannot be cancelled."""
     return bool(
         db.execute(
-            "UPDATE orders SET state='cancelled' WHERE accession=? AND state='scheduled' "
+            "UPDATE orders SET state='cancelled', hub_pending=1 WHERE accession=? "
+            "AND state='scheduled' "
             "AND linked_study IS NULL",
             [accession],
         ).rowcount
@@ -276,3 +278,13 @@ def unmatched_candidates(db: Any, day: dt.date) -> list[dict[str, Any]]:
         "linked_study IS NULL AND state='scheduled' AND scheduled_date=? ORDER BY created_at",
         [day.strftime("%Y%m%d")],
     )
+
+
+def for_hub(db: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """Orders the hub has not heard of as they are now, the oldest first."""
+    return _rows(db, "hub_pending=1 ORDER BY created_at LIMIT ?", [limit])
+
+
+def hub_told(db: Any, accession: str, state: str) -> None:
+    """The broker has the order as it was in ``state``: cleared unless it changed since."""
+    db.execute("UPDATE orders SET hub_pending=0 WHERE accession=? AND state=?", [accession, state])

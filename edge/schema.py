@@ -229,3 +229,11 @@ def m012_previewed(db: sqlite_utils.Database) -> None:
     """The instances a preview has tried (edge/previews.py): packed in a preview, or
     found to have none. A STAT study's images are previewed as they arrive, each once."""
     db.execute("CREATE TABLE previewed (instance_id INTEGER PRIMARY KEY)")
+
+
+@migrations()
+def m013_orders_to_hub(db: sqlite_utils.Database) -> None:
+    """An order the hub has not yet heard of as it is now (edge/downlink.py sends it on
+    ``up/order``): set when reception makes or cancels it, and when its state changes.
+    Orders made before are not sent."""
+    db.execute("ALTER TABLE orders ADD COLUMN hub_pending INTEGER NOT NULL DEFAULT 0")

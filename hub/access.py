@@ -182,6 +182,7 @@ def check(store_for_request: Any) -> Any:
 READS = {  # endpoint -> audit action, for every GET that returns patient data
     "hub_api.studies": "list_studies",
     "hub_api.worklist": "list_studies",
+    "hub_api.expected_orders": "list_orders",
     "ui.worklist": "list_studies",
     "hub_api.study": "read_study",
     "hub_api.study_reports": "read_reports",

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, g, jsonify, request, send_file
 
-from hub import access, reading, render, reports
+from hub import access, orders, reading, render, reports
 from hub import fleet as fleet_data
 from hub.db import request_store
 from hub.errors import HubError
@@ -15,6 +15,12 @@ from hub.templates import template
 
 api = Blueprint("hub_api", __name__, url_prefix="/api")
 _UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+@api.get("/orders/expected")
+def expected_orders() -> Any:
+    """The clinics' orders whose images are not in yet, STAT first (hub/orders.py)."""
+    return jsonify({"orders": orders.expected(request_store())})
 
 
 @api.get("/studies")

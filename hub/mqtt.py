@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from common.config import Config
 from common.mqtt import connect_properties, mqtt_client
-from hub import critical, reading, reports, resends
+from hub import critical, orders, reading, reports, resends
 from hub.ingest import finished_with, take_chunk, take_manifest
 from hub.jobs import Jobs, Notifier
 from hub.store import FileHubStore, open_store
@@ -43,6 +43,7 @@ from wire.messages import (
     StudyUpdate,
     decode_upload,
 )
+from wire.order import OrderNotice
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
@@ -200,6 +201,9 @@ class Ingest:
                 return
             if isinstance(up, StudyUpdate):
                 self._study_update(box_id, up)
+                return
+            if isinstance(up, OrderNotice):
+                orders.take(self.store, box_id, up)
                 return
             if isinstance(up, ResendAnswer):
                 if not resends.answered(self.store, box_id, up):

@@ -326,3 +326,19 @@ def m023_resend_requests(db: sqlite_utils.Database) -> None:
             answered_at TEXT, answer TEXT
         )""")
     db.execute("CREATE INDEX resend_requests_box ON resend_requests(box_id, asked_at)")
+
+
+@migrations()
+def m024_clinic_orders(db: sqlite_utils.Database) -> None:
+    """The clinics' orders as their boxes send them (hub/orders.py): the reading room
+    sees an exam coming, STAT first, before its images are in."""
+    db.execute("""
+        CREATE TABLE clinic_orders (
+            box_id TEXT NOT NULL, accession TEXT NOT NULL, study_uid TEXT NOT NULL,
+            state TEXT NOT NULL, priority TEXT NOT NULL, modality TEXT NOT NULL,
+            body_part TEXT NOT NULL, question TEXT NOT NULL, patient_name TEXT NOT NULL,
+            patient_id TEXT NOT NULL, referrer TEXT, ordered_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (box_id, accession)
+        )""")
+    db.execute("CREATE INDEX clinic_orders_when ON clinic_orders(ordered_at)")

@@ -26,7 +26,7 @@ from flask import (
 
 from common import sessions
 from common.passwords import csrf_sent, csrf_token, local_next
-from hub import access, critical, measurements, ohif, priors, reading, reports, stow, users
+from hub import access, critical, measurements, ohif, orders, priors, reading, reports, stow, users
 from hub.db import request_store as _store
 from hub.errors import HubError
 from hub.render import PRESETS
@@ -135,6 +135,7 @@ def worklist() -> Any:
         subs=reading.SUBSPECIALTIES,
         priors=priors.counts(_store(), studies),
         ohif=ohif.available(),
+        expected=orders.expected(_store()),
     )
 
 

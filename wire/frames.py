@@ -44,6 +44,7 @@ UP_STUDY = "up/study"  # the clinic marked a study STAT or wrote its clinical no
 DOWN_STUDY = "down/study"  # the hub's word on a study (a radiologist is reading it)
 DOWN_RESEND = "down/resend"  # the hub asks for delivered studies again (it lost them)
 UP_RESEND = "up/resend"  # the box's answer: what it queued, and why not the rest
+UP_ORDER = "up/order"  # an order reception made at the clinic, and each change of its state
 STATUS = "status"
 
 

@@ -5,6 +5,7 @@ that both ends agree (docs/sync.md, "Topics"):
 - ``StudyNotice`` (``down/study``): the hub's word on a study (a radiologist reads it);
 - ``parse_ack`` (``down/ack``): what the hub holds of a transfer;
 - ``parse_status`` (``status``): a box's retained status, every known field checked;
+- ``OrderNotice`` (``up/order``, wire/order.py): an order made at the clinic;
 - ``ResendRequest`` (``down/resend``) and ``ResendAnswer`` (``up/resend``): the hub
   asks a box to send delivered studies again, and the box says what it queued.
 
@@ -24,6 +25,7 @@ from wire.contact import parse_contact
 from wire.errors import RemoteProtocolError
 from wire.frames import ChunkFrame
 from wire.jsonobj import json_object
+from wire.order import OrderNotice
 from wire.report import decode_ack as decode_report_ack
 from wire.report import decode_confirmation
 
@@ -265,6 +267,7 @@ Upload = (
     | ManifestReceived
     | ChunkFrame
     | ResendAnswer
+    | OrderNotice
 )
 
 
@@ -284,4 +287,6 @@ def decode_upload(leaf: str, payload: bytes) -> Upload:
         return frames.decode_chunk(payload)
     if leaf == frames.UP_RESEND:
         return ResendAnswer.decode(payload)
+    if leaf == frames.UP_ORDER:
+        return OrderNotice.decode(payload)
     raise RemoteProtocolError(f"unknown topic leaf {leaf!r}")

@@ -142,6 +142,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m010_mpps",
         "m011_preview",
         "m012_previewed",
+        "m013_orders_to_hub",
     ]
     s.close()
 

@@ -629,3 +629,42 @@ def test_resend_requests_and_answers_refuse_what_is_malformed():
     ):
         with pytest.raises(RemoteProtocolError):
             decode_upload(frames.UP_RESEND, json.dumps({**good, **change}).encode())
+
+
+def order_notice(**change):  # type: ignore[no-untyped-def]
+    from wire.order import OrderNotice
+
+    good = OrderNotice("2612030001", "1.2.826.0.1.3680043.8.498.1", "scheduled", "stat", "CT",
+                       "HEAD", "Fall from a bus, drowsy", "Lakshmi Rao=ಲಕ್ಷ್ಮಿ ರಾವ್", "VJP-7",
+                       "2026-12-03T04:05:06.123Z", {"name": "Dr Iyer", "mobile": "+919800000001",
+                                                    "email": "", "language": "kn"})  # fmt: skip
+    return good if not change else {**json.loads(good.encode()), **change}
+
+
+def test_orders_refuse_what_is_malformed():
+    from wire import frames
+    from wire.messages import decode_upload
+    from wire.order import OrderNotice
+
+    good = order_notice()
+    assert decode_upload(frames.UP_ORDER, good.encode()) == good
+    assert OrderNotice.decode(json.dumps(order_notice(referrer=None)).encode()).referrer is None
+    for change in (
+        {"accession": "../../etc"},
+        {"accession": "1" * 17},
+        {"study_uid": "<b>1.2</b>"},
+        {"study_uid": "1." * 40 + "1"},
+        {"state": "done"},
+        {"priority": "urgent"},
+        {"modality": "ct; DROP"},
+        {"body_part": "x" * 65},
+        {"question": "x" * 1001},
+        {"patient_name": ["Lakshmi"]},
+        {"patient_id": None},
+        {"ordered_at": "yesterday"},
+        {"referrer": {"name": "<script>", "mobile": "call me"}},
+    ):
+        with pytest.raises(RemoteProtocolError):
+            decode_upload(frames.UP_ORDER, json.dumps(order_notice(**change)).encode())
+    with pytest.raises(RemoteProtocolError):
+        OrderNotice.decode(b"[" * (64 * 1024))
