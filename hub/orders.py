@@ -54,8 +54,9 @@ def expected(store: FileHubStore, limit: int = 200) -> list[dict[str, Any]]:
     rows = store.db.query(
         """SELECT * FROM clinic_orders o WHERE o.state <> 'cancelled' AND o.ordered_at >= ?
            AND NOT EXISTS (SELECT 1 FROM hub_studies s WHERE s.box_id = o.box_id
-               AND (s.study_uid = o.study_uid OR s.study_uid = o.study_uid || '~' || o.box_id
-                    OR s.accession = o.accession))
+               AND s.study_uid IN (o.study_uid, o.study_uid || '~' || o.box_id))
+           AND NOT EXISTS (SELECT 1 FROM hub_studies s WHERE s.box_id = o.box_id
+               AND s.accession = o.accession)
            ORDER BY o.priority = 'stat' DESC, o.ordered_at LIMIT ?""",
         [iso_ago(EXPECTED_HOURS * 3600), limit],
     )

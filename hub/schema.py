@@ -342,3 +342,10 @@ def m024_clinic_orders(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (box_id, accession)
         )""")
     db.execute("CREATE INDEX clinic_orders_when ON clinic_orders(ordered_at)")
+
+
+@migrations()
+def m025_studies_by_accession(db: sqlite_utils.Database) -> None:
+    """A clinic's studies found by accession number: the reading room's list of orders
+    still coming (hub/orders.py) asks, for each order, whether its study is in."""
+    db.execute("CREATE INDEX hub_studies_accession ON hub_studies(box_id, accession)")
