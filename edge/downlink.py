@@ -17,16 +17,18 @@ from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.messages import ResendRequest, StudyNotice, StudyUpdate
-from wire.order import OrderNotice
+from wire.order import OrderKept, OrderNotice
 from wire.report import decode_report
 from wire.report import encode_ack as encode_report_ack
 
 log = logging.getLogger("radsetu.sync")
+ORDER_AGAIN_SECONDS = 15.0  # an order the hub has not answered goes again, then less often
+ORDER_AGAIN_MOST = 600.0
 ANSWERS_KEPT = 64  # resend requests answered, kept to answer a repeated request alike
 
 
 class Downlink:
-    LEAVES = (frames.DOWN_REPORT, frames.DOWN_STUDY, frames.DOWN_RESEND)
+    LEAVES = (frames.DOWN_REPORT, frames.DOWN_STUDY, frames.DOWN_RESEND, frames.DOWN_ORDER)
 
     def __init__(self, store: Store, db: Any, box_id: str, client: Callable[[], mqtt.Client]):
         self.store, self.db, self.box_id = store, db, box_id
@@ -34,7 +36,7 @@ class Downlink:
         self.study_mids: dict[int, tuple[str, str, str]] = {}
         self.study_inflight: dict[Any, int] = {}
         self.confirm_mids: dict[int, tuple[str, int]] = {}
-        self.order_mids: dict[int, tuple[str, str]] = {}
+        self.order_sent: dict[str, tuple[float, int]] = {}  # accession: when it last went, times
         self.answers: dict[str, bytes] = {}  # resend request id: the answer given
 
     def take(self, leaf: str, payload: bytes) -> None:
@@ -45,6 +47,18 @@ class Downlink:
             self.take_study(payload)
         elif leaf == frames.DOWN_RESEND:
             self.take_resend(payload)
+        elif leaf == frames.DOWN_ORDER:
+            self.take_order_kept(payload)
+
+    def take_order_kept(self, payload: bytes) -> None:
+        """The hub keeps an order as it was sent: cleared unless it changed since."""
+        try:
+            kept = OrderKept.decode(payload)
+        except RemoteProtocolError as exc:
+            log.warning("ignoring a malformed order answer from the hub: %s", exc)
+            return
+        orders.hub_told(self.db, kept.accession, kept.state)
+        self.order_sent.pop(kept.accession, None)
 
     def take_report(self, payload: bytes) -> None:
         """Keep a report durably, then acknowledge it (again, if it was kept before)."""
@@ -127,12 +141,14 @@ class Downlink:
             self.confirm_mids[info.mid] = (rid, version)
             self.study_inflight[("confirm", rid)] = info.mid
 
-    def publish_orders(self) -> None:
+    def publish_orders(self, now: float) -> None:
         """Orders made at the clinic, and each change of their state, go to the hub's
-        reading room before their images; cleared once the broker has them."""
+        reading room before their images: again after 15 s, 30 s, 60 s... (at most 10
+        minutes apart) until the hub answers that it keeps them (``take_order_kept``)."""
         for order in orders.for_hub(self.db):
             acc = order["accession"]
-            if ("order", acc) in self.study_inflight:
+            last, times = self.order_sent.get(acc, (0.0, 0))
+            if times and now - last < min(ORDER_AGAIN_MOST, ORDER_AGAIN_SECONDS * 2 ** (times - 1)):
                 continue
             doctor = doctors.for_study(self.db, order["referrer_id"], "")
             name = order["name_latin"] + (f"={order['name_local']}" if order["name_local"] else "")
@@ -141,19 +157,13 @@ class Downlink:
                                  order["body_part"], order["question"][:1000], name[:200],
                                  order["patient_id"], order["created_at"],
                                  doctor.contact() if doctor else None)  # fmt: skip
-            info = self.client().publish(
-                frames.topic(self.box_id, frames.UP_ORDER), notice.encode(), qos=1
-            )
-            self.order_mids[info.mid] = (acc, order["state"])
-            self.study_inflight[("order", acc)] = info.mid
+            topic = frames.topic(self.box_id, frames.UP_ORDER)
+            self.client().publish(topic, notice.encode(), qos=1)
+            self.order_sent[acc] = (now, times + 1)
 
     def published(self, mid: int) -> None:
         """The broker has message ``mid``: a study update is cleared unless it changed
         since."""
-        told = self.order_mids.pop(mid, None)
-        if told is not None:
-            orders.hub_told(self.db, *told)
-            self.study_inflight.pop(("order", told[0]), None)
         sent = self.confirm_mids.pop(mid, None)
         if sent is not None:
             reports.confirmation_sent(self.db, *sent)

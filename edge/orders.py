@@ -23,7 +23,7 @@ from typing import Any
 
 from pydicom.uid import generate_uid
 
-from common.clock import utcnow
+from common.clock import iso_ago, utcnow
 
 MODALITIES = ("CR", "DX", "CT", "MR", "US", "MG", "XA", "NM", "PT", "OT")
 SEXES = ("M", "F", "O")
@@ -280,11 +280,15 @@ def unmatched_candidates(db: Any, day: dt.date) -> list[dict[str, Any]]:
     )
 
 
+HUB_HOURS = 48  # an order older than this is no longer sent (the hub lists it no more)
+
+
 def for_hub(db: Any, limit: int = 50) -> list[dict[str, Any]]:
-    """Orders the hub has not heard of as they are now, the oldest first."""
-    return _rows(db, "hub_pending=1 ORDER BY created_at LIMIT ?", [limit])
+    """Orders the hub has not yet kept as they are now, the oldest first."""
+    return _rows(db, "hub_pending=1 AND created_at >= ? ORDER BY created_at LIMIT ?",
+                 [iso_ago(HUB_HOURS * 3600), limit])  # fmt: skip
 
 
 def hub_told(db: Any, accession: str, state: str) -> None:
-    """The broker has the order as it was in ``state``: cleared unless it changed since."""
+    """The hub keeps the order as it was in ``state``: cleared unless it changed since."""
     db.execute("UPDATE orders SET hub_pending=0 WHERE accession=? AND state=?", [accession, state])

@@ -193,7 +193,7 @@ class Agent:
         leaves = (frames.DOWN_ACK, *Downlink.LEAVES)
         client.subscribe([(frames.topic(self.box_id, leaf), 1) for leaf in leaves])
         self.downlink.study_inflight.clear()  # unconfirmed updates go again
-        self.downlink.order_mids.clear()
+        self.downlink.order_sent.clear()  # orders unanswered go again at once
         # the manifests go on the next step, after paho has queued its resends of
         # what was in flight: the hub's answer must come after those copies arrived
         self.resync_due = True
@@ -370,7 +370,7 @@ class Agent:
                 self.last_study_check = now
                 self.downlink.publish_study_updates()
                 self.downlink.publish_confirmations()
-                self.downlink.publish_orders()
+                self.downlink.publish_orders(now)
 
     def status(self, db: Any = None) -> dict[str, Any]:
         """What the box tells the hub (and its own page) about itself; ``db``: a

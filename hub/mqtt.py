@@ -43,7 +43,7 @@ from wire.messages import (
     StudyUpdate,
     decode_upload,
 )
-from wire.order import OrderNotice
+from wire.order import OrderKept, OrderNotice
 
 log = logging.getLogger("radsetu.hub.mqtt")
 
@@ -203,7 +203,9 @@ class Ingest:
                 self._study_update(box_id, up)
                 return
             if isinstance(up, OrderNotice):
-                orders.take(self.store, box_id, up)
+                orders.take(self.store, box_id, up)  # kept, or a later state is
+                self.client.publish(frames.topic(box_id, frames.DOWN_ORDER),
+                                    OrderKept(up.accession, up.state).encode(), qos=1)  # fmt: skip
                 return
             if isinstance(up, ResendAnswer):
                 if not resends.answered(self.store, box_id, up):

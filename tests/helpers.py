@@ -86,3 +86,22 @@ def box_login(port: int, user: str, password: str) -> str:
     r.read()
     assert r.status == 302, r.status
     return r.getheader("Set-Cookie", "").split(";")[0]
+
+
+def hub_app(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The hub's web app on a data folder of its own (no broker), and a store on it."""
+    from hub import config as hub_config
+    from hub.store import FileHubStore
+    from hub.web import create_app
+
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
+    return create_app(hub_config.load(cfg)), FileHubStore(tmp_path / "hub")
+
+
+def hub_login(client, user: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    """Log ``client`` (the app's test client) in through the hub's login form."""
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True))
+    assert found
+    r = client.post("/login", data={"username": user, "password": password, "csrf": found[1]})
+    assert r.status_code in (302, 303), r.status_code

@@ -45,6 +45,7 @@ DOWN_STUDY = "down/study"  # the hub's word on a study (a radiologist is reading
 DOWN_RESEND = "down/resend"  # the hub asks for delivered studies again (it lost them)
 UP_RESEND = "up/resend"  # the box's answer: what it queued, and why not the rest
 UP_ORDER = "up/order"  # an order reception made at the clinic, and each change of its state
+DOWN_ORDER = "down/order"  # the hub keeps that order as it is now
 STATUS = "status"
 
 

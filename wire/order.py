@@ -65,3 +65,24 @@ class OrderNotice:
         keys = ("accession", "study_uid", "state", "priority", "modality", "ordered_at")
         fields: dict[str, Any] = {k: d[k] for k in (*keys, *TEXTS)}
         return cls(**fields, referrer=parse_contact(d.get("referrer"), "order: referrer"))
+
+
+@dataclass(frozen=True)
+class OrderKept:
+    """The hub's word (``down/order``) that it keeps the order as it was in ``state``:
+    the box sends an order again until this comes (the broker alone may drop a message
+    no hub is subscribed for, as after a broker restart)."""
+
+    accession: str
+    state: str
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> OrderKept:
+        d = json_object(payload, "order kept", 1024)
+        acc, state = d.get("accession"), d.get("state")
+        if not isinstance(acc, str) or not _ACCESSION.match(acc) or state not in ORDER_STATES:
+            raise RemoteProtocolError("order kept: accession or state missing or malformed")
+        return cls(acc, state)

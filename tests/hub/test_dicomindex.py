@@ -123,13 +123,9 @@ def test_a_study_list_page_is_the_newest_studies_and_reads_only_their_headers(
     tmp_path, monkeypatch
 ):
     from hub import access, users
-    from hub import config as hub_config
-    from hub.web import create_app
+    from tests.helpers import hub_app
 
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
-    app = create_app(hub_config.load(cfg))
-    store = FileHubStore(tmp_path / "hub")
+    app, store = hub_app(tmp_path)
     users.add(store, "dr-rao", "radiologist", "correct horse battery")
     auth = {"Authorization": f"Bearer {access.add_token(store, 'dr-rao', 'test')}"}
     made = [study_of(2) for _ in range(5)]

@@ -5,15 +5,13 @@ clinic cancels it; a late message never takes an order back."""
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from pydicom.uid import generate_uid
 
 from common.clock import iso_ago
 from hub import access, orders, users
-from hub import config as hub_config
 from hub.store import FileHubStore
-from hub.web import create_app
+from tests.helpers import hub_app, hub_login
 from tests.hub.test_dicomindex import arrive, study_of
 from wire.codec import pack_bytes
 from wire.manifest import Priority
@@ -78,10 +76,7 @@ def test_an_order_is_expected_until_its_study_arrives_or_it_is_cancelled(tmp_pat
 
 
 def test_the_worklist_shows_what_is_coming_as_text(tmp_path):
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
-    app = create_app(hub_config.load(cfg))
-    store = FileHubStore(tmp_path / "hub")
+    app, store = hub_app(tmp_path)
     users.add(store, "dr-rao", "radiologist", PASSWORD)
     referrer = {"name": "Dr <i>Iyer</i>", "mobile": "+919800000001", "email": "",
                 "language": "kn"}  # fmt: skip
@@ -89,8 +84,7 @@ def test_the_worklist_shows_what_is_coming_as_text(tmp_path):
                                       patient_name="<script>alert(1)</script>=ಲಕ್ಷ್ಮಿ",
                                       question="<b>drowsy</b>", referrer=referrer))  # fmt: skip
     client = app.test_client()
-    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True))
-    client.post("/login", data={"username": "dr-rao", "password": PASSWORD, "csrf": csrf[1]})
+    hub_login(client, "dr-rao", PASSWORD)
     page = client.get("/").get_data(as_text=True)
     table = page.split('id="expected"', 1)[1].split("</table>", 1)[0]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;=ಲಕ್ಷ್ಮಿ" in table and "<script>" not in table

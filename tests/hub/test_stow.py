@@ -14,10 +14,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from hub import access, users
-from hub import config as hub_config
 from hub.measurements import of_study
 from hub.store import FileHubStore
-from hub.web import create_app
+from tests.helpers import hub_app, hub_login
 from tests.hub.test_dicomindex import arrive, study_of
 
 PASSWORD = "correct horse battery"
@@ -26,10 +25,7 @@ SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 @pytest.fixture
 def hub(tmp_path):
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "hub"}"\n[mqtt]\nenabled = false\n')
-    app = create_app(hub_config.load(cfg))
-    store = FileHubStore(tmp_path / "hub")
+    app, store = hub_app(tmp_path)
     users.add(store, "dr-rao", "radiologist", PASSWORD)
     users.add(store, "ops", "operator", PASSWORD)
     study, instances = study_of(3)
@@ -174,10 +170,7 @@ def test_malformed_requests_are_refused_whole(hub):
 def test_a_session_writes_only_with_its_csrf_token_and_the_page_escapes_the_title(hub):
     app, store, auth, study, pid, _ = hub
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-    r = client.post("/login", data={"username": "dr-rao", "password": PASSWORD, "csrf": csrf})
-    assert r.status_code in (302, 303)
+    hub_login(client, "dr-rao", PASSWORD)
     page = client.get(f"/read/{study}").get_data(as_text=True)
     csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # the session's own
     data, kind = body(report(study, pid, SeriesDescription="<script>alert(1)</script>"))

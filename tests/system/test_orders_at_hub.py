@@ -1,6 +1,7 @@
 """An order made at the clinic reaches the hub's reading room before its images, on a
 real Mosquitto: STAT first, gone when reception cancels it or when its study arrives;
-what a box sends on ``up/order`` that is not an order is refused, and nothing stops."""
+one made while the broker is down, on a box then killed, goes once both are back; what
+a box sends on ``up/order`` that is not an order is refused, and nothing stops."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def test_orders_reach_the_reading_room_before_their_images(tmp_path, broker, hub
     assert r.ok
     wait_for(lambda: made[2] not in coming(hub), 30, "the cancelled order gone")
 
+    # the broker down, an order made, the box killed: the order goes once both are back
+    broker.kill()
+    form = {"name_latin": "Asha Devi", "patient_id": "VJP-9", "sex": "F",
+            "birth_date": "1975-06-01", "modality": "CR", "body_part": "CHEST",
+            "question": "Cough for a month", "stat": ""}  # fmt: skip
+    r = s.post(base + "/orders", data={**form, "csrf": _csrf(s, base + "/orders")})
+    made.append(re.search(r'data-accession="(\d+)"[^>]*>(?:(?!</tr>).)*Asha Devi', r.text,
+                          re.S)[1])  # fmt: skip
+    box.kill()
+    broker.start()
+    box.start()
+    wait_for(lambda: made[3] in coming(hub), 60, "the order made while the broker was down")
+    assert coming(hub)[made[3]]["modality"] == "CR"
+
     # not orders, on the box's own topic: refused and logged; the hub carries on
     evil = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="evil", protocol=mqtt.MQTTv5)
     evil.connect("127.0.0.1", broker.port)
@@ -78,4 +93,4 @@ def test_orders_reach_the_reading_room_before_their_images(tmp_path, broker, hub
         ds.save_as(f)
     storescu(box.dicom_port, files)
     wait_for(lambda: delivered(box, uid), 60, "the study delivered")
-    wait_for(lambda: list(coming(hub)) == [made[1]], 30, "only the routine order left")
+    wait_for(lambda: list(coming(hub)) == [made[1], made[3]], 30, "the routine orders left")

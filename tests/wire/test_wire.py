@@ -668,3 +668,12 @@ def test_orders_refuse_what_is_malformed():
             decode_upload(frames.UP_ORDER, json.dumps(order_notice(**change)).encode())
     with pytest.raises(RemoteProtocolError):
         OrderNotice.decode(b"[" * (64 * 1024))
+
+    from wire.order import OrderKept
+
+    kept = OrderKept("2612030001", "cancelled")
+    assert OrderKept.decode(kept.encode()) == kept
+    for bad in ({"accession": "../x", "state": "scheduled"}, {"accession": "1", "state": "gone"},
+                {"accession": 1, "state": "scheduled"}, {"state": "scheduled"}):  # fmt: skip
+        with pytest.raises(RemoteProtocolError):
+            OrderKept.decode(json.dumps(bad).encode())
