@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.clock import iso_ago  # noqa: E402
 from hub import orders  # noqa: E402
 from hub.store import FileHubStore  # noqa: E402
-from wire.order import OrderNotice  # noqa: E402
+from wire.messages import OrderNotice  # noqa: E402
 
 
 def fill(store: FileHubStore, studies: int, count: int) -> None:

@@ -16,8 +16,7 @@ from edge import doctors, orders, reports, resend, studies
 from edge.store import Store
 from wire import frames
 from wire.errors import RemoteProtocolError
-from wire.messages import ResendRequest, StudyNotice, StudyUpdate
-from wire.order import OrderKept, OrderNotice
+from wire.messages import OrderKept, OrderNotice, ResendRequest, StudyNotice, StudyUpdate
 from wire.report import decode_report
 from wire.report import encode_ack as encode_report_ack
 

@@ -36,6 +36,8 @@ from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.messages import (
     ManifestReceived,
+    OrderKept,
+    OrderNotice,
     ReportAcked,
     ResendAnswer,
     StatusCleared,
@@ -43,7 +45,6 @@ from wire.messages import (
     StudyUpdate,
     decode_upload,
 )
-from wire.order import OrderKept, OrderNotice
 
 log = logging.getLogger("radsetu.hub.mqtt")
 

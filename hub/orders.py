@@ -1,4 +1,4 @@
-"""The clinics' orders at the hub (``up/order``, wire/order.py): what is coming to the
+"""The clinics' orders at the hub (``up/order``, wire/messages.py): what is coming to the
 reading room before its images, STAT first. An order is expected until a study of its
 clinic arrives with its Study UID or its accession number, or the clinic cancels it;
 one not met within ``EXPECTED_HOURS`` is no longer listed (it stays in the table).
@@ -12,7 +12,7 @@ from typing import Any
 
 from common.clock import iso_ago, utcnow
 from hub.store import FileHubStore
-from wire.order import OrderNotice
+from wire.messages import OrderNotice
 
 log = logging.getLogger("radsetu.hub.orders")
 EXPECTED_HOURS = 48

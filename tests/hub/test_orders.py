@@ -15,7 +15,7 @@ from tests.helpers import hub_app, hub_login
 from tests.hub.test_dicomindex import arrive, study_of
 from wire.codec import pack_bytes
 from wire.manifest import Priority
-from wire.order import OrderNotice
+from wire.messages import OrderNotice
 
 PASSWORD = "correct horse battery"
 

@@ -632,7 +632,7 @@ def test_resend_requests_and_answers_refuse_what_is_malformed():
 
 
 def order_notice(**change):  # type: ignore[no-untyped-def]
-    from wire.order import OrderNotice
+    from wire.messages import OrderNotice
 
     good = OrderNotice("2612030001", "1.2.826.0.1.3680043.8.498.1", "scheduled", "stat", "CT",
                        "HEAD", "Fall from a bus, drowsy", "Lakshmi Rao=ಲಕ್ಷ್ಮಿ ರಾವ್", "VJP-7",
@@ -643,8 +643,7 @@ def order_notice(**change):  # type: ignore[no-untyped-def]
 
 def test_orders_refuse_what_is_malformed():
     from wire import frames
-    from wire.messages import decode_upload
-    from wire.order import OrderNotice
+    from wire.messages import OrderNotice, decode_upload
 
     good = order_notice()
     assert decode_upload(frames.UP_ORDER, good.encode()) == good
@@ -669,7 +668,7 @@ def test_orders_refuse_what_is_malformed():
     with pytest.raises(RemoteProtocolError):
         OrderNotice.decode(b"[" * (64 * 1024))
 
-    from wire.order import OrderKept
+    from wire.messages import OrderKept
 
     kept = OrderKept("2612030001", "cancelled")
     assert OrderKept.decode(kept.encode()) == kept
