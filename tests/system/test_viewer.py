@@ -292,6 +292,7 @@ def shown_button(d, text: str) -> list:  # type: ignore[no-untyped-def, type-arg
 
 def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_path):
     from PIL import Image
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -412,6 +413,7 @@ def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_pa
         b.switch_to.window(b.window_handles[1])
         b.refresh()
         until(b, lambda d: "SR" in d.find_element(By.ID, "root").text.split(), 60)
+        b.close()  # its drawing in software would slow the next one
 
         # the prior, side by side: from the reading page's "compare" link
         b.switch_to.window(b.window_handles[0])
@@ -421,15 +423,23 @@ def test_ohif_shows_the_study_measures_it_and_opens_its_prior(viewer_hub, tmp_pa
         assert "NOT THIS ONE" not in b.find_element(By.ID, "priors").text
         b.get(link.get_attribute("href"))
 
+        seen: list = []  # type: ignore[type-arg]
+
         def both(d):  # the study and its prior, each in a viewport shown (OHIF may fill
             # the second viewport with the study's own series before the prior is loaded)
-            v = [x for x in d.execute_script(VIEWPORT)[:2] if x["ready"]]
-            ids = [x["id"] for x in v]
-            found = any(uids["ct"] in i for i in ids) and any(uids["prior"] in i for i in ids)
-            return v if len(v) == 2 and found else None
+            seen[:] = d.execute_script(VIEWPORT)
+            v = [x for x in seen if x["ready"]]
+            ours = [x for x in v if uids["ct"] in x["id"]]
+            prior = [x for x in v if uids["prior"] in x["id"]]
+            return [ours[0], prior[0]] if ours and prior else None
 
-        vps = until(b, both, 60)
-        left, right = sorted(vps[:2], key=lambda v: v["box"]["left"])
+        try:
+            vps = until(b, both, 60)
+        except TimeoutException:  # what was shown, for the log
+            b.save_screenshot(str(SHOTS / "ohif-ct-with-prior-failed.png"))
+            text = b.find_element(By.TAG_NAME, "body").text[:600]
+            raise AssertionError(f"not both of {uids} shown: {seen}; the page: {text!r}") from None
+        left, right = sorted(vps, key=lambda v: v["box"]["left"])
         assert left["box"]["right"] <= right["box"]["left"] + 1  # beside, not on top
         b.save_screenshot(str(SHOTS / "ohif-ct-with-prior.png"))
         errors = [e["message"] for e in b.get_log("browser")
