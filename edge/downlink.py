@@ -14,28 +14,38 @@ import paho.mqtt.client as mqtt
 
 from edge import doctors, orders, reports, resend, studies
 from edge.store import Store
+from edge.unanswered import Unanswered
 from wire import frames
 from wire.errors import RemoteProtocolError
-from wire.messages import OrderKept, OrderNotice, ResendRequest, StudyNotice, StudyUpdate
+from wire.messages import (
+    Kept,
+    OrderKept,
+    OrderNotice,
+    ResendRequest,
+    StudyNotice,
+    StudyUpdate,
+    digest,
+)
 from wire.report import decode_report
 from wire.report import encode_ack as encode_report_ack
 
 log = logging.getLogger("radsetu.sync")
-ORDER_AGAIN_SECONDS = 15.0  # an order the hub has not answered goes again, then less often
-ORDER_AGAIN_MOST = 600.0
 ANSWERS_KEPT = 64  # resend requests answered, kept to answer a repeated request alike
 
 
 class Downlink:
-    LEAVES = (frames.DOWN_REPORT, frames.DOWN_STUDY, frames.DOWN_RESEND, frames.DOWN_ORDER)
+    LEAVES = (
+        frames.DOWN_REPORT,
+        frames.DOWN_STUDY,
+        frames.DOWN_RESEND,
+        frames.DOWN_ORDER,
+        frames.DOWN_KEPT,
+    )
 
     def __init__(self, store: Store, db: Any, box_id: str, client: Callable[[], mqtt.Client]):
         self.store, self.db, self.box_id = store, db, box_id
         self.client = client  # the agent's current MQTT client
-        self.study_mids: dict[int, tuple[str, str, str]] = {}
-        self.study_inflight: dict[Any, int] = {}
-        self.confirm_mids: dict[int, tuple[str, int]] = {}
-        self.order_sent: dict[str, tuple[float, int]] = {}  # accession: when it last went, times
+        self.unanswered = Unanswered()  # orders, study updates, confirmations
         self.answers: dict[str, bytes] = {}  # resend request id: the answer given
 
     def take(self, leaf: str, payload: bytes) -> None:
@@ -48,6 +58,8 @@ class Downlink:
             self.take_resend(payload)
         elif leaf == frames.DOWN_ORDER:
             self.take_order_kept(payload)
+        elif leaf == frames.DOWN_KEPT:
+            self.take_kept(payload)
 
     def take_order_kept(self, payload: bytes) -> None:
         """The hub keeps an order as it was sent: cleared unless it changed since."""
@@ -57,7 +69,23 @@ class Downlink:
             log.warning("ignoring a malformed order answer from the hub: %s", exc)
             return
         orders.hub_told(self.db, kept.accession, kept.state)
-        self.order_sent.pop(kept.accession, None)
+        self.unanswered.answered((frames.UP_ORDER, kept.accession), kept.state)
+
+    def take_kept(self, payload: bytes) -> None:
+        """The hub has a study update or a confirmation: cleared unless it changed since
+        (an answer for an earlier version clears nothing; the newer one goes on)."""
+        try:
+            kept = Kept.decode(payload)
+        except RemoteProtocolError as exc:
+            log.warning("ignoring a malformed answer from the hub: %s", exc)
+            return
+        sent = self.unanswered.answered((kept.leaf, kept.key), kept.digest)
+        if sent is None:
+            return
+        if kept.leaf == frames.UP_STUDY:
+            studies.update_sent(self.db, *sent.context)
+        else:
+            reports.confirmation_sent(self.db, *sent.context)
 
     def take_report(self, payload: bytes) -> None:
         """Keep a report durably, then acknowledge it (again, if it was kept before)."""
@@ -105,72 +133,50 @@ class Downlink:
                 self.answers.pop(next(iter(self.answers)))
         self.client().publish(frames.topic(self.box_id, frames.UP_RESEND), answer, qos=1)
 
-    def publish_study_updates(self) -> None:
+    def publish_study_updates(self, now: float) -> None:
         """STAT marks and clinical notes made at the clinic after the study was packed
-        go to the hub on their own; cleared once the broker has them (``published``)."""
+        go to the hub on their own, until the hub has them (``take_kept``)."""
         for uid, priority, note, chosen, dicom_name in self.db.execute(
             "SELECT study_uid, priority, clinical_note, referrer_id, referring_physician "
             "FROM studies WHERE update_pending=1"
         ).fetchall():
-            if uid in self.study_inflight:
-                continue
             doctor = doctors.for_study(self.db, chosen, dicom_name)
-            info = self.client().publish(
-                frames.topic(self.box_id, frames.UP_STUDY),
-                StudyUpdate(
-                    uid, priority, note[:1000], doctor.contact() if doctor else None
-                ).encode(),
-                qos=1,
-            )
-            self.study_mids[info.mid] = (uid, priority, note, chosen or 0)
-            self.study_inflight[uid] = info.mid
+            body = StudyUpdate(uid, priority, note[:1000], doctor.contact() if doctor else None)
+            self._until_kept(frames.UP_STUDY, uid, body.encode(), now,
+                             (uid, priority, note, chosen or 0))  # fmt: skip
 
-    def publish_confirmations(self) -> None:
+    def publish_confirmations(self, now: float) -> None:
         """Critical findings confirmed at the clinic go to the hub (an ack with who told
-        the doctor and the read-back), until the broker has them (``published``)."""
+        the doctor and the read-back), until the hub has them (``take_kept``)."""
         for rid, version, by, readback in reports.pending_confirmations(self.db):
-            if ("confirm", rid) in self.study_inflight:
-                continue
-            info = self.client().publish(
-                frames.topic(self.box_id, frames.UP_REPORT_ACK),
-                encode_report_ack(rid, version, printed=False, confirmed_by=by,
-                                  readback=readback or ""),
-                qos=1,
-            )  # fmt: skip
-            self.confirm_mids[info.mid] = (rid, version)
-            self.study_inflight[("confirm", rid)] = info.mid
+            body = encode_report_ack(rid, version, printed=False, confirmed_by=by,
+                                     readback=readback or "")  # fmt: skip
+            self._until_kept(frames.UP_REPORT_ACK, rid, body, now, (rid, version))
+
+    def _until_kept(self, leaf: str, key: str, body: bytes, now: float, context: Any) -> None:
+        version = digest(body)
+        if self.unanswered.due((leaf, key), version, now):
+            self.client().publish(frames.topic(self.box_id, leaf), body, qos=1)
+            self.unanswered.sent((leaf, key), version, now, context)
 
     def publish_orders(self, now: float) -> None:
         """Orders made at the clinic, and each change of their state, go to the hub's
-        reading room before their images: again after 15 s, 30 s, 60 s... (at most 10
-        minutes apart) until the hub answers that it keeps them (``take_order_kept``)."""
+        reading room before their images, until the hub answers that it keeps them
+        (``take_order_kept``)."""
         for order in orders.for_hub(self.db):
-            acc = order["accession"]
-            last, times = self.order_sent.get(acc, (0.0, 0))
-            if times and now - last < min(ORDER_AGAIN_MOST, ORDER_AGAIN_SECONDS * 2 ** (times - 1)):
+            key = (frames.UP_ORDER, order["accession"])
+            if not self.unanswered.due(key, order["state"], now):
                 continue
             doctor = doctors.for_study(self.db, order["referrer_id"], "")
             name = order["name_latin"] + (f"={order['name_local']}" if order["name_local"] else "")
-            notice = OrderNotice(acc, order["study_uid"], order["state"],
+            notice = OrderNotice(order["accession"], order["study_uid"], order["state"],
                                  "stat" if order["stat"] else "routine", order["modality"],
                                  order["body_part"], order["question"][:1000], name[:200],
                                  order["patient_id"], order["created_at"],
                                  doctor.contact() if doctor else None)  # fmt: skip
             topic = frames.topic(self.box_id, frames.UP_ORDER)
             self.client().publish(topic, notice.encode(), qos=1)
-            self.order_sent[acc] = (now, times + 1)
-
-    def published(self, mid: int) -> None:
-        """The broker has message ``mid``: a study update is cleared unless it changed
-        since."""
-        sent = self.confirm_mids.pop(mid, None)
-        if sent is not None:
-            reports.confirmation_sent(self.db, *sent)
-            self.study_inflight.pop(("confirm", sent[0]), None)
-        done = self.study_mids.pop(mid, None)
-        if done is not None:  # the broker has the update: clear it unless it changed since
-            studies.update_sent(self.db, *done)
-            self.study_inflight.pop(done[0], None)
+            self.unanswered.sent(key, order["state"], now)
 
     def report_printed(self, report_id: str, version: int) -> None:
         self.client().publish(

@@ -192,8 +192,7 @@ class Agent:
         """Connected (again): listen on the way down; what was unconfirmed goes again."""
         leaves = (frames.DOWN_ACK, *Downlink.LEAVES)
         client.subscribe([(frames.topic(self.box_id, leaf), 1) for leaf in leaves])
-        self.downlink.study_inflight.clear()  # unconfirmed updates go again
-        self.downlink.order_sent.clear()  # orders unanswered go again at once
+        self.downlink.unanswered.clear()  # what the hub did not answer goes again at once
         # the manifests go on the next step, after paho has queued its resends of
         # what was in flight: the hub's answer must come after those copies arrived
         self.resync_due = True
@@ -212,8 +211,6 @@ class Agent:
         if rc.is_failure:  # paho counts a refused publish as published: say so
             log.error("the broker refused message %d: %s (ACL or size limit?)", mid, rc)
             self.last_error = f"broker refused a message: {rc}"
-            return
-        self.downlink.published(mid)
 
     # events
 
@@ -368,8 +365,8 @@ class Agent:
                 self._publish_status(now)
             if now - self.last_study_check >= 1.0:
                 self.last_study_check = now
-                self.downlink.publish_study_updates()
-                self.downlink.publish_confirmations()
+                self.downlink.publish_study_updates(now)
+                self.downlink.publish_confirmations(now)
                 self.downlink.publish_orders(now)
 
     def status(self, db: Any = None) -> dict[str, Any]:

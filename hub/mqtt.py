@@ -35,6 +35,7 @@ from hub.studykeys import study_key
 from wire import frames
 from wire.errors import RemoteProtocolError
 from wire.messages import (
+    Kept,
     ManifestReceived,
     OrderKept,
     OrderNotice,
@@ -44,6 +45,7 @@ from wire.messages import (
     StatusReceived,
     StudyUpdate,
     decode_upload,
+    digest,
 )
 
 log = logging.getLogger("radsetu.hub.mqtt")
@@ -199,9 +201,11 @@ class Ingest:
                     log.info("box %s has report %s version %d", box_id, up.report_id, up.version)
                 if up.confirmed_by is not None:
                     self._clinic_confirmed(box_id, up)
+                    self._kept(box_id, leaf, up.report_id, msg.payload)
                 return
             if isinstance(up, StudyUpdate):
                 self._study_update(box_id, up)
+                self._kept(box_id, leaf, up.study_uid, msg.payload)
                 return
             if isinstance(up, OrderNotice):
                 orders.take(self.store, box_id, up)  # kept, or a later state is
@@ -261,6 +265,12 @@ class Ingest:
             return
         critical.confirm(self.store, up.report_id, f"{up.confirmed_by} ({box_id})",
                          f"the clinic told the doctor; read back: {up.readback}"[:300])  # fmt: skip
+
+    def _kept(self, box_id: str, leaf: str, key: str, payload: bytes) -> None:
+        """The box's message is handled (kept, or logged as one that never will be):
+        the box need not send it again (``down/kept``)."""
+        body = Kept(leaf, key, digest(payload)).encode()
+        self.client.publish(frames.topic(box_id, frames.DOWN_KEPT), body, qos=1)
 
     def _study_update(self, box_id: str, update: StudyUpdate) -> None:
         uid, prio = update.study_uid, update.priority

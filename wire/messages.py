@@ -7,6 +7,8 @@ that both ends agree (docs/sync.md, "Topics"):
 - ``parse_status`` (``status``): a box's retained status, every known field checked;
 - ``OrderNotice`` (``up/order``) and ``OrderKept`` (``down/order``): an order made at
   the clinic, and the hub's word that it keeps it;
+- ``Kept`` (``down/kept``): the hub's word that it has a box's study update or
+  confirmation of a critical finding, named by its bytes' ``digest``;
 - ``ResendRequest`` (``down/resend``) and ``ResendAnswer`` (``up/resend``): the hub
   asks a box to send delivered studies again, and the box says what it queued.
 
@@ -16,6 +18,7 @@ does I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -239,6 +242,44 @@ class OrderKept:
         if not isinstance(acc, str) or not _ACCESSION.match(acc) or state not in ORDER_STATES:
             raise RemoteProtocolError("order kept: accession or state missing or malformed")
         return cls(acc, state)
+
+
+KEPT_LEAVES = (frames.UP_STUDY, frames.UP_REPORT_ACK)
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DIGEST = re.compile(r"^[0-9a-f]{32}$")
+
+
+def digest(payload: bytes) -> str:
+    """What ``Kept`` names a message by: the first 128 bits of its bytes' SHA-256."""
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The hub's word (``down/kept``) that it has handled the box's message on ``leaf``
+    about ``key`` (a study UID, a report id) whose bytes have ``digest``. The box sends
+    it again until this comes, as it does an order: the broker's PUBACK is not enough,
+    as a broker that restarted may take a message before the hub has subscribed again,
+    and drop it."""
+
+    leaf: str  # one of KEPT_LEAVES
+    key: str
+    digest: str
+
+    def encode(self) -> bytes:
+        return _encode(self)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Kept:
+        d = json_object(payload, "kept", 1024)
+        leaf, key, dig = d.get("leaf"), d.get("key"), d.get("digest")
+        if leaf not in KEPT_LEAVES:
+            raise RemoteProtocolError(f"kept: leaf {str(leaf)[:40]!r} is not one answered")
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise RemoteProtocolError("kept: key missing or malformed")
+        if not isinstance(dig, str) or not _DIGEST.match(dig):
+            raise RemoteProtocolError("kept: digest missing or malformed")
+        return cls(leaf, key, dig)
 
 
 def parse_ack(payload: bytes) -> dict[str, Any]:

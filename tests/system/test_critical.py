@@ -238,6 +238,12 @@ def test_the_clinic_sees_a_critical_finding_until_staff_confirm_it(tmp_path, bro
                 "SELECT username, detail FROM audit WHERE action='critical_confirmed'"
             ).fetchall()
         assert rows and rows[0][0] == "asha" and "needle now" in rows[0][1]
+
+        def pending() -> int:  # cleared once the hub answered that it has it (down/kept)
+            with sqlite3.connect(box.data_dir / "index.db") as db:
+                return int(db.execute("SELECT sum(confirm_pending) FROM reports").fetchone()[0])
+
+        wait_for(lambda: pending() == 0, 30, "the box told that the hub has it")
     finally:
         hub.stop()
         broker.stop()

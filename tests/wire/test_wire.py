@@ -676,3 +676,31 @@ def test_orders_refuse_what_is_malformed():
                 {"accession": 1, "state": "scheduled"}, {"state": "scheduled"}):  # fmt: skip
         with pytest.raises(RemoteProtocolError):
             OrderKept.decode(json.dumps(bad).encode())
+
+
+def test_kept_names_the_message_it_answers_and_refuses_what_is_malformed():
+    from wire import frames
+    from wire.messages import Kept, StudyUpdate, digest
+
+    update = StudyUpdate("1.2.3", "stat", "R/O bleed").encode()
+    kept = Kept(frames.UP_STUDY, "1.2.3", digest(update))
+    assert Kept.decode(kept.encode()) == kept
+    # another note is another message: the answer for one is not the other's
+    assert digest(StudyUpdate("1.2.3", "stat", "R/O bleed.").encode()) != kept.digest
+    assert Kept.decode(Kept(frames.UP_REPORT_ACK, "r-7_a", "0" * 32).encode()).key == "r-7_a"
+    good = {"leaf": frames.UP_STUDY, "key": "1.2.3", "digest": kept.digest}
+    for change in (
+        {"leaf": frames.UP_CHUNK},  # nothing the box sends again on an answer
+        {"leaf": None},
+        {"key": "../../etc"},
+        {"key": "1" * 65},
+        {"key": 123},
+        {"digest": kept.digest.upper()},
+        {"digest": kept.digest[:31]},
+        {"digest": "<b>" + kept.digest[3:]},
+    ):
+        with pytest.raises(RemoteProtocolError):
+            Kept.decode(json.dumps({**good, **change}).encode())
+    for junk in (b"not json", b"[]", b"{" * 4096):
+        with pytest.raises(RemoteProtocolError):
+            Kept.decode(junk)
