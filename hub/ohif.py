@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, abort, current_app, request, send_from_directory, session
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    request,
+    send_from_directory,
+    session,
+    url_for,
+)
 
 from common.passwords import csrf_token
 from common.web import csp_nonce
@@ -213,6 +223,8 @@ def asset(path: str, ext: str) -> Any:
     target = (dist / name).resolve()
     if not target.is_relative_to(dist.resolve()) or not target.is_file():
         abort(404)
-    if name == "index.html":
-        return _page(dist)
+    if name == "index.html":  # OHIF's page, made for a study: behind the login as the
+        # page is (it names the study's clinic and whether it is shown from a preview)
+        query = request.query_string.decode("ascii", "replace")
+        return redirect(url_for("ohif.page") + (f"?{query}" if query else ""))
     return _secured(send_from_directory(dist, name, max_age=3600))

@@ -141,6 +141,13 @@ def test_dicomweb_answers_an_independent_client(viewer_hub):
     assert requests.get(base + f"/dicomweb/studies/{uids['ct']}/metadata").status_code == 401
     r = requests.get(base + "/ohif/viewer", allow_redirects=False)
     assert r.status_code == 302 and "/login" in r.headers["Location"]
+    # nor is OHIF's page by its file's name, which names a study's clinic
+    asked = f"/ohif/index.html?StudyInstanceUIDs={uids['ct']}"
+    r = requests.get(base + asked)
+    assert r.url.startswith(base + "/login") and "clinic-a" not in r.text
+    page = logged_in(base).get(base + asked)
+    assert page.url == base + f"/ohif/?StudyInstanceUIDs={uids['ct']}"
+    assert '"/dicomweb/clinics/clinic-a"' in page.text
     # an operator is no reader
     ops = logged_in(base, "ops")
     assert ops.get(base + "/dicomweb/studies").status_code == 403
