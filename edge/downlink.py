@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -45,7 +46,7 @@ class Downlink:
     def __init__(self, store: Store, db: Any, box_id: str, client: Callable[[], mqtt.Client]):
         self.store, self.db, self.box_id = store, db, box_id
         self.client = client  # the agent's current MQTT client
-        self.unanswered = Unanswered()  # orders, study updates, confirmations
+        self.unanswered = Unanswered()  # orders, study updates, confirmations, prints
         self.answers: dict[str, bytes] = {}  # resend request id: the answer given
 
     def take(self, leaf: str, payload: bytes) -> None:
@@ -72,20 +73,17 @@ class Downlink:
         self.unanswered.answered((frames.UP_ORDER, kept.accession), kept.state)
 
     def take_kept(self, payload: bytes) -> None:
-        """The hub has a study update or a confirmation: cleared unless it changed since
-        (an answer for an earlier version clears nothing; the newer one goes on)."""
+        """The hub has a study update, a confirmation or a print: cleared unless it
+        changed since (an answer for an earlier version clears nothing; the newer one
+        goes on)."""
         try:
             kept = Kept.decode(payload)
         except RemoteProtocolError as exc:
             log.warning("ignoring a malformed answer from the hub: %s", exc)
             return
         sent = self.unanswered.answered((kept.leaf, kept.key), kept.digest)
-        if sent is None:
-            return
-        if kept.leaf == frames.UP_STUDY:
-            studies.update_sent(self.db, *sent.context)
-        else:
-            reports.confirmation_sent(self.db, *sent.context)
+        if sent is not None:
+            sent.context()  # what clears it
 
     def take_report(self, payload: bytes) -> None:
         """Keep a report durably, then acknowledge it (again, if it was kept before)."""
@@ -142,8 +140,8 @@ class Downlink:
         ).fetchall():
             doctor = doctors.for_study(self.db, chosen, dicom_name)
             body = StudyUpdate(uid, priority, note[:1000], doctor.contact() if doctor else None)
-            self._until_kept(frames.UP_STUDY, uid, body.encode(), now,
-                             (uid, priority, note, chosen or 0))  # fmt: skip
+            clear = partial(studies.update_sent, self.db, uid, priority, note, chosen or 0)
+            self._until_kept(frames.UP_STUDY, uid, body.encode(), now, clear)
 
     def publish_confirmations(self, now: float) -> None:
         """Critical findings confirmed at the clinic go to the hub (an ack with who told
@@ -151,13 +149,26 @@ class Downlink:
         for rid, version, by, readback in reports.pending_confirmations(self.db):
             body = encode_report_ack(rid, version, printed=False, confirmed_by=by,
                                      readback=readback or "")  # fmt: skip
-            self._until_kept(frames.UP_REPORT_ACK, rid, body, now, (rid, version))
+            clear = partial(reports.confirmation_sent, self.db, rid, version)
+            self._until_kept(frames.UP_REPORT_ACK, rid, body, now, clear)
 
-    def _until_kept(self, leaf: str, key: str, body: bytes, now: float, context: Any) -> None:
+    def publish_prints(self, now: float) -> None:
+        """Reports printed at the clinic: the hub's turnaround ends there. Sent until the
+        hub has them (``take_kept``; keyed ``<report id>.printed``)."""
+        for rid, version in reports.pending_print_acks(self.db):
+            body = encode_report_ack(rid, version, printed=True)
+            clear = partial(reports.print_ack_sent, self.db, rid, version)
+            self._until_kept(frames.UP_REPORT_ACK, f"{rid}.printed", body, now, clear)
+
+    def _until_kept(
+        self, leaf: str, key: str, body: bytes, now: float, clear: Callable[[], None]
+    ) -> None:
+        """``body`` goes on ``leaf`` unless the same went lately; ``clear`` is called
+        when the hub answers that it has it."""
         version = digest(body)
         if self.unanswered.due((leaf, key), version, now):
             self.client().publish(frames.topic(self.box_id, leaf), body, qos=1)
-            self.unanswered.sent((leaf, key), version, now, context)
+            self.unanswered.sent((leaf, key), version, now, clear)
 
     def publish_orders(self, now: float) -> None:
         """Orders made at the clinic, and each change of their state, go to the hub's
@@ -177,10 +188,3 @@ class Downlink:
             topic = frames.topic(self.box_id, frames.UP_ORDER)
             self.client().publish(topic, notice.encode(), qos=1)
             self.unanswered.sent(key, order["state"], now)
-
-    def report_printed(self, report_id: str, version: int) -> None:
-        self.client().publish(
-            frames.topic(self.box_id, frames.UP_REPORT_ACK),
-            encode_report_ack(report_id, version, printed=True),
-            qos=1,
-        )

@@ -1,4 +1,4 @@
-"""What the sync agent's thread is handed by the packer, the printer and paho's
+"""What the sync agent's thread is handed by the packer and paho's
 callbacks, as typed events (dispatched with ``isinstance``, as hyper-h2 does)."""
 
 from __future__ import annotations
@@ -25,10 +25,4 @@ class DownArrived:
     payload: bytes
 
 
-@dataclass(frozen=True)
-class ReportPrinted:
-    report_id: str
-    version: int
-
-
-Event = Packed | AckArrived | DownArrived | ReportPrinted
+Event = Packed | AckArrived | DownArrived

@@ -17,7 +17,6 @@ import logging
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +116,20 @@ def pending_confirmations(db: sqlite_utils.Database) -> list[tuple[str, int, str
     return [tuple(r) for r in rows]
 
 
+def pending_print_acks(db: sqlite_utils.Database) -> list[tuple[str, int]]:
+    rows = db.execute("SELECT report_id, version FROM reports WHERE print_ack_pending=1").fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def print_ack_sent(db: sqlite_utils.Database, report_id: str, version: int) -> None:
+    """The hub has the print: nothing pending unless it was printed again since (a
+    reprint changes nothing at the hub, which keeps the first print's time)."""
+    db.execute(
+        "UPDATE reports SET print_ack_pending=0 WHERE report_id=? AND version=?",
+        [report_id, version],
+    )
+
+
 def confirmation_sent(db: sqlite_utils.Database, report_id: str, version: int) -> None:
     db.execute(
         "UPDATE reports SET confirm_pending=0 WHERE report_id=? AND version=?",
@@ -149,9 +162,7 @@ class Printer(threading.Thread):
         store: Store,
         printer: str,
         every: float = 1.0,
-        on_printed: Callable[[str, int], None] | None = None,
     ):
-        self.on_printed = on_printed
         super().__init__(name="printer", daemon=True)
         self.store = store
         self.printer = printer
@@ -181,12 +192,10 @@ class Printer(threading.Thread):
         for rid, version, rel, _reprint in rows:
             error = self._lp(rid, version, self.store.root / rel)
             with self.store.write_lock, db.atomic():
-                if error is None:
-                    if self.on_printed is not None:
-                        self.on_printed(rid, version)
+                if error is None:  # the hub hears of it (print_ack_pending, downlink.py)
                     db.execute(
                         "UPDATE reports SET printed_at=?, print_count=print_count+1, reprint=0, "
-                        "print_error=NULL WHERE report_id=? AND version=?",
+                        "print_error=NULL, print_ack_pending=1 WHERE report_id=? AND version=?",
                         [utcnow(), rid, version],
                     )
                 else:

@@ -237,3 +237,11 @@ def m013_orders_to_hub(db: sqlite_utils.Database) -> None:
     ``up/order``): set when reception makes or cancels it, and when its state changes.
     Orders made before are not sent."""
     db.execute("ALTER TABLE orders ADD COLUMN hub_pending INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m014_print_ack(db: sqlite_utils.Database) -> None:
+    """A print the hub has not yet heard of (edge/downlink.py sends it on
+    ``up/report-ack`` until the hub answers): set with ``printed_at``, in the same
+    statement. Prints made before are not sent again."""
+    db.execute("ALTER TABLE reports ADD COLUMN print_ack_pending INTEGER NOT NULL DEFAULT 0")

@@ -101,11 +101,7 @@ def serve(config: Config) -> int:
     ticker.start()
     agent = _start_agent(config)
     print_store = open_store(config)
-    printer = Printer(
-        print_store,
-        config["print"]["printer"],
-        on_printed=agent.report_printed if agent is not None else None,
-    )
+    printer = Printer(print_store, config["print"]["printer"])
     printer.start()
     w = config["web"]
     web_store = open_store(config)  # uploads from the clinic's page

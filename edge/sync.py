@@ -35,7 +35,7 @@ from common.clock import utcnow
 from edge import doctors
 from edge.config import Config
 from edge.downlink import Downlink
-from edge.events import AckArrived, DownArrived, Event, ReportPrinted
+from edge.events import AckArrived, DownArrived, Event
 from edge.holds import held_summary
 from edge.link import Link
 from edge.outbox import Outbox, Packed, backlog
@@ -79,7 +79,7 @@ class Agent:
         self.uplink = Uplink(self.s["window"], float(self.s["ack_timeout_seconds"]))
         self.bucket = TokenBucket(float(self.s["max_bytes_per_second"]), time.monotonic())
         self.stop_event = threading.Event()
-        self.events: deque[Event] = deque()  # from the packer, the printer and callbacks
+        self.events: deque[Event] = deque()  # from the packer and callbacks
         self.threads: list[threading.Thread] = []
         self.client: mqtt.Client | None = None
         self.link = Link(self.box_id, self.m, self.s, self.stop_event, on_up=self._link_up,
@@ -215,7 +215,7 @@ class Agent:
     # events
 
     def _drain(self) -> None:
-        """Handle what the packer, the printer and paho's callbacks queued, in order,
+        """Handle what the packer and paho's callbacks queued, in order,
         on the agent's thread."""
         while self.events:
             ev = self.events.popleft()
@@ -228,12 +228,6 @@ class Agent:
                 self._take_ack(ev.payload, ev.correlation)
             elif isinstance(ev, DownArrived):
                 self.downlink.take(ev.leaf, ev.payload)
-            elif isinstance(ev, ReportPrinted):
-                self.downlink.report_printed(ev.report_id, ev.version)
-
-    def report_printed(self, report_id: str, version: int) -> None:
-        """From the printer thread: tell the hub (for the turnaround time)."""
-        self.events.append(ReportPrinted(report_id, version))
 
     def _take_ack(self, payload: bytes, corr: bytes | None) -> None:
         try:
@@ -367,6 +361,7 @@ class Agent:
                 self.last_study_check = now
                 self.downlink.publish_study_updates(now)
                 self.downlink.publish_confirmations(now)
+                self.downlink.publish_prints(now)
                 self.downlink.publish_orders(now)
 
     def status(self, db: Any = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The box's messages that go to the hub again until the hub answers for them: an
-order, a study's STAT mark or clinical note, a critical finding's confirmation.
+order, a study's STAT mark or clinical note, a critical finding's confirmation, a
+report's print.
 
 The broker's PUBACK is not enough: a broker that restarted takes a message before the
 hub has subscribed again, and drops it. So each message is kept here under its key,

@@ -197,11 +197,7 @@ class Ingest:
             if isinstance(up, StatusCleared):
                 return
             if isinstance(up, ReportAcked):
-                if reports.acked(self.store, box_id, up.report_id, up.version, up.printed):
-                    log.info("box %s has report %s version %d", box_id, up.report_id, up.version)
-                if up.confirmed_by is not None:
-                    self._clinic_confirmed(box_id, up)
-                    self._kept(box_id, leaf, up.report_id, msg.payload)
+                self._report_acked(box_id, leaf, up, msg.payload)
                 return
             if isinstance(up, StudyUpdate):
                 self._study_update(box_id, up)
@@ -265,6 +261,17 @@ class Ingest:
             return
         critical.confirm(self.store, up.report_id, f"{up.confirmed_by} ({box_id})",
                          f"the clinic told the doctor; read back: {up.readback}"[:300])  # fmt: skip
+
+    def _report_acked(self, box_id: str, leaf: str, up: ReportAcked, payload: bytes) -> None:
+        """The box has a report; or printed it, or its staff told the doctor of its
+        critical finding (those two are answered: the box sends them until then)."""
+        if reports.acked(self.store, box_id, up.report_id, up.version, up.printed):
+            log.info("box %s has report %s version %d", box_id, up.report_id, up.version)
+        if up.confirmed_by is not None:
+            self._clinic_confirmed(box_id, up)
+            self._kept(box_id, leaf, up.report_id, payload)
+        if up.printed:
+            self._kept(box_id, leaf, f"{up.report_id}.printed", payload)
 
     def _kept(self, box_id: str, leaf: str, key: str, payload: bytes) -> None:
         """The box's message is handled (kept, or logged as one that never will be):

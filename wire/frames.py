@@ -46,7 +46,7 @@ DOWN_RESEND = "down/resend"  # the hub asks for delivered studies again (it lost
 UP_RESEND = "up/resend"  # the box's answer: what it queued, and why not the rest
 UP_ORDER = "up/order"  # an order reception made at the clinic, and each change of its state
 DOWN_ORDER = "down/order"  # the hub keeps that order as it is now
-DOWN_KEPT = "down/kept"  # the hub has a study update or a confirmation: not again
+DOWN_KEPT = "down/kept"  # the hub has that study update, confirmation or print: not again
 STATUS = "status"
 
 

@@ -7,8 +7,9 @@ that both ends agree (docs/sync.md, "Topics"):
 - ``parse_status`` (``status``): a box's retained status, every known field checked;
 - ``OrderNotice`` (``up/order``) and ``OrderKept`` (``down/order``): an order made at
   the clinic, and the hub's word that it keeps it;
-- ``Kept`` (``down/kept``): the hub's word that it has a box's study update or
-  confirmation of a critical finding, named by its bytes' ``digest``;
+- ``Kept`` (``down/kept``): the hub's word that it has a box's study update, its
+  confirmation of a critical finding or its print of a report, named by its bytes'
+  ``digest``;
 - ``ResendRequest`` (``down/resend``) and ``ResendAnswer`` (``up/resend``): the hub
   asks a box to send delivered studies again, and the box says what it queued.
 
@@ -245,7 +246,7 @@ class OrderKept:
 
 
 KEPT_LEAVES = (frames.UP_STUDY, frames.UP_REPORT_ACK)
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # a UID, a report id[.printed]
 _DIGEST = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -263,7 +264,7 @@ class Kept:
     and drop it."""
 
     leaf: str  # one of KEPT_LEAVES
-    key: str
+    key: str  # the study UID; the report id, with ".printed" for a print
     digest: str
 
     def encode(self) -> bytes:

@@ -143,6 +143,7 @@ def test_migrations_rerun_safely(tmp_path):
         "m011_preview",
         "m012_previewed",
         "m013_orders_to_hub",
+        "m014_print_ack",
     ]
     s.close()
 

@@ -1,18 +1,20 @@
-"""A STAT mark and a clinical note made at the clinic after the study went reach the
-hub's worklist, on a real Mosquitto, also when they were made while the broker was
-down on a box then killed: the box sends them until the hub answers that it has them
+"""What the clinic does after the study went reaches the hub, on a real Mosquitto: a
+STAT mark and a clinical note (the worklist), and the print of its report (the
+turnaround's last step). Also when they were made while the broker was down, on a
+box then killed: the box sends them until the hub answers that it has them
 (``down/kept``); answers that are not the hub's change nothing."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 
 import paho.mqtt.client as mqtt
 import requests
 
 from devkit.broker import Broker, Hub
-from tests.conftest import storescu, wait_for
+from tests.conftest import printed, storescu, wait_for
 from tests.helpers import delivered, make_study, start_box
 from wire import frames
 from wire.messages import Kept
@@ -110,3 +112,40 @@ def run(tmp_path, boxes, broker: Broker, hub: Hub) -> None:  # type: ignore[no-u
     wait_for(lambda: at_hub(hub, uid).get("clinical_note") == "Now drowsy, GCS 7", 90,
              "the newer note once the hub is back")  # fmt: skip
     wait_for(lambda: pending(box) == 0, 30, "cleared at the box")
+
+
+def test_a_print_made_with_the_broker_down_reaches_the_hub(tmp_path, broker, hub, boxes,
+                                                            cups_printer):  # fmt: skip
+    queue, out = cups_printer
+    box = start_box(boxes, tmp_path / "box", broker.mqtt_config(), printer=queue)
+    files, uid = make_study(tmp_path, "a", 2)
+    storescu(box.dicom_port, files)
+    wait_for(lambda: delivered(box, uid), 60, "the study at the hub")
+    subprocess.run(["cupsreject", queue], check=True)  # the printer is out of paper
+    try:
+        r = hub.api(f"/api/studies/{uid}/reports", {"findings": "No fracture.",
+                                                    "radiologist": "Dr Rao"})  # fmt: skip
+        hub.api(f"/api/reports/{r['report_id']}/sign", {})
+        wait_for(lambda: (box.api("/api/reports")["reports"] or [{}])[0].get("print_error"),
+                 60, "the print refused")  # fmt: skip
+    finally:
+        subprocess.run(["cupsaccept", queue], check=True)
+
+    def acks_pending() -> int:
+        with sqlite3.connect(f"file:{box.data_dir / 'index.db'}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT sum(print_ack_pending) FROM reports").fetchone()[0])
+
+    # the broker down: printed again from the clinic's page, then the box killed
+    broker.kill()
+    box.api(f"/api/reports/{r['report_id']}/print", {})
+    wait_for(lambda: printed(out, r["report_id"]), 60, "the printed PDF")
+    wait_for(lambda: acks_pending() == 1, 10, "the print noted for the hub")
+    box.kill()
+    broker.start()
+    box.start()
+
+    def printed_at() -> str | None:
+        return hub.api(f"/api/studies/{uid}/turnaround")["times"]["printed_at"]  # type: ignore[no-any-return]
+
+    wait_for(printed_at, 60, "the print at the hub")
+    wait_for(lambda: acks_pending() == 0, 30, "the print cleared at the box")

@@ -687,13 +687,14 @@ def test_kept_names_the_message_it_answers_and_refuses_what_is_malformed():
     assert Kept.decode(kept.encode()) == kept
     # another note is another message: the answer for one is not the other's
     assert digest(StudyUpdate("1.2.3", "stat", "R/O bleed.").encode()) != kept.digest
-    assert Kept.decode(Kept(frames.UP_REPORT_ACK, "r-7_a", "0" * 32).encode()).key == "r-7_a"
+    for key in ("r-7_a", "r" * 64 + ".printed"):  # a confirmation, a print
+        assert Kept.decode(Kept(frames.UP_REPORT_ACK, key, "0" * 32).encode()).key == key
     good = {"leaf": frames.UP_STUDY, "key": "1.2.3", "digest": kept.digest}
     for change in (
         {"leaf": frames.UP_CHUNK},  # nothing the box sends again on an answer
         {"leaf": None},
         {"key": "../../etc"},
-        {"key": "1" * 65},
+        {"key": "1" * 81},
         {"key": 123},
         {"digest": kept.digest.upper()},
         {"digest": kept.digest[:31]},
