@@ -101,10 +101,11 @@ def run(tmp_path, boxes, broker: Broker, hub: Hub) -> None:  # type: ignore[no-u
     hub.stop()  # so that only the forged answer comes
     save(s, base, uid, "Now drowsy, GCS 7", stat=True)
     topic = frames.topic(box.box_id, frames.DOWN_KEPT)
-    for payload in (b"not json", b"[" * (1 << 16),
-                    Kept(frames.UP_STUDY, uid, "0" * 32).encode()):  # fmt: skip
+    for payload in (Kept(frames.UP_STUDY, uid, "0" * 32).encode(), b"not json",
+                    b"[" * (1 << 16)):  # fmt: skip
         evil.publish(topic, payload, qos=1).wait_for_publish(10)
-    wait_for(lambda: "malformed answer from the hub" in box.log_text(), 30, "logged")
+    # taken in order: once both malformed ones are logged, the forged one was taken
+    wait_for(lambda: box.log_text().count("malformed answer from the hub") == 2, 30, "logged")
     assert pending(box) == 1
     evil.loop_stop()
     evil.disconnect()
