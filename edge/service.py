@@ -81,14 +81,32 @@ def _health_check(
     return healthy
 
 
+def _on_signals(stop: threading.Event) -> list[Any]:
+    """SIGTERM and SIGINT stop the box, also one that comes while it is starting (its
+    ports may be open before its web server runs): the servers put in the list
+    returned are closed."""
+    servers: list[Any] = []
+
+    def shutdown(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        for server in servers:
+            server.close()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    return servers
+
+
 def serve(config: Config) -> int:
+    stop = threading.Event()
+    servers = _on_signals(stop)
     log.info(
         "box %s starting (config: %s, data: %s)", config.box_id, config.source, config.data_dir
     )
     lock_data_dir(config)
     store = open_store(config)
     check_store(store)
-    stop = threading.Event()
     engine = receiver if config["dicom"]["engine"] == "native" else scp
     dicom = engine.start(config, store)
     mwl = worklist.start(config, config.data_dir)
@@ -107,18 +125,12 @@ def serve(config: Config) -> int:
     web_store = open_store(config)  # uploads from the clinic's page
     web = make_server(create_app(config, agent, web_store), config, web_store.tmp)
     log.info("clinic page on http://%s:%s/ (API: /api/studies)", w["host"], w["port"])
-
-    def shutdown(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-        web.close()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    servers.append(web)
     Watchdog(_health_check(config, store, dicom, ticker, printer), stop).start()
     notify(f"READY=1\nSTATUS=serving DICOM on {config['dicom']['port']}, web on {w['port']}")
     try:
-        web.run()
+        if not stop.is_set():  # else a signal came while starting
+            web.run()
     except OSError:
         if not stop.is_set():
             raise

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import time
 
 import radsetu
 from devkit.box import Box
@@ -53,6 +54,27 @@ def test_sigterm_stops_the_box(tmp_path):
     box.proc.send_signal(signal.SIGTERM)
     assert box.proc.wait(timeout=20) == 0
     assert "stopped" in box.log_text()
+
+
+def test_sigterm_while_the_box_starts_stops_it_cleanly(tmp_path):
+    """A stop asked for while the box opens its store and ports (systemd stopping it
+    just after a start): the box starts what it must, then stops as it would later."""
+    box = Box(tmp_path / "b")
+    with open(box.log, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "radsetu", "edge", "serve", "--config", str(box.config)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "starting" not in box.log_text():  # looked for often: the signal must come
+            assert time.monotonic() < deadline, "the box did not start"  # while it starts
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert "signal 15: stopping" in box.log_text() and "stopped" in box.log_text()
 
 
 def test_check_and_second_serve_refuse_while_a_box_runs(tmp_path):
